@@ -1,0 +1,3 @@
+from ftte_cli.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""One module per CLI command; each exports one function (or a Typer sub-app)."""

@@ -1,0 +1,12 @@
+"""`ftte report`."""
+
+from __future__ import annotations
+
+from ftte_cli.errors import FtteError
+from ftte_cli.output import handle_errors
+
+
+def report() -> None:
+    """Not implemented yet."""
+    with handle_errors():
+        raise FtteError("ftte report: not implemented yet")

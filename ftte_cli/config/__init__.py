@@ -1,0 +1,1 @@
+"""User-facing configuration: recipes and inventories, validated once."""

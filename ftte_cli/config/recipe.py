@@ -1,0 +1,237 @@
+"""Training recipes (recipes/*.yaml): dataset, partition, model, local training, strategy, stop rules.
+
+Every section is a frozen dataclass; `load_recipe` validates the whole file once and every error
+names the file and the dotted key (`recipes/har.yaml: train.batch_size: expected int, got 'x'`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ftte_cli.config.schema import build, load_yaml
+from ftte_cli.errors import ConfigError
+
+DATASETS = ("synthetic_har", "uci_har", "npz", "digits", "cifar10")
+PARTITIONS = ("iid", "dirichlet", "by_group", "quantity")
+STRATEGIES = ("ftte", "fedbuff", "fedasync", "fedavg")
+STALENESS_FORMS = ("polynomial", "constant", "hinge")
+PLAN_METHODS = ("contribution", "gradnorm")
+
+
+def _check(cond: bool, where: str, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}.{key}: {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, and how it is split between clients, the server proxy and the test set."""
+
+    dataset: str = "synthetic_har"  # one of DATASETS
+    path: Optional[Path] = None  # folder or file for uci_har, npz, cifar10
+    windows: int = 10000  # synthetic_har: number of windows generated
+    subjects: int = 30  # synthetic_har: number of simulated people
+    partition: str = "by_group"  # one of PARTITIONS
+    alpha: float = 0.5  # dirichlet concentration; quantity-skew power-law exponent
+    clients: Optional[int] = None  # default: one per device (train) or --clients (simulate)
+    proxy_fraction: float = 0.05  # server's labelled proxy split, disjoint from clients and test
+    test_fraction: float = 0.2  # global test split
+    client_test_fraction: float = 0.2  # each client's own held-out part
+
+    def validate(self, where: str) -> None:
+        _check(self.dataset in DATASETS, where, "dataset", f"must be one of {', '.join(DATASETS)}")
+        _check(self.partition in PARTITIONS, where, "partition",
+               f"must be one of {', '.join(PARTITIONS)}")
+        _check(self.dataset in ("synthetic_har", "digits") or self.path is not None, where, "path",
+               f"required for dataset {self.dataset}")
+        _check(self.windows > 0, where, "windows", "must be > 0")
+        _check(self.subjects > 0, where, "subjects", "must be > 0")
+        _check(self.alpha > 0, where, "alpha", "must be > 0")
+        for key in ("proxy_fraction", "test_fraction", "client_test_fraction"):
+            _check(0 <= getattr(self, key) < 1, where, key, "must be in [0, 1)")
+        _check(self.clients is None or self.clients > 0, where, "clients", "must be > 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A registered model and its size knobs."""
+
+    name: str = "har_cnn"  # har_cnn | small_cnn | mobilenet_v2
+    width: float = 1.0  # width multiplier
+
+    def validate(self, where: str) -> None:
+        _check(self.width > 0, where, "width", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training on a client (FTTE.md section 3)."""
+
+    epochs: int = 1
+    batch_size: int = 16
+    lr: float = 0.05
+    momentum: float = 0.0  # > 0 costs one optimizer slot per trainable parameter
+    max_steps: Optional[int] = None  # Q: cap on local steps per job
+    device: str = "cpu"  # cpu | cuda | auto
+
+    def validate(self, where: str) -> None:
+        _check(self.epochs > 0, where, "epochs", "must be > 0")
+        _check(self.batch_size > 0, where, "batch_size", "must be > 0")
+        _check(self.lr > 0, where, "lr", "must be > 0")
+        _check(0 <= self.momentum < 1, where, "momentum", "must be in [0, 1)")
+        _check(self.max_steps is None or self.max_steps > 0, where, "max_steps", "must be > 0")
+        _check(self.device in ("cpu", "cuda", "auto"), where, "device", "must be cpu, cuda or auto")
+
+
+@dataclass(frozen=True)
+class StalenessConfig:
+    """s_age(tau): polynomial (1+tau)^-a, constant 1, or hinge(a, b) as in FedAsync."""
+
+    kind: str = "polynomial"
+    a: float = 0.5
+    b: float = 4.0
+
+    def validate(self, where: str) -> None:
+        _check(self.kind in STALENESS_FORMS, where, "kind",
+               f"must be one of {', '.join(STALENESS_FORMS)}")
+        _check(self.a >= 0, where, "a", "must be >= 0")
+        _check(self.b >= 0, where, "b", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Server aggregation; names follow FedBuff/FedScale/NVFlare usage."""
+
+    name: str = "ftte"  # one of STRATEGIES
+    buffer_size: int = 10  # K
+    max_concurrency: int = 20  # C
+    max_staleness: Optional[int] = None  # tau_max; None = no bound
+    staleness_weight: StalenessConfig = field(default_factory=StalenessConfig)
+    variance_beta: float = 1.0  # beta of s_var; 0 = FedBuff-style age-only weighting
+    server_lr: float = 1.0  # eta_g
+    fedasync_alpha: float = 0.6
+    fedavg_clients: Optional[int] = None  # m per round; None = all reachable
+    baseline_memory: str = "strict"  # strict: exclude devices that cannot hold full training
+
+    def validate(self, where: str) -> None:
+        _check(self.name in STRATEGIES, where, "name", f"must be one of {', '.join(STRATEGIES)}")
+        _check(self.buffer_size > 0, where, "buffer_size", "must be > 0")
+        _check(self.max_concurrency > 0, where, "max_concurrency", "must be > 0")
+        _check(self.buffer_size <= self.max_concurrency, where, "buffer_size",
+               f"({self.buffer_size}) must not exceed max_concurrency ({self.max_concurrency})")
+        _check(self.max_staleness is None or self.max_staleness >= 0, where, "max_staleness",
+               "must be >= 0")
+        _check(self.variance_beta >= 0, where, "variance_beta", "must be >= 0")
+        _check(self.server_lr > 0, where, "server_lr", "must be > 0")
+        _check(0 < self.fedasync_alpha <= 1, where, "fedasync_alpha", "must be in (0, 1]")
+        _check(self.baseline_memory in ("strict", "lenient"), where, "baseline_memory",
+               "must be strict or lenient")
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Sparse parameter selection (FTTE.md section 2)."""
+
+    memory_budget: Optional[Union[int, str]] = None  # overrides M_min, e.g. "2MB"
+    method: str = "contribution"  # contribution (needs proxy data) | gradnorm (fallback)
+    ratios: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)  # input-channel ratios per weight
+    proxy_steps: int = 10  # fine-tune steps per unit in the contribution analysis
+    safety_margin: Union[int, str] = "4MiB"  # subtracted from each device's usable memory
+
+    def validate(self, where: str) -> None:
+        _check(self.method in PLAN_METHODS, where, "method",
+               f"must be one of {', '.join(PLAN_METHODS)}")
+        _check(len(self.ratios) > 0 and all(0 < r <= 1 for r in self.ratios), where, "ratios",
+               "must be a non-empty list of numbers in (0, 1]")
+        _check(self.proxy_steps > 0, where, "proxy_steps", "must be > 0")
+
+
+@dataclass(frozen=True)
+class StopConfig:
+    """When a run ends: target accuracy, versions, or time (wall for train, virtual for simulate)."""
+
+    target_accuracy: float = 0.9
+    max_versions: int = 300
+    time_limit: float = 3600.0  # seconds
+    eval_every: int = 2  # evaluate the global model every N versions
+
+    def validate(self, where: str) -> None:
+        _check(0 < self.target_accuracy <= 1, where, "target_accuracy", "must be in (0, 1]")
+        _check(self.max_versions > 0, where, "max_versions", "must be > 0")
+        _check(self.time_limit > 0, where, "time_limit", "must be > 0")
+        _check(self.eval_every > 0, where, "eval_every", "must be > 0")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """The virtual fleet of `ftte simulate` (FTTE.md section 6) when no profiles are replayed."""
+
+    clients: int = 100
+    stragglers: float = 0.0  # fraction p of clients slowed down
+    slowdown: tuple[float, ...] = (5.0, 20.0)  # U(lo, hi) factor for stragglers
+    device_gflops: tuple[float, ...] = (2.0, 8.0)  # U(lo, hi) effective GFLOP/s per client
+    bandwidth_mbps: tuple[float, ...] = (5.0, 50.0)  # U(lo, hi) megabit/s
+    latency_ms: tuple[float, ...] = (20.0, 100.0)  # U(lo, hi)
+    memory_mb: tuple[float, ...] = (64.0, 512.0)  # U(lo, hi) usable training memory
+    dropout_rate: float = 0.0  # per job, chance a client goes offline
+    return_after: float = 60.0  # mean virtual seconds before a dropped client returns
+
+    def validate(self, where: str) -> None:
+        _check(self.clients > 0, where, "clients", "must be > 0")
+        _check(0 <= self.stragglers <= 1, where, "stragglers", "must be in [0, 1]")
+        for key in ("slowdown", "device_gflops", "bandwidth_mbps", "latency_ms", "memory_mb"):
+            pair = getattr(self, key)
+            _check(len(pair) == 2 and 0 <= pair[0] <= pair[1], where, key,
+                   "must be [low, high] with 0 <= low <= high")
+        _check(0 <= self.dropout_rate < 1, where, "dropout_rate", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole training recipe; `source` is the file it came from (for messages)."""
+
+    name: str = "recipe"
+    seed: int = 1
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    source: Optional[Path] = None
+
+    def with_strategy(self, name: str) -> Recipe:
+        """The same recipe under another strategy name (validated)."""
+        if name not in STRATEGIES:
+            raise ConfigError(f"strategy: unknown {name!r} (known: {', '.join(STRATEGIES)})")
+        return replace(self, strategy=replace(self.strategy, name=name))
+
+
+def load_recipe(path: Union[str, Path]) -> Recipe:
+    """Read and validate a recipe file; relative data paths resolve against the recipe's folder."""
+    path = Path(path)
+    raw = load_yaml(path)
+    if isinstance(raw, dict) and "source" in raw:
+        raise ConfigError(f"{path}: source: unknown key")
+    recipe = build(Recipe, raw, f"{path}:")
+    data_path = recipe.data.path
+    if data_path is not None and not data_path.is_absolute():
+        data_path = (path.parent / data_path).resolve()
+    return replace(recipe, source=path, data=replace(recipe.data, path=data_path))
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as plain JSON-able data (for manifests and bundles)."""
+    from ftte_cli.output import to_jsonable
+
+    out = to_jsonable(recipe)
+    out.pop("source", None)
+    return out
+
+
+def recipe_from_dict(data: dict[str, Any], where: str = "recipe") -> Recipe:
+    """Inverse of recipe_to_dict (bundles and manifests)."""
+    return build(Recipe, data, f"{where}:")
