@@ -7,8 +7,6 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
-import yaml
-
 from ftte_cli.errors import ConfigError
 
 T = TypeVar("T")
@@ -16,6 +14,8 @@ T = TypeVar("T")
 
 def load_yaml(path: Path) -> Any:
     """Parse a YAML file; a missing file or bad syntax is a one-line ConfigError naming it."""
+    import yaml  # not on devices: the agent rebuilds recipes from JSON
+
     try:
         text = path.read_text()
     except FileNotFoundError:
