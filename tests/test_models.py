@@ -95,3 +95,43 @@ def test_unknown_model_is_a_config_error() -> None:
 def test_wrong_input_rank_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="har_cnn expects inputs of rank 2"):
         build_model(ModelConfig(name="har_cnn"), (3, 32, 32), 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# flops
+
+
+def test_layer_flops_exact_for_known_layers() -> None:
+    from ftte_cli.engine.flops import NORM_FLOPS_PER_ELEMENT, layer_flops
+
+    model = build_model(ModelConfig(name="har_cnn"), (9, 128), 6)
+    flops = layer_flops(model, (9, 128))
+    assert list(flops) == trainable_layers(model)
+    # conv1: 9 -> 32 channels, kernel 5, stride 2: 64 outputs per channel, no bias
+    assert flops["features.0.conv"] == 32 * 64 * 2 * 9 * 5
+    assert flops["features.0.norm"] == 32 * 64 * NORM_FLOPS_PER_ELEMENT
+    assert flops["head"] == 6 * (2 * 128 + 1)
+    assert all(v > 0 for v in flops.values())
+
+
+@pytest.mark.parametrize("name,shape,classes", CASES)
+def test_training_flops_ordered(name: str, shape: tuple[int, ...], classes: int) -> None:
+    from ftte_cli.engine.flops import forward_flops, layer_flops, training_flops
+
+    model = build_model(ModelConfig(name=name), shape, classes)
+    flops = layer_flops(model, shape)
+    layers = list(flops)
+    fwd = forward_flops(flops)
+    head_only = training_flops(flops, {layers[-1]: 1.0})
+    half = training_flops(flops, {n: 1.0 for n in layers[len(layers) // 2:]})
+    dense = training_flops(flops, dict.fromkeys(layers, 1.0))
+    channels = training_flops(flops, {n: 0.25 for n in layers})
+    assert fwd == training_flops(flops, {}) < head_only < half < dense <= 3 * fwd
+    assert channels < dense
+
+
+def test_depthwise_conv_counts_per_group() -> None:
+    from ftte_cli.engine.flops import layer_flops
+
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False))
+    assert layer_flops(model, (8, 4, 4)) == {"0": 8 * 16 * 2 * 9}
