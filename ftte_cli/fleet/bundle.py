@@ -126,7 +126,7 @@ def load_tokens(recipe_name: str, device_names: Sequence[str], root: Path = DEFA
 
 
 def bundle_archive(bundle: LocalBundle) -> bytes:
-    """The bundle as an uncompressed tar: sorted names, fixed times and owners (same bytes twice)."""
+    """The bundle as an uncompressed tar: sorted names, fixed times and owners (stable bytes)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name in sorted([*bundle.files, MANIFEST]):

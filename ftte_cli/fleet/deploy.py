@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from ftte_cli.fleet.bundle import DEFAULT_ROOT, LocalBundle, build_bundles, bundle_archive
-from ftte_cli.fleet.ssh import DeviceResult, FleetResults, Outcome, Session, SshOptions, run_on_fleet
+from ftte_cli.fleet.ssh import (
+    DeviceResult,
+    FleetResults,
+    Outcome,
+    Session,
+    SshOptions,
+    run_on_fleet,
+)
 
 if TYPE_CHECKING:
     from ftte_cli.config.inventory import Device

@@ -55,7 +55,7 @@ def build_runtime(package_root: Path = PACKAGE_ROOT) -> Runtime:
     """Build the zipapp in memory from the sources under `package_root` (the ftte_cli folder)."""
     entry = _module_path(package_root, ENTRY_MODULE)
     if entry is None:
-        raise FtteError(f"{package_root}: {ENTRY_MODULE} not found; cannot build the device runtime")
+        raise FtteError(f"{package_root}: {ENTRY_MODULE} not found; cannot build the runtime")
     closure, real_inits, foreign = _closure(package_root)
     files = _archive_files(package_root, closure, real_inits)
     data = _zip_bytes(files)
@@ -198,7 +198,7 @@ def _archive_files(root: Path, modules: set[str], real_inits: set[str]) -> dict[
 
 
 def _zip_bytes(files: dict[str, bytes]) -> bytes:
-    """A zipapp with the shebang, names sorted, fixed times and permissions: same input, same bytes."""
+    """A zipapp: shebang, sorted names, fixed times and permissions (same input, same bytes)."""
     buf = io.BytesIO()
     buf.write(_SHEBANG)
     with zipfile.ZipFile(buf, "w") as zf:
