@@ -1,0 +1,176 @@
+"""The client job (FTTE.md section 3): train w* of a plan on local data, return the delta.
+
+The same function runs in the simulator (thousands of jobs in one process) and on devices, so it
+does the per-job set-up once (index tensors, trainable leaves) and keeps the step loop lean.
+Device path: torch + safetensors + stdlib, Python 3.9; no clock, randomness from `seed`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ftte_cli.engine.plan import Plan
+from ftte_cli.engine.sparse import channel_index, materialize
+
+if TYPE_CHECKING:
+    from ftte_cli.config.recipe import TrainConfig
+    from ftte_cli.engine.data import Dataset
+
+_CLEAR_REFS = "/proc/self/clear_refs"
+_STATUS = "/proc/self/status"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a client sends back after a job."""
+
+    delta: Dict[str, Tensor]  # w*_after - w*_t, over the plan's mask only
+    num_samples: int  # n_i: samples the client holds
+    grad_variance: float  # v_i = (1/Q) sum_q ||g_q - g_mean||^2 over w* minibatch gradients
+    steps: int  # Q: optimizer steps taken
+    loss: float  # mean training loss over the steps
+    peak_memory: Optional[int]  # peak RSS of the process during the job, bytes; None if unknown
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) for this process; False where not possible."""
+    try:
+        with open(_CLEAR_REFS, "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> Optional[int]:
+    """Peak resident memory of this process in bytes (VmHWM), or None off Linux."""
+    try:
+        with open(_STATUS) as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resolve_device(name: str) -> torch.device:
+    """cpu | cuda | auto -> a torch.device (auto picks cuda when available)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _batches(n: int, batch_size: int, epochs: int, max_steps: Optional[int],
+             gen: torch.Generator) -> List[Tensor]:
+    """Index batches for the whole job: a seeded shuffle per epoch, last partial batch kept."""
+    out: List[Tensor] = []
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        out.extend(perm.split(batch_size))
+        if max_steps is not None and len(out) >= max_steps:
+            return out[:max_steps]
+    return out
+
+
+class _GradStats:
+    """Running sums for v = (1/Q) sum ||g_q||^2 - ||(1/Q) sum g_q||^2, without storing gradients."""
+
+    def __init__(self, like: List[Tensor]) -> None:
+        self.sum = [torch.zeros_like(t) for t in like]
+        self.sq = 0.0
+        self.count = 0
+
+    def add(self, grads: Tuple[Tensor, ...]) -> None:
+        torch._foreach_add_(self.sum, grads)
+        self.sq += float(torch.stack(torch._foreach_norm(grads)).double().pow(2).sum())
+        self.count += 1
+
+    def variance(self) -> float:
+        if self.count == 0:
+            return 0.0
+        norms = torch.stack(torch._foreach_norm(self.sum)).double()
+        mean_sq = float(norms.pow(2).sum()) / self.count**2
+        return max(0.0, self.sq / self.count - mean_sq)
+
+
+def train_job(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
+              subset: Mapping[str, Tensor], data: Dataset, cfg: TrainConfig,
+              seed: int) -> JobResult:
+    """Train w* = `subset` for cfg.epochs (or cfg.max_steps) with SGD; frozen is never touched."""
+    device = resolve_device(cfg.device)
+    measured = reset_peak_rss()
+    names = list(plan.subset_shapes())
+    if not names:
+        raise ValueError(f"plan for {plan.model} has no trainable parameters")
+    index = channel_index(plan, device)
+    base = {k: v.detach().to(device) for k, v in frozen.items()}
+    start = {n: subset[n].detach().to(device=device, dtype=torch.float32) for n in names}
+    leaves = [start[n].clone().requires_grad_(True) for n in names]
+    trainable = dict(zip(names, leaves))
+    momentum = [torch.zeros_like(t) for t in leaves] if cfg.momentum > 0 else []
+    n = int(data.y.shape[0])
+    gen = torch.Generator().manual_seed(int(seed))
+    batches = _batches(n, cfg.batch_size, cfg.epochs, cfg.max_steps, gen) if n else []
+    stats = _GradStats(leaves)
+    total_loss = 0.0
+    was_training = model.training
+    model.train()
+    with torch.random.fork_rng(devices=[]):  # dropout and the like: reproducible, no global effect
+        torch.manual_seed(int(seed))
+        for idx in batches:
+            x, y = data.x[idx].to(device), data.y[idx].to(device)
+            params = materialize(base, plan, trainable, index)
+            loss = F.cross_entropy(functional_call(model, params, (x,)), y)
+            grads = torch.autograd.grad(loss, leaves)
+            _sgd_step(leaves, grads, momentum, cfg.lr, cfg.momentum)
+            stats.add(grads)
+            total_loss += float(loss.detach())
+    model.train(was_training)
+    with torch.no_grad():
+        delta = {n: (t.detach() - start[n]).cpu() for n, t in trainable.items()}
+    return JobResult(
+        delta=delta, num_samples=n, grad_variance=stats.variance(), steps=len(batches),
+        loss=total_loss / len(batches) if batches else 0.0,
+        peak_memory=peak_rss() if measured else None,
+    )
+
+
+@torch.no_grad()
+def _sgd_step(leaves: List[Tensor], grads: Tuple[Tensor, ...], bufs: List[Tensor],
+              lr: float, momentum: float) -> None:
+    """torch.optim.SGD semantics (no dampening, no weight decay), in place."""
+    if bufs:
+        for buf, g in zip(bufs, grads):
+            buf.mul_(momentum).add_(g)
+        grads = tuple(bufs)
+    torch._foreach_add_(leaves, grads, alpha=-lr)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, params: Mapping[str, Tensor], data: Dataset,
+             batch_size: int = 512) -> Tuple[float, float]:
+    """(accuracy, mean cross-entropy) of `model` with `params` on `data`; (0.0, 0.0) when empty."""
+    n = int(data.y.shape[0])
+    if n == 0:
+        return 0.0, 0.0
+    device = next(iter(params.values())).device
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for start in range(0, n, batch_size):
+        x = data.x[start:start + batch_size].to(device)
+        y = data.y[start:start + batch_size].to(device)
+        logits = functional_call(model, dict(params), (x,))
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    model.train(was_training)
+    loss = loss_sum / n
+    return correct / n, loss if math.isfinite(loss) else float("inf")
