@@ -1,0 +1,291 @@
+"""Start, watch and stop the device agents of one run over SSH.
+
+Lifecycle: `start_agents(...)` opens one SSH session per device and keeps it for the whole run;
+by default it asks each device for a reverse port forward (device 127.0.0.1:<ephemeral> -> the
+server's local port, `tunnel.ReverseTunnel`) and starts the agent detached in its own session
+(process group), writing `agent.pid` and `agent.log` in the bundle folder. `--direct HOST:PORT`
+skips the tunnels: agents dial HOST:PORT themselves. `connection: local` devices need no tunnel.
+
+`AgentFleet.stop_all()` (idempotent; `ftte train` calls it from `finally`) kills every agent's
+process group (TERM, then KILL after a grace period), fetches each agent log into
+`<run_dir>/devices/<name>.log`, closes the tunnels and the sessions. When a session died during
+the run, stop reconnects once, so a device never keeps a process of the run.
+
+The device-side helpers are small Python 3.9 stdlib scripts run with the device's interpreter,
+so no `setsid`, `nohup` or `pkill` is needed on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Optional, Sequence, TypeVar
+
+from ftte_cli.config.inventory import Device
+from ftte_cli.fleet.ssh import (
+    DeviceResult,
+    FleetResults,
+    Outcome,
+    Session,
+    SshOptions,
+    classify,
+    connect,
+)
+from ftte_cli.fleet.tunnel import ReverseTunnel
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 5.0  # SIGTERM first: the agent may say goodbye to the server
+KEEPALIVE_S = 15  # SSH keepalives keep NAT and idle timers from dropping the tunnel
+
+# argv: bundle dir, server URL, log mode (wb|ab). Prints the agent's pid (= its process group).
+_LAUNCH = r"""
+import os, subprocess, sys
+b = os.path.realpath(os.path.expanduser(sys.argv[1]))
+url, mode = sys.argv[2], sys.argv[3]
+log = open(os.path.join(b, "agent.log"), mode)
+p = subprocess.Popen([sys.executable, os.path.join(b, "ftte-agent.pyz"), "--bundle", b,
+                      "--server", url], cwd=b, stdin=subprocess.DEVNULL, stdout=log,
+                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+with open(os.path.join(b, "agent.pid"), "w") as f:
+    f.write("%d\n" % p.pid)
+print("%d %s" % (p.pid, b))
+"""
+
+# argv: pgid, grace seconds (or "check"). Prints "alive" or "gone". Zombies count as gone:
+# the process that reaps orphans is not always a real init (containers).
+_GROUP = r"""
+import os, signal, sys, time
+pgid = int(sys.argv[1])
+def members():
+    out = []
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        pids = None
+    if pids is None:
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except ProcessLookupError:
+            return []
+        except PermissionError:
+            return [pgid]
+    for p in pids:
+        try:
+            with open("/proc/%s/stat" % p) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(p))
+    return out
+if sys.argv[2] != "check" and members():
+    deadline = time.time() + float(sys.argv[2])
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        while members() and time.time() < deadline:
+            time.sleep(0.1)
+        deadline = time.time() + 5
+print("alive" if members() else "gone")
+"""
+
+
+class AgentState(str, Enum):
+    """Where one device's agent stands, as the launcher knows it."""
+
+    running = "running"
+    stopped = "stopped"
+    failed = "failed"  # could not be started (see the start results)
+
+
+@dataclass
+class _Agent:
+    device: Device
+    session: Session
+    bundle: str  # remote bundle path as deployed (may be a symlink)
+    url: str  # what the agent dials
+    tunnel: Optional[ReverseTunnel] = None
+    pid: Optional[int] = None
+    real_bundle: str = ""  # the resolved folder holding agent.log and agent.pid
+    state: AgentState = AgentState.stopped
+
+
+T = TypeVar("T")
+
+
+class AgentFleet:
+    """The agents of one run: `alive`, `restart`, `stop_all`; results of the start per device."""
+
+    def __init__(self, agents: dict[str, _Agent], results: FleetResults, opts: SshOptions,
+                 run_dir: Path) -> None:
+        self._agents = agents
+        self.results = results  # how each device's start ended (failed ones have no agent)
+        self.opts = opts
+        self.run_dir = run_dir
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    @property
+    def names(self) -> list[str]:
+        """Devices with a started agent."""
+        return list(self._agents)
+
+    def server_url(self, name: str) -> str:
+        """The URL `name`'s agent dials (through its tunnel when there is one)."""
+        return self._agents[name].url
+
+    def pid(self, name: str) -> Optional[int]:
+        """The agent's pid on the device (also its process group id)."""
+        return self._agents[name].pid
+
+    def alive(self, name: str) -> bool:
+        """Whether `name`'s agent process group still has a live process."""
+        agent = self._agents[name]
+        if agent.pid is None:
+            return False
+        return _group(agent.session, agent.pid, "check") == "alive"
+
+    def restart(self, name: str) -> int:
+        """Stop `name`'s agent if it runs and start it again (log appended); returns the pid."""
+        agent = self._agents[name]
+        if agent.pid is not None:
+            _group(agent.session, agent.pid, str(STOP_GRACE_S))
+        return _launch(agent, log_mode="ab")
+
+    def stop(self, name: str) -> None:
+        """Kill one agent's process group (the tunnel and session stay for a restart)."""
+        agent = self._agents[name]
+        if agent.pid is not None:
+            _group(agent.session, agent.pid, str(STOP_GRACE_S))
+            agent.state = AgentState.stopped
+
+    def stop_all(self) -> FleetResults:
+        """Stop every agent, fetch logs, close tunnels and sessions; safe to call again."""
+        with self._lock:
+            if self._stopped:
+                return FleetResults({})
+            self._stopped = True
+        (self.run_dir / "devices").mkdir(parents=True, exist_ok=True)
+        done = _parallel(list(self._agents.values()), self._stop_one, self.opts.forks)
+        return FleetResults({r.device.name: r for r in done})
+
+    def _stop_one(self, agent: _Agent) -> DeviceResult:
+        device = agent.device
+        try:
+            session = agent.session
+            try:
+                left = _group(session, agent.pid, str(STOP_GRACE_S)) if agent.pid else "gone"
+            except Exception as err:  # noqa: BLE001 - the session died: one fresh try
+                log.info("%s: session lost (%s); reconnecting to stop the agent", device.name, err)
+                session.close()
+                session = agent.session = connect(device, self.opts)
+                left = _group(session, agent.pid, str(STOP_GRACE_S)) if agent.pid else "gone"
+            agent.state = AgentState.stopped
+            self._fetch_log(agent, session)
+            if left != "gone":
+                return DeviceResult(device, Outcome.failed, f"agent pid {agent.pid} survived KILL")
+            return DeviceResult(device, Outcome.ok, f"agent pid {agent.pid} stopped")
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an outcome
+            outcome, detail = classify(exc, device)
+            return DeviceResult(device, outcome, detail)
+        finally:
+            if agent.tunnel is not None:
+                agent.tunnel.close()
+            agent.session.close()
+
+    def _fetch_log(self, agent: _Agent, session: Session) -> None:
+        if not agent.real_bundle:
+            return
+        target = self.run_dir / "devices" / f"{agent.device.name}.log"
+        try:
+            session.get(f"{agent.real_bundle}/agent.log", target)
+        except (OSError, FileNotFoundError) as err:
+            log.info("%s: no agent log fetched: %s", agent.device.name, err)
+
+
+def start_agents(
+    devices: Sequence[Device],
+    remote_bundles: dict[str, str],
+    server_port: int,
+    opts: SshOptions,
+    run_dir: Path,
+    direct: Optional[str] = None,
+) -> AgentFleet:
+    """Open sessions (and tunnels unless `direct`), start one agent per device; never raises.
+
+    `remote_bundles`: device name -> bundle path on the device (DeployInfo.remote_bundle).
+    `direct`: "HOST:PORT" agents dial instead of a tunnel. Devices that could not be started
+    appear in `AgentFleet.results` with their outcome and no agent.
+    """
+    agents: dict[str, _Agent] = {}
+    lock = threading.Lock()
+
+    def start(device: Device) -> DeviceResult:
+        session: Optional[Session] = None
+        try:
+            session = connect(device, opts)
+            agent = _open(device, session, remote_bundles[device.name], server_port, direct)
+            with lock:
+                agents[device.name] = agent
+            pid = _launch(agent, log_mode="wb")
+            return DeviceResult(device, Outcome.changed, f"agent pid {pid} -> {agent.url}",
+                                value=pid)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an outcome
+            outcome, detail = classify(exc, device)
+            if session is not None and device.name not in agents:
+                session.close()
+            return DeviceResult(device, outcome, detail)
+
+    done = _parallel(list(devices), start, opts.forks)
+    results = FleetResults({r.device.name: r for r in done})
+    ordered = {d.name: agents[d.name] for d in devices if d.name in agents}
+    return AgentFleet(ordered, results, opts, run_dir)
+
+
+def _open(device: Device, session: Session, bundle: str, server_port: int,
+          direct: Optional[str]) -> _Agent:
+    """The agent record with its URL: direct address, reverse tunnel, or plain loopback."""
+    if direct is not None:
+        return _Agent(device, session, bundle, f"http://{direct}")
+    if session.transport is None:  # connection: local, the server is right here
+        return _Agent(device, session, bundle, f"http://127.0.0.1:{server_port}")
+    session.transport.set_keepalive(KEEPALIVE_S)
+    tunnel = ReverseTunnel(session.transport, server_port)
+    remote_port = tunnel.open()
+    return _Agent(device, session, bundle, f"http://127.0.0.1:{remote_port}", tunnel)
+
+
+def _launch(agent: _Agent, log_mode: str) -> int:
+    """Start the agent detached in its own session; returns its pid (= process group id)."""
+    python = agent.device.python
+    args = " ".join(shlex.quote(a) for a in (agent.bundle, agent.url, log_mode))
+    result = agent.session.run(f"{python} -c {shlex.quote(_LAUNCH)} {args}")
+    pid_text, _, real = result.stdout.strip().splitlines()[-1].partition(" ")
+    agent.pid, agent.real_bundle, agent.state = int(pid_text), real, AgentState.running
+    log.info("%s: agent pid %s dials %s", agent.device.name, agent.pid, agent.url)
+    return agent.pid
+
+
+def _group(session: Session, pgid: Optional[int], grace: str) -> str:
+    """Check ("check") or kill (grace seconds) a process group on the device; "alive"/"gone"."""
+    if pgid is None:
+        return "gone"
+    python = session.device.python
+    cmd = f"{python} -c {shlex.quote(_GROUP)} {int(pgid)} {shlex.quote(grace)}"
+    return session.run(cmd, timeout=float(STOP_GRACE_S) + 30).stdout.strip().splitlines()[-1]
+
+
+def _parallel(items: list[T], fn: Callable[[T], DeviceResult], forks: int) -> list[DeviceResult]:
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, forks), thread_name_prefix="ftte-agents") as pool:
+        return list(pool.map(fn, items))
