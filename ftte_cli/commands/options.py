@@ -1,0 +1,78 @@
+"""Option types shared by the fleet commands, so every command spells and documents them alike.
+
+    def profile(inventory: InventoryOpt, limit: LimitOpt = None, forks: ForksOpt = 10, ...):
+        inv, devices = select_devices(inventory, limit)
+        opts = ssh_options(forks=forks, accept_new_host_keys=accept_new, ...)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ftte_cli.config.inventory import Device, Inventory, load_inventory
+from ftte_cli.fleet.ssh import SshOptions
+from ftte_cli.output import Format
+
+InventoryOpt = Annotated[
+    Path,
+    typer.Option(
+        "--inventory", "-i", envvar="FTTE_INVENTORY",
+        help="Inventory YAML (Ansible format); also $FTTE_INVENTORY.",
+    ),
+]
+LimitOpt = Annotated[
+    Optional[str],
+    typer.Option("--limit", "-l", help="Only these groups or hosts, comma-separated."),
+]
+ForksOpt = Annotated[
+    int, typer.Option("--forks", "-f", min=1, help="Devices handled at once.")
+]
+AcceptNewHostKeysOpt = Annotated[
+    bool,
+    typer.Option(
+        "--accept-new-host-keys",
+        help="Trust unknown host keys and record them in known_hosts (never a changed key).",
+    ),
+]
+KnownHostsOpt = Annotated[
+    Optional[Path],
+    typer.Option("--known-hosts", help="known_hosts file for every device (default: per device, "
+                 "then ~/.ssh/known_hosts)."),
+]
+ConnectTimeoutOpt = Annotated[
+    float,
+    typer.Option("--connect-timeout", min=0.1, help="Seconds for TCP connect, banner and auth."),
+]
+CommandTimeoutOpt = Annotated[
+    float, typer.Option("--command-timeout", min=0.1, help="Seconds allowed per remote command.")
+]
+FormatOpt = Annotated[
+    Format, typer.Option("--format", help="table for people, json for scripts.")
+]
+
+
+def select_devices(inventory: Path, limit: Optional[str]) -> tuple[Inventory, list[Device]]:
+    """Load the inventory and apply `--limit` (an unknown name is a ConfigError)."""
+    inv = load_inventory(inventory)
+    return inv, inv.select(limit)
+
+
+def ssh_options(
+    *,
+    forks: int = 10,
+    accept_new_host_keys: bool = False,
+    known_hosts: Optional[Path] = None,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 60.0,
+) -> SshOptions:
+    """SshOptions from the shared flags."""
+    return SshOptions(
+        known_hosts=known_hosts,
+        accept_new_host_keys=accept_new_host_keys,
+        connect_timeout=connect_timeout,
+        command_timeout=command_timeout,
+        forks=forks,
+    )
