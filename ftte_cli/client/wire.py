@@ -1,4 +1,4 @@
-"""The wire format shared by the server and the device agent (docs/ARCHITECTURE.md, "Wire protocol").
+"""The wire format shared by the server and the device agent (ARCHITECTURE.md, "Wire protocol").
 
 Device-side module: Python 3.9, torch + safetensors + stdlib only. Control messages are JSON;
 tensors travel as safetensors with string metadata (never pickle). Decoding checks the size bound
@@ -45,6 +45,7 @@ class JobMessage:
 
     job_id: str
     version: int
+    seed: int  # for the client's data shuffling, drawn by the coordinator
     subset: Dict[str, torch.Tensor]
 
 
@@ -98,7 +99,7 @@ def _field(meta: Dict[str, str], key: str, kind: type) -> Any:
 
 def encode_job(job: JobMessage) -> bytes:
     """A job body: w* tensors with the job id and version as metadata."""
-    meta = {"job_id": job.job_id, "version": str(job.version)}
+    meta = {"job_id": job.job_id, "version": str(job.version), "seed": str(job.seed)}
     return serialize.tensors_to_bytes(job.subset, meta)
 
 
@@ -106,7 +107,7 @@ def decode_job(data: bytes, max_bytes: int) -> JobMessage:
     """Parse a job body; WireError if malformed or over `max_bytes`."""
     tensors, meta = _decode(data, max_bytes)
     return JobMessage(job_id=_field(meta, "job_id", str), version=_field(meta, "version", int),
-                      subset=tensors)
+                      seed=_field(meta, "seed", int), subset=tensors)
 
 
 def encode_update(update: UpdateMessage) -> bytes:

@@ -41,6 +41,8 @@ class ServerConfig:
     offline_after: float = 15.0  # seconds without a request before a device is offline
     long_poll_max: float = 30.0  # cap on ?wait=
     memory_budgets: Mapping[str, int] = field(default_factory=dict)  # device -> bytes
+    start_devices: Optional[int] = None  # first dispatch once this many registered (None: all)
+    start_grace: float = 20.0  # ... or this long after the first one registered
     event_log_lines: int = 200
 
     @property

@@ -54,7 +54,8 @@ def _memory(row: DeviceRow) -> str:
         return "-"
     text = format_size(row.peak_memory)
     if row.memory_budget:
-        text += f" / {format_size(row.memory_budget)} ({100 * row.peak_memory / row.memory_budget:.0f}%)"
+        share = 100 * row.peak_memory / row.memory_budget
+        text += f" / {format_size(row.memory_budget)} ({share:.0f}%)"
     return text
 
 
@@ -131,8 +132,9 @@ class Dashboard:
     is pulled from `get_snapshot`, never pushed.
     """
 
-    def __init__(self, get_snapshot: Callable[[], RunSnapshot], *, console: Optional[Console] = None,
-                 live: Optional[bool] = None, stream: Optional[TextIO] = None,
+    def __init__(self, get_snapshot: Callable[[], RunSnapshot], *,
+                 console: Optional[Console] = None, live: Optional[bool] = None,
+                 stream: Optional[TextIO] = None,
                  line_every: float = 5.0, get_time: Callable[[], float] = time.monotonic) -> None:
         self._get_snapshot = get_snapshot
         self._console = console or Console(stderr=True)

@@ -1,0 +1,515 @@
+"""The aiohttp server around the Coordinator (docs/ARCHITECTURE.md, "Wire protocol").
+
+Lifecycle: build an `FtteServer` from a coordinator and a `ServerConfig`, serve `make_app()` (the
+runner in `server/runner.py` does it on a background thread), let agents register, long-poll for
+jobs and upload updates; call `finish(reason)` to end the run (every endpoint then answers 410 and
+the agents exit). Every coordinator call runs on one worker thread, so aggregation and evaluation
+never block long-polls or heartbeats; the dashboard reads immutable snapshots under a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, TypeVar
+
+from aiohttp import web
+
+from ftte_cli.client import wire
+from ftte_cli.engine.coordinator import (
+    ClientState,
+    Coordinator,
+    RejectReason,
+    SubmitResult,
+    Update,
+)
+from ftte_cli.server.protocol import ServerConfig, ServerReason, authenticate
+from ftte_cli.server.snapshot import (
+    AccuracyPoint,
+    DeviceRow,
+    DeviceStatus,
+    EventLine,
+    RunSnapshot,
+    RunState,
+    StopReason,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+EventSink = Callable[[dict], None]
+VersionHook = Callable[[Coordinator, float, SubmitResult], None]
+ONLINE = (DeviceStatus.idle, DeviceStatus.training)
+
+
+@dataclass
+class _Device:
+    """Mutable per-device bookkeeping, private to the server and changed under its lock."""
+
+    name: str
+    status: DeviceStatus = DeviceStatus.waiting
+    version: Optional[int] = None
+    staleness: Optional[int] = None
+    last_seen: Optional[float] = None
+    peak_memory: Optional[int] = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    job_id: Optional[str] = None  # job delivered and not yet answered
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A job dispatched by the coordinator and not yet fetched by its device."""
+
+    job_id: str
+    version: int
+    body: bytes
+
+
+class FtteServer:
+    """HTTP front of one run; see the module docstring for the lifecycle."""
+
+    def __init__(self, coordinator: Coordinator, config: ServerConfig, *, strategy: str,
+                 buffer_size: int, target_accuracy: Optional[float] = None,
+                 on_event: Optional[EventSink] = None, on_version: Optional[VersionHook] = None,
+                 elapsed_offset: float = 0.0,
+                 get_time: Callable[[], float] = time.monotonic) -> None:
+        self.coordinator = coordinator
+        self.config = config
+        self._strategy = strategy
+        self._buffer_size = buffer_size
+        self._target = target_accuracy
+        self._on_event = on_event
+        self._on_version = on_version
+        self._get_time = get_time
+        self._t0 = get_time() - elapsed_offset
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordinator")
+        self._devices = {name: _Device(name) for name in config.tokens}
+        self._pending: dict[str, _Pending] = {}
+        self._issued: dict[str, str] = {}  # job id -> device it was issued to
+        self._events: deque[EventLine] = deque(maxlen=config.event_log_lines)
+        self._accept_times: deque[float] = deque()
+        self._staleness: list[int] = []
+        self._dropped: dict[str, int] = {}
+        self._accuracy: list[AccuracyPoint] = []
+        self._version = coordinator.version
+        self._buffer_fill = 0
+        self._state = RunState.running
+        self._stop_reason: Optional[StopReason] = None
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._monitor: Optional[asyncio.Task[None]] = None
+        self._started = False
+        self._first_join: Optional[float] = None
+        # Nobody is connected yet: clients become idle when their agent registers. On --resume
+        # this also releases the jobs the previous server had in flight (their agents are gone).
+        for name in config.tokens:
+            coordinator.client_offline(name, self.now())
+        self._sync_coordinator_view()
+
+    # ---- time, events, snapshots -------------------------------------------------------------
+
+    def now(self) -> float:
+        """Seconds since the run started (continues across --resume)."""
+        return self._get_time() - self._t0
+
+    def event(self, kind: str, device: str = "", detail: str = "", **fields: Any) -> None:
+        """Record an event in the log shown on the dashboard and in events.jsonl."""
+        now = self.now()
+        with self._lock:
+            self._events.append(EventLine(now, kind, device, detail))
+        record = {"t": round(now, 3), "kind": kind, "device": device, "detail": detail, **fields}
+        if self._on_event is not None:
+            self._on_event(record)
+        log.info("%s %s %s", kind, device, detail)
+
+    def snapshot(self) -> RunSnapshot:
+        """The whole run now, as an immutable value."""
+        now = self.now()
+        with self._lock:
+            while self._accept_times and now - self._accept_times[0] > 60.0:
+                self._accept_times.popleft()
+            window = min(max(now, 1e-9), 60.0)
+            rows = tuple(self._row(d, now) for d in self._devices.values())
+            stale = self._staleness
+            return RunSnapshot(
+                run_id=self.config.run_id, strategy=self._strategy, state=self._state,
+                elapsed=now, version=self._version, buffer_fill=self._buffer_fill,
+                buffer_size=self._buffer_size,
+                updates_per_min=len(self._accept_times) * 60.0 / window,
+                staleness_mean=sum(stale) / len(stale) if stale else None,
+                staleness_max=max(stale) if stale else None, accepted=len(stale),
+                dropped=dict(self._dropped), accuracy=tuple(self._accuracy),
+                target_accuracy=self._target, devices=rows, events=tuple(self._events),
+                stop_reason=self._stop_reason,
+            )
+
+    def _row(self, d: _Device, now: float) -> DeviceRow:
+        return DeviceRow(
+            name=d.name, status=d.status, version=d.version, staleness=d.staleness,
+            last_seen=None if d.last_seen is None else max(now - d.last_seen, 0.0),
+            peak_memory=d.peak_memory, memory_budget=self.config.memory_budgets.get(d.name),
+            bytes_up=d.bytes_up, bytes_down=d.bytes_down, accepted=d.accepted,
+            rejected=d.rejected,
+        )
+
+    # ---- run control (any thread) ------------------------------------------------------------
+
+    def finish(self, reason: StopReason) -> None:
+        """End the run: every endpoint answers 410 from now on and waiting long-polls return."""
+        with self._lock:
+            if self._state == RunState.done:
+                return
+            self._state, self._stop_reason = RunState.done, reason
+        self.event("run_finished", detail=reason.value, reason=reason.value)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake_all)
+
+    def mark_failed(self, device: str, detail: str) -> None:
+        """The orchestrator saw this device's agent die (e.g. OOM-killed): show it as failed."""
+        with self._lock:
+            dev = self._devices[device]
+            was_online = dev.status in ONLINE
+            dev.status, dev.job_id = DeviceStatus.failed, None
+            self._pending.pop(device, None)
+        if was_online:
+            self._executor.submit(self._release, device, self.now()).result()
+        self.event("device_failed", device, detail)
+
+    @property
+    def done(self) -> bool:
+        """True once finish() was called."""
+        with self._lock:
+            return self._state == RunState.done
+
+    def close(self) -> None:
+        """Stop the coordinator worker (after the HTTP side has stopped)."""
+        self._executor.shutdown(wait=True)
+
+    def call(self, fn: Callable[[Coordinator], T]) -> T:
+        """Run `fn(coordinator)` on the coordinator thread and wait (checkpoints, final state)."""
+        return self._executor.submit(fn, self.coordinator).result()
+
+    # ---- coordinator thread ------------------------------------------------------------------
+
+    async def _in_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def _sync_coordinator_view(self) -> None:
+        """Copy what the snapshot shows from the coordinator (coordinator thread or init only)."""
+        c = self.coordinator
+        points = [AccuracyPoint(e.time, e.version, e.accuracy) for e in c.metrics.evals]
+        with self._lock:
+            self._version = c.version
+            self._buffer_fill = c.strategy.pending()
+            self._accuracy = points
+
+    def _dispatch(self, now: float) -> list[str]:
+        """Ask the coordinator for jobs and encode them; returns the devices that got one."""
+        got: list[str] = []
+        if not self._started:
+            return got
+        for job in self.coordinator.next_jobs(now):
+            body = wire.encode_job(wire.JobMessage(job.job_id, job.version, job.seed, job.subset))
+            with self._lock:
+                self._pending[job.client_id] = _Pending(job.job_id, job.version, body)
+                self._issued[job.job_id] = job.client_id
+            got.append(job.client_id)
+        self._sync_coordinator_view()
+        return got
+
+    def _release(self, device: str, now: float) -> None:
+        """The device lost its job (offline, restarted): give the coordinator its slot back."""
+        self.coordinator.client_offline(device, now)
+        self._dispatch(now)
+
+    def _rejoin(self, device: str, now: float) -> list[str]:
+        """The device (re)registered and holds no job: anything it had in flight is lost."""
+        if self.coordinator.client_state(device) != ClientState.offline:
+            self.coordinator.client_offline(device, now)
+        self.coordinator.client_online(device)
+        self._maybe_start(now)
+        return self._dispatch(now)
+
+    def _maybe_start(self, now: float) -> None:
+        """Hold the first dispatch until enough devices registered (a FedAvg round needs them)."""
+        if self._started:
+            return
+        with self._lock:
+            joined = sum(d.status != DeviceStatus.waiting for d in self._devices.values())
+            if self._first_join is None and joined:
+                self._first_join = now
+            first = self._first_join
+        enough = joined >= min(self.config.start_devices or len(self._devices), len(self._devices))
+        if enough or (first is not None and now - first >= self.config.start_grace):
+            self._started = True
+            self.event("dispatch_started", detail=f"{joined} devices registered")
+
+    def _submit(self, update: Update, now: float) -> SubmitResult:
+        result = self.coordinator.submit(update, now)
+        if result.advanced and self._on_version is not None:
+            self._on_version(self.coordinator, now, result)
+        self._dispatch(now)
+        return result
+
+    # ---- event loop side ---------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        """The aiohttp application (routes under /v1, body cap = the largest route bound)."""
+        app = web.Application(client_max_size=self.config.client_max_size + 1)
+        app.add_routes([
+            web.post(f"{wire.API}/register", self._register),
+            web.get(f"{wire.API}/task", self._task),
+            web.post(f"{wire.API}/update", self._update),
+            web.post(f"{wire.API}/heartbeat", self._heartbeat),
+            web.get(f"{wire.API}/status", self._status),
+        ])
+        app.on_startup.append(self._startup)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def _startup(self, app: web.Application) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._monitor = asyncio.create_task(self._watch_offline())
+
+    async def _cleanup(self, app: web.Application) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+        self._wake_all()
+
+    def _waiter(self, device: str) -> asyncio.Event:
+        return self._waiters.setdefault(device, asyncio.Event())
+
+    def _wake(self, devices: list[str]) -> None:
+        for name in devices:
+            self._waiter(name).set()
+
+    def _wake_all(self) -> None:
+        self._wake(list(self._devices))
+
+    def _auth(self, request: web.Request) -> str:
+        device = authenticate(self.config.tokens, request.headers)
+        if device is None:
+            claimed = request.headers.get(wire.DEVICE_HEADER, "")
+            self._reject(claimed, ServerReason.wrong_token, f"{request.method} {request.path}")
+            raise web.HTTPUnauthorized(text="unknown device or wrong token")
+        return device
+
+    def _reject(self, device: str, reason: Any, detail: str = "") -> None:
+        with self._lock:
+            self._dropped[reason.value] = self._dropped.get(reason.value, 0) + 1
+            if device in self._devices:
+                self._devices[device].rejected += 1
+        self.event("update_rejected" if reason != ServerReason.wrong_token else "auth_failed",
+                   device, f"{reason.value} {detail}".strip(), reason=reason.value)
+
+    def _check_running(self, device: str) -> None:
+        if self.done:
+            with self._lock:
+                self._devices[device].status = DeviceStatus.done
+            raise web.HTTPGone(text="run over")
+
+    def _touch(self, device: str) -> DeviceStatus:
+        with self._lock:
+            dev = self._devices[device]
+            dev.last_seen = self.now()
+            return dev.status
+
+    def _require_online(self, device: str) -> None:
+        if self._touch(device) not in ONLINE:
+            raise web.HTTPConflict(text="register first")
+
+    async def _read_json(self, request: web.Request, device: str) -> dict:
+        try:
+            body = await _read_bounded(request, self.config.json_max_bytes)
+            return wire.loads(body, self.config.json_max_bytes)
+        except wire.BodyTooLarge as err:
+            self._reject(device, ServerReason.too_large, str(err))
+            raise web.HTTPRequestEntityTooLarge(self.config.json_max_bytes,
+                                                request.content_length or 0) from None
+        except wire.WireError as err:
+            raise web.HTTPBadRequest(text=str(err)) from None
+
+    async def _register(self, request: web.Request) -> web.Response:
+        device = self._auth(request)
+        self._check_running(device)
+        await self._read_json(request, device)
+        with self._lock:
+            dev = self._devices[device]
+            rejoined = dev.status in (DeviceStatus.offline, DeviceStatus.failed)
+            dev.status, dev.job_id, dev.last_seen = DeviceStatus.idle, None, self.now()
+        got = await self._in_worker(self._rejoin, device, self.now())
+        self._wake(got)
+        self.event("device_rejoined" if rejoined else "device_registered", device)
+        return web.json_response({"client_id": device, "run_id": self.config.run_id,
+                                  "plan_sha256": self.config.plan_sha256})
+
+    async def _task(self, request: web.Request) -> web.Response:
+        device = self._auth(request)
+        self._check_running(device)
+        self._require_online(device)
+        try:
+            wait = min(max(float(request.query.get("wait", "0")), 0.0), self.config.long_poll_max)
+        except ValueError:
+            raise web.HTTPBadRequest(text="wait: not a number") from None
+        await self._recover_lost_job(device)
+        deadline = self.now() + wait
+        while True:
+            job = self._take_job(device)
+            if job is not None:
+                return web.Response(body=job.body, content_type=wire.TENSOR_TYPE)
+            self._check_running(device)
+            left = deadline - self.now()
+            if left <= 0:
+                self._touch(device)
+                return web.Response(status=wire.NO_JOB)
+            event = self._waiter(device)
+            event.clear()
+            try:
+                await asyncio.wait_for(event.wait(), timeout=left)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _recover_lost_job(self, device: str) -> None:
+        # An agent asks for work only when it holds none: a device still marked training lost
+        # its job in transit (or its agent restarted without re-registering).
+        with self._lock:
+            dev = self._devices[device]
+            lost = dev.status == DeviceStatus.training and device not in self._pending
+            if lost:
+                dev.status, dev.job_id = DeviceStatus.idle, None
+        if lost:
+            self.event("job_lost", device)
+            self._wake(await self._in_worker(self._rejoin, device, self.now()))
+
+    def _take_job(self, device: str) -> Optional[_Pending]:
+        with self._lock:
+            dev = self._devices[device]
+            job = self._pending.pop(device, None) if dev.status in ONLINE else None
+            if job is not None:
+                dev.status, dev.version, dev.job_id = DeviceStatus.training, job.version, job.job_id
+                dev.bytes_down += len(job.body)
+                dev.last_seen = self.now()
+        return job
+
+    async def _update(self, request: web.Request) -> web.Response:
+        device = self._auth(request)
+        self._check_running(device)
+        self._require_online(device)
+        bound = self.config.update_max_bytes
+        try:
+            body = await _read_bounded(request, bound)
+            msg = wire.decode_update(body, bound)
+        except wire.BodyTooLarge as err:
+            self._reject(device, ServerReason.too_large, str(err))
+            raise web.HTTPRequestEntityTooLarge(bound, request.content_length or 0) from None
+        except wire.WireError as err:
+            self._reject(device, ServerReason.malformed, str(err))
+            return web.json_response({"accepted": False, "reason": ServerReason.malformed.value,
+                                      "detail": str(err)}, status=400)
+        with self._lock:
+            owner = self._issued.get(msg.job_id)
+            self._devices[device].bytes_up += len(body)
+        if owner is not None and owner != device:
+            self._reject(device, ServerReason.wrong_device, f"job {msg.job_id} is {owner}'s")
+            return self._update_reply(False, ServerReason.wrong_device.value)
+        update = Update(job_id=msg.job_id, client_id=device, version=msg.version,
+                        delta=msg.delta, num_samples=msg.num_samples,
+                        grad_variance=msg.grad_variance, peak_memory=msg.peak_memory)
+        result = await self._in_worker(self._submit, update, self.now())
+        self._record(device, msg, result)
+        self._wake(list(self._pending))
+        reason = None if result.reason is None else RejectReason(result.reason).value
+        return self._update_reply(result.accepted, reason, result.version)
+
+    def _update_reply(self, accepted: bool, reason: Optional[str],
+                      version: Optional[int] = None) -> web.Response:
+        body = {"accepted": accepted, "reason": reason,
+                "version": self._version if version is None else version}
+        return web.json_response(body, status=200 if accepted else 422)
+
+    def _record(self, device: str, msg: wire.UpdateMessage, result: SubmitResult) -> None:
+        with self._lock:
+            dev = self._devices[device]
+            if dev.job_id == msg.job_id:
+                dev.status, dev.job_id = DeviceStatus.idle, None
+            if msg.peak_memory is not None:
+                dev.peak_memory = max(dev.peak_memory or 0, msg.peak_memory)
+            if result.accepted:
+                dev.accepted += 1
+                dev.staleness = result.staleness
+                self._staleness.append(int(result.staleness or 0))
+                self._accept_times.append(self.now())
+        if result.accepted:
+            self.event("update_accepted", device,
+                       f"job {msg.job_id} v{msg.version} staleness {result.staleness}"
+                       + (f" -> v{result.version}" if result.advanced else ""),
+                       job_id=msg.job_id, staleness=result.staleness, version=result.version)
+        else:
+            self._reject(device, RejectReason(result.reason), f"job {msg.job_id}")
+
+    async def _heartbeat(self, request: web.Request) -> web.Response:
+        device = self._auth(request)
+        self._check_running(device)
+        self._require_online(device)
+        body = await self._read_json(request, device)
+        peak = body.get("peak_memory")
+        if isinstance(peak, int) and peak >= 0:
+            with self._lock:
+                dev = self._devices[device]
+                dev.peak_memory = max(dev.peak_memory or 0, peak)
+        return web.json_response({"version": self._version})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        self._auth(request)
+        from ftte_cli.output import to_jsonable
+
+        return web.json_response(to_jsonable(self.snapshot()))
+
+    async def _watch_offline(self) -> None:
+        """Mark devices not heard from for `offline_after` seconds offline; free their jobs."""
+        period = min(1.0, self.config.offline_after / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = self.now()
+            with self._lock:
+                gone = [d for d in self._devices.values() if d.status in ONLINE and
+                        d.last_seen is not None and now - d.last_seen > self.config.offline_after]
+                for d in gone:
+                    d.status, d.job_id = DeviceStatus.offline, None
+                    self._pending.pop(d.name, None)
+            for d in gone:
+                self.event("device_offline", d.name, f"not seen for {self.config.offline_after:g}s")
+                await self._in_worker(self._release, d.name, now)
+            if not self._started:
+                await self._in_worker(self._start_if_due, now)
+            if gone or self._pending:
+                self._wake(list(self._pending))
+
+    def _start_if_due(self, now: float) -> None:
+        self._maybe_start(now)
+        self._dispatch(now)
+
+
+
+
+async def _read_bounded(request: web.Request, bound: int) -> bytes:
+    """The request body, refusing (before reading it all) anything over `bound` bytes."""
+    if request.content_length is not None and request.content_length > bound:
+        raise wire.BodyTooLarge(f"declared {request.content_length} bytes, bound {bound}")
+    buf = bytearray()
+    while True:
+        chunk = await request.content.read(1 << 16)
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+        if len(buf) > bound:
+            raise wire.BodyTooLarge(f"body over the bound of {bound} bytes")

@@ -1,0 +1,88 @@
+"""Serve an FtteServer on a background thread with its own event loop (for the CLI and tests).
+
+    with ServerThread(server, host="127.0.0.1", port=0) as st:
+        print(st.url)   # http://127.0.0.1:<ephemeral port>
+        ...             # drive the run; st.server.finish(...) ends it
+    # leaving the block stops the HTTP side and the coordinator worker
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Optional
+
+from aiohttp import web
+
+from ftte_cli.errors import RunError
+from ftte_cli.server.app import FtteServer
+
+log = logging.getLogger(__name__)
+
+
+class ServerThread:
+    """Runs `server.make_app()` on host:port (0 = ephemeral) in a daemon thread."""
+
+    def __init__(self, server: FtteServer, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.server = server
+        self.host = host
+        self.port = port
+        self._loop = asyncio.new_event_loop()
+        self._runner: Optional[web.AppRunner] = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ftte-server",
+                                        daemon=True)
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        """Base URL agents use."""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> ServerThread:
+        """Bind and start serving; RunError if the address cannot be bound."""
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        try:
+            self.port = fut.result(timeout=30)
+        except OSError as err:
+            self._stop_loop()
+            raise RunError(f"server: cannot listen on {self.host}:{self.port}: "
+                           f"{err.strerror}") from None
+        log.info("server listening on %s", self.url)
+        return self
+
+    async def _start(self) -> int:
+        self._runner = web.AppRunner(self.server.make_app(), access_log=None,
+                                     handle_signals=False, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        sockets = self._runner.addresses
+        return int(sockets[0][1]) if sockets else self.port
+
+    def stop(self) -> None:
+        """Stop serving and the coordinator worker; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._runner is not None:
+            fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+            try:
+                fut.result(timeout=10)
+            except Exception as err:  # shutting down anyway; keep going and say why
+                log.warning("server cleanup: %s", err)
+        self._stop_loop()
+        self.server.close()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
