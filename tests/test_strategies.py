@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from ftte_cli.config.recipe import StalenessConfig, StrategyConfig
-from ftte_cli.engine.strategies import STRATEGIES, Arrival, Buffer, make_strategy
-from ftte_cli.engine.strategies import aggregate, weights
+from ftte_cli.engine.strategies import (
+    STRATEGIES,
+    Arrival,
+    Buffer,
+    aggregate,
+    make_strategy,
+    weights,
+)
 
 
 def test_staleness_forms_match_hand_values() -> None:

@@ -1,4 +1,4 @@
-"""Server strategies behind one interface (base.Strategy); STRATEGIES maps recipe names to classes."""
+"""Server strategies behind one interface (base.Strategy); STRATEGIES maps names to classes."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ Tensors = Dict[str, Tensor]
 
 @torch.no_grad()
 def weighted_mean(pairs: Sequence[Tuple[Tensors, float]]) -> Tensors:
-    """sum_i(w_i * delta_i) / sum_i(w_i) per tensor; raises ValueError on no pairs or zero weight."""
+    """sum_i(w_i * delta_i) / sum_i(w_i) per tensor; ValueError on no pairs or zero weight."""
     if not pairs:
         raise ValueError("weighted_mean of no updates")
     total = float(sum(w for _, w in pairs))

@@ -70,11 +70,11 @@ class Buffer:
             tensors.update({f"{i}/{name}": t for name, t in a.delta.items()})
             meta.append({"job_id": a.job_id, "client_id": a.client_id, "num_samples": a.num_samples,
                          "grad_variance": a.grad_variance, "staleness": a.staleness,
-                         "names": list(a.delta)})
+                         "names": list(a.delta)})  # keeps the order safetensors loses
         return tensors, {"capacity": self.capacity, "items": meta}
 
-    def load_state(self, tensors: Tensors, meta: Dict[str, Any]) -> None:
-        """Inverse of `state`."""
+    def load_state(self, tensors: Tensors, meta: Dict[str, Any]) -> None:  # noqa: B027
+        """Inverse of `state` (stateless strategies have nothing to load)."""
         self.capacity = int(meta["capacity"])
         self._items = [
             Arrival(job_id=m["job_id"], client_id=m["client_id"],
@@ -104,7 +104,7 @@ class Strategy(ABC):
     def ingest(self, arrival: Arrival, current: Tensors) -> Optional[Tensors]:
         """Take one accepted update; the new w* when the model advances, None while waiting."""
 
-    def begin_round(self, size: int) -> None:
+    def begin_round(self, size: int) -> None:  # noqa: B027  (optional hook)
         """A synchronous round of `size` jobs was dispatched (asynchronous strategies ignore it)."""
 
     def job_lost(self, current: Tensors) -> Optional[Tensors]:
@@ -119,5 +119,5 @@ class Strategy(ABC):
         """Everything needed to continue after a restart (tensors, JSON-able meta)."""
         return {}, {}
 
-    def load_state(self, tensors: Tensors, meta: Dict[str, Any]) -> None:
-        """Inverse of `state`."""
+    def load_state(self, tensors: Tensors, meta: Dict[str, Any]) -> None:  # noqa: B027
+        """Inverse of `state` (stateless strategies have nothing to load)."""

@@ -13,7 +13,7 @@ from ftte_cli.engine.strategies.ftte import BufferedStrategy
 
 
 class FedAvgStrategy(BufferedStrategy):
-    """w_{t+1} = w_t + eta_g * sum(n_i d_i) / sum(n_i); with eta_g = 1, the n-weighted model mean."""
+    """w_{t+1} = w_t + eta_g * sum(n_i d_i) / sum(n_i); eta_g = 1 gives the n-weighted mean."""
 
     name = "fedavg"
     dense = True

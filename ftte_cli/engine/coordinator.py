@@ -1,0 +1,355 @@
+"""The run state machine both the simulator and the real server drive (FTTE.md sections 3 and 4).
+
+Lifecycle: build a `Coordinator` with the initial parameters, the plan, a strategy and the clients
+(id -> n_i); call `next_jobs(now)` whenever something changed to get jobs for idle clients, hand
+each job's subset w*_t to its client, and pass every update that comes back to `submit(update,
+now)`. The coordinator validates it (a `RejectReason` when it must drop it), lets the strategy
+decide whether the model advances, evaluates every `eval_every` versions and keeps the metrics.
+It never reads a clock or a global RNG: `now` comes in, and every chance decision (which idle
+clients get jobs, job seeds) uses its own seeded `random.Random`, saved in `state()`.
+
+Memory: parameters are never changed in place; a step builds a new dict. Each job refers to the
+snapshot w*_t of the version it started from (needed by FedAsync, and to hand out), kept only
+while some job in flight refers to it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+import torch
+from torch import Tensor
+
+from ftte_cli.config.recipe import StrategyConfig
+from ftte_cli.engine import sparse
+from ftte_cli.engine.metrics import EvalPoint, RunMetrics
+from ftte_cli.engine.plan import Plan
+from ftte_cli.engine.strategies import Arrival, Strategy
+from ftte_cli.engine.strategies.aggregate import nbytes
+
+Tensors = Dict[str, Tensor]
+Evaluate = Callable[[Tensors], Tuple[float, float]]  # full params -> (accuracy, loss)
+
+
+class RejectReason(str, Enum):
+    """Why an update was dropped."""
+
+    shape_mismatch = "shape_mismatch"  # a tensor's shape or dtype differs from the plan's w*
+    mask_mismatch = "mask_mismatch"  # the tensor names differ from the plan's trainable subset
+    non_finite = "non_finite"  # a NaN or Inf value
+    too_large = "too_large"  # over the size bound
+    duplicate_job = "duplicate_job"  # this job id was already accepted
+    too_stale = "too_stale"  # tau > max_staleness
+    unknown_job = "unknown_job"  # no such job in flight (or client / version do not match it)
+
+
+class ClientState(str, Enum):
+    """Where a client stands."""
+
+    idle = "idle"
+    busy = "busy"
+    offline = "offline"
+
+
+@dataclass(frozen=True)
+class Update:
+    """What a client sends back for a job."""
+
+    job_id: str
+    client_id: str
+    version: int  # t_i, the version the job started from
+    delta: Tensors  # w*_after - w*_{t_i}
+    num_samples: int
+    grad_variance: float
+    peak_memory: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A unit of work for one client."""
+
+    job_id: str
+    client_id: str
+    version: int
+    subset: Tensors  # w*_t, shared snapshot: read only
+    issued_at: float
+    seed: int  # for the client's data shuffling, drawn from the coordinator's RNG
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """The outcome of `submit`; `version` is the model version after it."""
+
+    accepted: bool
+    reason: Optional[RejectReason]
+    advanced: bool
+    version: int
+    staleness: Optional[int]
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """Run settings the coordinator needs besides the strategy's own."""
+
+    strategy: StrategyConfig
+    eval_every: int = 2  # evaluate the global model every N versions
+    max_update_bytes: Optional[int] = None  # default: the raw bytes of w*
+
+
+@dataclass
+class _ClientRecord:
+    num_samples: int
+    state: ClientState = ClientState.idle
+    updates: int = 0
+    last_staleness: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    job_id: str
+    client_id: str
+    version: int
+    issued_at: float
+
+
+class Coordinator:
+    """Global model, version, jobs in flight, client states and metrics of one run."""
+
+    def __init__(self, params: Tensors, plan: Plan, strategy: Strategy, clients: Dict[str, int],
+                 config: CoordinatorConfig, seed: int, evaluate: Optional[Evaluate] = None) -> None:
+        self.plan = plan
+        self.strategy = strategy
+        self.config = config
+        self.metrics = RunMetrics()
+        self._evaluate = evaluate
+        self._params: Tensors = dict(params)
+        self._subset: Tensors = {k: v.clone() for k, v in sparse.extract(params, plan).items()}
+        self._spec = {k: (tuple(v.shape), v.dtype) for k, v in self._subset.items()}
+        self._bound = config.max_update_bytes or nbytes(self._subset)
+        self._version = 0
+        self._snapshots: Dict[int, Tensors] = {}
+        self._jobs: Dict[str, _InFlight] = {}
+        self._clients = {cid: _ClientRecord(n) for cid, n in clients.items()}
+        self._accepted: Set[str] = set()
+        self._rng = random.Random(seed)
+        self._counter = 0
+
+    # -- views -----------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """t, incremented at each aggregation."""
+        return self._version
+
+    @property
+    def params(self) -> Tensors:
+        """The full global parameter dict (read only)."""
+        return self._params
+
+    @property
+    def subset(self) -> Tensors:
+        """The current trainable subset w*_t (read only)."""
+        return self._subset
+
+    @property
+    def in_flight(self) -> int:
+        """Number of jobs dispatched and not yet back."""
+        return len(self._jobs)
+
+    def client_state(self, client_id: str) -> ClientState:
+        """idle, busy or offline."""
+        return self._clients[client_id].state
+
+    def client_info(self) -> Dict[str, Dict[str, Any]]:
+        """Per client: state, n_i, accepted updates, last staleness (JSON-able)."""
+        return {cid: {"state": c.state.value, "num_samples": c.num_samples, "updates": c.updates,
+                      "last_staleness": c.last_staleness} for cid, c in self._clients.items()}
+
+    # -- clients ---------------------------------------------------------------------------
+    def client_online(self, client_id: str) -> None:
+        """An offline client is back and idle."""
+        rec = self._clients[client_id]
+        if rec.state == ClientState.offline:
+            rec.state = ClientState.idle
+
+    def client_offline(self, client_id: str, now: float) -> bool:
+        """A client went away; its jobs in flight are lost. True when that advanced the model."""
+        self._clients[client_id].state = ClientState.offline
+        advanced = False
+        for job in [j for j in self._jobs.values() if j.client_id == client_id]:
+            self._finish(job)
+            self.metrics.jobs_lost += 1
+            advanced = self._apply(self.strategy.job_lost(self._subset), now) or advanced
+        return advanced
+
+    # -- dispatch --------------------------------------------------------------------------
+    def next_jobs(self, now: float) -> List[Job]:
+        """Jobs for idle online clients while fewer than C are in flight (FedAvg: whole rounds)."""
+        idle = [cid for cid, c in self._clients.items() if c.state == ClientState.idle]
+        if self.strategy.synchronous:
+            if self._jobs or not idle:
+                return []
+            m = self.config.strategy.fedavg_clients or len(idle)
+            chosen = self._rng.sample(idle, min(m, len(idle)))
+            self.strategy.begin_round(len(chosen))
+        else:
+            slots = self.strategy.concurrency - len(self._jobs)
+            chosen = self._rng.sample(idle, min(slots, len(idle))) if slots > 0 else []
+        return [self._dispatch(cid, now) for cid in chosen]
+
+    def _dispatch(self, client_id: str, now: float) -> Job:
+        self._counter += 1
+        job = _InFlight(f"j{self._counter:07d}", client_id, self._version, now)
+        self._jobs[job.job_id] = job
+        self._snapshots[self._version] = self._subset
+        self._clients[client_id].state = ClientState.busy
+        self.metrics.jobs_dispatched += 1
+        self.metrics.bytes_down += nbytes(self._subset)
+        return Job(job.job_id, client_id, job.version, self._subset, now,
+                   self._rng.getrandbits(31))
+
+    # -- arrivals --------------------------------------------------------------------------
+    def submit(self, update: Update, now: float) -> SubmitResult:
+        """Validate one update, hand it to the strategy, step and evaluate when it advances."""
+        self.metrics.bytes_up += nbytes(update.delta)
+        if update.job_id in self._accepted:
+            return self._reject(RejectReason.duplicate_job, None)
+        job = self._jobs.get(update.job_id)
+        if job is None or job.client_id != update.client_id or job.version != update.version:
+            return self._reject(RejectReason.unknown_job, None)
+        base = self._snapshots[job.version]
+        self._finish(job)
+        staleness = self._version - job.version
+        reason = self._check(update, staleness)
+        if reason is not None:
+            self._reject(reason, staleness)
+            advanced = self._apply(self.strategy.job_lost(self._subset), now)
+            return SubmitResult(False, reason, advanced, self._version, staleness)
+        self._accepted.add(update.job_id)
+        self.metrics.accepted += 1
+        self.metrics.staleness[staleness] += 1
+        rec = self._clients[update.client_id]
+        rec.updates += 1
+        rec.last_staleness = staleness
+        arrival = Arrival(update.job_id, update.client_id, update.delta, update.num_samples,
+                          update.grad_variance, staleness, base)
+        advanced = self._apply(self.strategy.ingest(arrival, self._subset), now)
+        return SubmitResult(True, None, advanced, self._version, staleness)
+
+    def _check(self, update: Update, staleness: int) -> Optional[RejectReason]:
+        delta = update.delta
+        if nbytes(delta) > self._bound:
+            return RejectReason.too_large
+        if set(delta) != set(self._spec):
+            return RejectReason.mask_mismatch
+        if any((tuple(t.shape), t.dtype) != self._spec[k] for k, t in delta.items()):
+            return RejectReason.shape_mismatch
+        if not all(bool(torch.isfinite(t).all()) for t in delta.values()):
+            return RejectReason.non_finite
+        limit = self.config.strategy.max_staleness
+        if limit is not None and staleness > limit:
+            return RejectReason.too_stale
+        return None
+
+    def _reject(self, reason: RejectReason, staleness: Optional[int]) -> SubmitResult:
+        self.metrics.dropped[reason.value] += 1
+        return SubmitResult(False, reason, False, self._version, staleness)
+
+    def _finish(self, job: _InFlight) -> None:
+        """Take a job out of flight, free its client, drop its snapshot when no job needs it."""
+        del self._jobs[job.job_id]
+        rec = self._clients[job.client_id]
+        if rec.state == ClientState.busy:
+            rec.state = ClientState.idle
+        if job.version != self._version and all(j.version != job.version
+                                                for j in self._jobs.values()):
+            self._snapshots.pop(job.version, None)
+
+    def _apply(self, new_subset: Optional[Tensors], now: float) -> bool:
+        """Install a new w* as the next version; evaluate every eval_every versions."""
+        if new_subset is None:
+            return False
+        if self._version not in {j.version for j in self._jobs.values()}:
+            self._snapshots.pop(self._version, None)
+        self._subset = new_subset
+        self._params = sparse.insert(self._params, self.plan, new_subset)
+        self._version += 1
+        self.metrics.version_times.append(now)
+        if self._version % self.config.eval_every == 0:
+            self.evaluate_now(now)
+        return True
+
+    def evaluate_now(self, now: float) -> Optional[EvalPoint]:
+        """Evaluate the current model (if an evaluate callable was given) and record it."""
+        if self._evaluate is None:
+            return None
+        if self.metrics.evals and self.metrics.evals[-1].version == self._version:
+            return self.metrics.evals[-1]
+        acc, loss = self._evaluate(self._params)
+        point = EvalPoint(now, self._version, float(acc), float(loss), self.metrics.bytes_total)
+        self.metrics.evals.append(point)
+        return point
+
+    # -- checkpoint ------------------------------------------------------------------------
+    def state(self) -> Tuple[Tensors, Dict[str, Any]]:
+        """(tensors, JSON-able meta): model, snapshots, buffer, jobs, clients, RNG, metrics."""
+        tensors: Tensors = {f"param/{k}": v for k, v in self._params.items()}
+        for version, snap in self._snapshots.items():
+            tensors.update({f"snap/{version}/{k}": v for k, v in snap.items()})
+        tensors.update({f"subset/{k}": v for k, v in self._subset.items()})
+        strat_tensors, strat_meta = self.strategy.state()
+        tensors.update({f"strategy/{k}": v for k, v in strat_tensors.items()})
+        rng_version, rng_internal, rng_gauss = self._rng.getstate()
+        meta = {
+            "version": self._version, "counter": self._counter,
+            "snapshots": sorted(self._snapshots),
+            "jobs": [vars(j) for j in self._jobs.values()],
+            "clients": self.client_info(),
+            "accepted": sorted(self._accepted),
+            "rng": [rng_version, list(rng_internal), rng_gauss],
+            "metrics": self.metrics.to_dict(),
+            "strategy": {"name": self.strategy.name, "state": strat_meta},
+            "bound": self._bound,
+        }
+        return tensors, meta
+
+    @classmethod
+    def from_state(cls, tensors: Tensors, meta: Dict[str, Any], plan: Plan, strategy: Strategy,
+                   config: CoordinatorConfig, evaluate: Optional[Evaluate] = None) -> Coordinator:
+        """Rebuild a coordinator saved by `state()`; continuing it equals never having stopped."""
+        if meta["strategy"]["name"] != strategy.name:
+            raise ValueError(f"checkpoint is of strategy {meta['strategy']['name']!r}, "
+                             f"not {strategy.name!r}")
+        # safetensors sorts names; model order matters to anything iterating the dicts
+        params = _ordered(_prefixed(tensors, "param/"), list(plan.masks))
+        names = plan.trainable_names()
+        clients = {cid: int(c["num_samples"]) for cid, c in meta["clients"].items()}
+        coord = cls(params, plan, strategy, clients, config, seed=0, evaluate=evaluate)
+        coord._subset = _ordered(_prefixed(tensors, "subset/"), names)
+        coord._version = int(meta["version"])
+        coord._counter = int(meta["counter"])
+        coord._snapshots = {int(v): _ordered(_prefixed(tensors, f"snap/{v}/"), names)
+                            for v in meta["snapshots"]}
+        coord._jobs = {j["job_id"]: _InFlight(**j) for j in meta["jobs"]}
+        for cid, c in meta["clients"].items():
+            coord._clients[cid] = _ClientRecord(int(c["num_samples"]), ClientState(c["state"]),
+                                                int(c["updates"]), c["last_staleness"])
+        coord._accepted = set(meta["accepted"])
+        rng_version, rng_internal, rng_gauss = meta["rng"]
+        coord._rng.setstate((rng_version, tuple(rng_internal), rng_gauss))
+        coord.metrics = RunMetrics.from_dict(meta["metrics"])
+        coord._bound = int(meta["bound"])
+        strategy.load_state(_prefixed(tensors, "strategy/"), meta["strategy"]["state"])
+        return coord
+
+
+def _prefixed(tensors: Tensors, prefix: str) -> Tensors:
+    """The entries under `prefix`, with the prefix stripped (insertion order kept)."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _ordered(tensors: Tensors, names: List[str]) -> Tensors:
+    """`tensors` in the order of `names` (all of them must be there)."""
+    return {n: tensors[n] for n in names}
