@@ -165,7 +165,8 @@ def _shared_files(recipe: Recipe, plan: Plan, params: dict[str, torch.Tensor],
     files = {
         RUNTIME_NAME: runtime.data,
         RECIPE: _json_bytes(recipe_to_dict(recipe)),
-        MODEL: st_save(params, metadata={"format": "pt", "run": recipe.name}),
+        # One metadata key only: safetensors writes several in hash-map (random) order.
+        MODEL: st_save(params, metadata={"format": "pt"}),
     }
     files.update(_plan_files(plan))
     return files
