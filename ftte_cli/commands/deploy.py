@@ -1,12 +1,88 @@
-"""`ftte deploy`."""
+"""`ftte deploy`: build each device's bundle and ship it (checks first, atomic, skipped if same)."""
 
 from __future__ import annotations
 
-from ftte_cli.errors import FtteError
-from ftte_cli.output import handle_errors
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ftte_cli.commands.options import (
+    AcceptNewHostKeysOpt,
+    CommandTimeoutOpt,
+    ConnectTimeoutOpt,
+    ForksOpt,
+    FormatOpt,
+    InventoryOpt,
+    KnownHostsOpt,
+    LimitOpt,
+    select_devices,
+    ssh_options,
+)
+from ftte_cli.config.inventory import Device
+from ftte_cli.config.recipe import Recipe, load_recipe
+from ftte_cli.fleet.ssh import FleetResults, SshOptions
+from ftte_cli.output import Format, handle_errors
+
+log = logging.getLogger(__name__)
+
+RecipeOpt = Annotated[Path, typer.Option("--recipe", "-r", help="Training recipe YAML.")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Run the checks and say what would change; copy nothing.")
+]
 
 
-def deploy() -> None:
-    """Not implemented yet."""
-    with handle_errors():
-        raise FtteError("ftte deploy: not implemented yet")
+def deploy(
+    recipe: RecipeOpt,
+    inventory: InventoryOpt,
+    limit: LimitOpt = None,
+    dry_run: DryRunOpt = False,
+    forks: ForksOpt = 10,
+    accept_new_host_keys: AcceptNewHostKeysOpt = False,
+    known_hosts: KnownHostsOpt = None,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    command_timeout: CommandTimeoutOpt = 120.0,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Ship the recipe's bundle (runtime, plan, model, data shard, token) to every device."""
+    from ftte_cli.fleet.recap import exit_with, render_recap
+
+    with handle_errors(fmt):
+        rec = load_recipe(recipe)
+        inv, selected = select_devices(inventory, limit)
+        opts = ssh_options(forks=forks, accept_new_host_keys=accept_new_host_keys,
+                           known_hosts=known_hosts, connect_timeout=connect_timeout,
+                           command_timeout=command_timeout)
+        results = plan_and_deploy(rec, inventory, list(inv.devices.values()), selected, opts,
+                                  dry_run=dry_run)
+    render_recap(results, fmt, title="Deploy (dry run)" if dry_run else "Deploy",
+                 with_values=True)
+    exit_with(results)
+
+
+def plan_and_deploy(recipe: Recipe, inventory: Path, devices: list[Device],
+                    selected: list[Device], opts: SshOptions, *, dry_run: bool = False,
+                    root: Optional[Path] = None) -> FleetResults:
+    """Profiles -> fleet budget -> plan (as `ftte train` does), then deploy to `selected`.
+
+    `devices` is the whole inventory (shards follow inventory order). Devices without a profile
+    (e.g. no torch yet) are left out of the budget and still get the deploy pre-check, which
+    says what is missing before anything is copied.
+    """
+    from ftte_cli.engine.data import load_federated
+    from ftte_cli.fleet.bundle import DEFAULT_ROOT, build_bundles, initial_model, initial_params
+    from ftte_cli.fleet.deploy import ship_bundles
+    from ftte_cli.train.planning import check_devices, choose_plan, load_or_profile
+
+    check_devices(selected)
+    fed = load_federated(recipe.data, len(devices), recipe.seed)
+    records = load_or_profile(inventory, selected, recipe, opts)
+    profiled = [d for d in selected if d.name in records] or selected
+    model = initial_model(recipe, fed.input_shape, fed.num_classes)
+    choice = choose_plan(recipe, model, profiled, fed.input_shape, fed.num_classes, fed.proxy,
+                         records)
+    bundles = build_bundles(recipe, devices, choice.plan, fed=fed,
+                            params=initial_params(recipe, fed.input_shape, fed.num_classes),
+                            root=root or DEFAULT_ROOT)
+    return ship_bundles(selected, bundles, opts, dry_run=dry_run)

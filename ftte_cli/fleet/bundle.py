@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 from safetensors.torch import save as st_save
+from torch import nn
 
 from ftte_cli.config.recipe import Recipe, recipe_to_dict
 from ftte_cli.errors import ConfigError
@@ -62,14 +63,23 @@ def bundles_dir(recipe_name: str, root: Path = DEFAULT_ROOT) -> Path:
     return root / "bundles" / recipe_name
 
 
-def initial_params(recipe: Recipe, input_shape: Sequence[int], num_classes: int
-                   ) -> dict[str, torch.Tensor]:
-    """The run's initial model, seeded by the recipe alone (the same bytes on every machine)."""
+def initial_model(recipe: Recipe, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """The run's initial model, seeded by the recipe alone (global RNG state untouched).
+
+    Everything that needs the run's starting point (plan selection, bundles, the server) builds
+    it here, so the devices' frozen weights and the server's model are the same bytes.
+    """
     from ftte_cli.engine.models import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        model = build_model(recipe.model, tuple(input_shape), num_classes)
+        return build_model(recipe.model, tuple(input_shape), num_classes)
+
+
+def initial_params(recipe: Recipe, input_shape: Sequence[int], num_classes: int
+                   ) -> dict[str, torch.Tensor]:
+    """`initial_model`'s parameters as contiguous tensors (what model.safetensors holds)."""
+    model = initial_model(recipe, input_shape, num_classes)
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
 
