@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import time
@@ -60,6 +61,14 @@ def test_session_runs_commands_and_copies_files(srv: SshServer, tmp_path: Path) 
         s.get(str(tmp_path / "remote.bin"), tmp_path / "back.bin")
         assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
         assert s.transport is not None and s.transport.is_active()
+
+
+def test_large_stdin_and_output_do_not_deadlock(srv: SshServer) -> None:
+    # Bigger than paramiko's 2 MiB channel window both ways: `cat` echoes while we still send.
+    blob = base64.b64encode(os.urandom(5 * 1024 * 1024)).decode()
+    with connect(device(srv), SshOptions(command_timeout=30)) as s:
+        assert s.run("cat", stdin=blob).stdout == blob
+        assert s.run("true", stdin=blob).rc == 0  # exits without reading: no hang
 
 
 def test_hung_command_times_out_without_blocking(srv: SshServer) -> None:

@@ -329,12 +329,7 @@ class SshSession(Session):
         chan = self.transport.open_session(timeout=self.opts.connect_timeout)
         try:
             chan.exec_command(cmd)
-            data = _as_bytes(stdin)
-            if data:
-                chan.settimeout(limit)
-                chan.sendall(data)
-            chan.shutdown_write()
-            out, err = _drain(chan, cmd, limit)
+            out, err = _exchange(chan, cmd, _as_bytes(stdin) or b"", limit)
             rc = chan.recv_exit_status()
         except CommandTimeout:
             _kill_remote(chan)
@@ -381,11 +376,22 @@ def _kill_remote(chan: paramiko.Channel) -> None:
         log.debug("could not send the kill signal request", exc_info=True)
 
 
-def _drain(chan: paramiko.Channel, cmd: str, limit: float) -> tuple[bytes, bytes]:
-    """Read stdout and stderr until the command exits and closes them, or the deadline passes."""
+def _exchange(
+    chan: paramiko.Channel, cmd: str, data: bytes, limit: float
+) -> tuple[bytes, bytes]:
+    """Feed `data` to stdin while reading stdout/stderr, until the command exits or time is up.
+
+    Sending and reading are interleaved so a command that prints a lot before it has read all
+    of its input cannot deadlock on a full channel window.
+    """
     deadline = time.monotonic() + limit
     out, err = bytearray(), bytearray()
+    sent = 0
+    if not data:
+        chan.shutdown_write()
     while True:
+        if sent < len(data):
+            sent = _send_some(chan, data, sent)
         while chan.recv_ready():
             out += chan.recv(65536)
         while chan.recv_stderr_ready():
@@ -396,7 +402,23 @@ def _drain(chan: paramiko.Channel, cmd: str, limit: float) -> tuple[bytes, bytes
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise CommandTimeout(cmd, limit)
-        select.select([chan], [], [], min(remaining, _POLL_S))
+        wait = _POLL_S if sent >= len(data) else 0.005  # poll the send window while sending
+        select.select([chan], [], [], min(remaining, wait))
+
+
+def _send_some(chan: paramiko.Channel, data: bytes, sent: int) -> int:
+    """Send what the window allows now; past the end once the command stops listening."""
+    if chan.exit_status_ready() or chan.closed:
+        return len(data)  # it exited without reading everything: drop the rest, as ssh does
+    if not chan.send_ready():
+        return sent
+    try:
+        sent += chan.send(data[sent : sent + 65536])
+    except OSError:
+        return len(data)
+    if sent >= len(data):
+        chan.shutdown_write()
+    return sent
 
 
 class LocalSession(Session):
