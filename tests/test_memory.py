@@ -1,0 +1,118 @@
+"""Memory accounting against reality: peak RSS of a real training step in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ftte_cli.config.recipe import ModelConfig
+from ftte_cli.engine.memory import training_memory
+from ftte_cli.engine.models import build_model
+from ftte_cli.engine.plan import FULL, build_plan, dense_plan
+
+# Runs in a fresh interpreter: load model and data, one warm-up step, reset VmHWM, one step.
+# MALLOC_MMAP_THRESHOLD_ pins glibc's threshold so every large tensor is mmapped and returned to
+# the kernel when freed: RSS then tracks live tensors instead of malloc's retained heap.
+_PROBE = r"""
+import gc, json, sys
+from dataclasses import dataclass
+import torch
+torch.set_num_threads(1)
+from ftte_cli.config.recipe import ModelConfig, TrainConfig
+from ftte_cli.engine import sparse
+from ftte_cli.engine.memory import training_memory
+from ftte_cli.engine.models import build_model
+from ftte_cli.engine.plan import FULL, MaskKind, ParamMask, build_plan, dense_plan
+from ftte_cli.engine.train import peak_rss, reset_peak_rss, train_job
+
+@dataclass(frozen=True)
+class Data:
+    x: torch.Tensor
+    y: torch.Tensor
+
+def rss():
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmRSS:"))
+
+name, shape, batch, mask = json.loads(sys.argv[1])
+torch.manual_seed(0)
+model = build_model(ModelConfig(name), tuple(shape), 10)
+params = {k: v.detach() for k, v in model.named_parameters()}
+if mask == "dense":
+    plan = dense_plan(model)
+else:  # the second half of the parameters: weights at half their input channels
+    names = list(params)
+    masks = {}
+    for n in names[len(names) // 2:-2]:
+        p = params[n]
+        half = tuple(range(0, p.shape[1], 2)) if p.dim() > 1 and p.shape[1] > 1 else ()
+        masks[n] = ParamMask(MaskKind.channels, half) if half else FULL
+    masks.update({n: FULL for n in names[-2:]})
+    plan = build_plan(model, masks)
+data = Data(torch.randn(batch, *shape), torch.randint(0, 10, (batch,)))
+cfg = TrainConfig(batch_size=batch, max_steps=1)
+subset = sparse.extract(params, plan)
+train_job(model, params, plan, subset, data, cfg, 0)
+gc.collect()
+base = rss()
+assert reset_peak_rss()
+res = train_job(model, params, plan, subset, data, cfg, 0)
+est = training_memory(model, plan, batch, tuple(shape), 0.0)
+print(json.dumps({"measured": res.peak_memory - base, "estimated": est.training_overhead}))
+"""
+
+CASES = [
+    ("har_cnn", (9, 128), 512, "dense"),
+    ("har_cnn", (9, 128), 512, "half"),
+    ("mobilenet_v2", (3, 32, 32), 32, "dense"),
+    ("mobilenet_v2", (3, 32, 32), 32, "half"),
+]
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[3]}")
+def test_estimate_within_20_percent_of_peak_rss(case: tuple) -> None:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(case)], env=env,
+                         capture_output=True, text=True, timeout=240, check=True)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    ratio = figures["estimated"] / figures["measured"]
+    assert 0.8 <= ratio <= 1.2, f"{case}: {figures} ratio {ratio:.3f}"
+
+
+def _har() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelConfig("har_cnn"), (9, 128), 6)
+
+
+def test_frozen_early_layers_save_nothing() -> None:
+    model = _har()
+    names = [n for n, _ in model.named_parameters()]
+    head_only = build_plan(model, {n: FULL for n in names[-2:]})
+    last_block = build_plan(model, {n: FULL for n in names[-5:]})
+    est_head = training_memory(model, head_only, 64, (9, 128))
+    est_last = training_memory(model, last_block, 64, (9, 128))
+    est_dense = training_memory(model, dense_plan(model), 64, (9, 128))
+    # head only: the pooled features (B x 128) and the logits, nothing of the conv stack
+    assert est_head.activations < 64 * 128 * 4 * 4
+    assert est_head.activations < est_last.activations < est_dense.activations
+    assert est_head.frozen == est_dense.frozen == 4 * sum(p.numel() for p in model.parameters())
+    assert est_dense.grads == est_dense.frozen and est_head.grads == 4 * (128 * 6 + 6)
+
+
+def test_momentum_costs_one_slot_and_activations_scale_with_batch() -> None:
+    model = _har()
+    plan = dense_plan(model)
+    plain = training_memory(model, plan, 32, (9, 128), momentum=0.0)
+    heavy = training_memory(model, plan, 32, (9, 128), momentum=0.9)
+    assert heavy.optimizer - plain.optimizer == plain.grads
+    double = training_memory(model, plan, 64, (9, 128))
+    assert double.activations == pytest.approx(2 * plain.activations, rel=0.02)
+    assert plain.total == sum((plain.params, plain.grads, plain.optimizer, plain.activations,
+                               plain.frozen, plain.forward_buffers))
