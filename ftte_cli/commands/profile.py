@@ -1,12 +1,121 @@
-"""`ftte profile`."""
+"""`ftte profile`: measure every device of the inventory and cache the profiles as JSON."""
 
 from __future__ import annotations
 
-from ftte_cli.errors import FtteError
-from ftte_cli.output import handle_errors
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ftte_cli.commands.options import (
+    AcceptNewHostKeysOpt,
+    CommandTimeoutOpt,
+    ConnectTimeoutOpt,
+    ForksOpt,
+    FormatOpt,
+    InventoryOpt,
+    KnownHostsOpt,
+    LimitOpt,
+    select_devices,
+    ssh_options,
+)
+from ftte_cli.config.recipe import load_recipe
+from ftte_cli.errors import ConfigError
+from ftte_cli.fleet import budget as bud
+from ftte_cli.fleet import profile as prof
+from ftte_cli.fleet.recap import exit_with, recap_rows, recap_table, summary, summary_line
+from ftte_cli.fleet.ssh import FleetResults
+from ftte_cli.output import Format, console, handle_errors, print_json, table
+from ftte_cli.units import format_size
+
+COLUMNS = ("device", "class", "cpus", "quota", "memory", "limited by", "baseline", "usable M_i",
+           "torch")
+BENCH_COLUMNS = ("device", "model", "fwd ms/sample", "bwd ms/sample", "rtt ms", "upload Mbit/s")
 
 
-def profile() -> None:
-    """Not implemented yet."""
-    with handle_errors():
-        raise FtteError("ftte profile: not implemented yet")
+def _size(n: Optional[int]) -> str:
+    return "-" if n is None else format_size(n)
+
+
+def _num(x: Optional[float], scale: float = 1.0, digits: int = 3) -> str:
+    return "-" if x is None else f"{x * scale:.{digits}g}"
+
+
+def _profiles(results: FleetResults) -> list[prof.DeviceProfile]:
+    return [r.value for r in results.succeeded.values() if isinstance(r.value, prof.DeviceProfile)]
+
+
+def profile_rows(results: FleetResults) -> list[list[Any]]:
+    """One row per profiled device: the memory that bounds it and what is left for training."""
+    rows = []
+    for p in _profiles(results):
+        ceiling = min(x for x in (p.mem_available_bytes, p.cgroup_mem_limit_bytes,
+                                  p.inventory_cap_bytes, 2**63) if x is not None)
+        rows.append([p.name, p.device_class or "-", p.cpu_count, _num(p.cpu_quota),
+                     _size(ceiling if ceiling < 2**63 else None), p.limited_by or "-",
+                     _size(p.baseline_rss_bytes), _size(p.usable_memory_bytes),
+                     p.torch_version or "absent"])
+    return rows
+
+
+def bench_rows(results: FleetResults) -> list[list[Any]]:
+    """One row per benchmarked device: per-sample step times and the link."""
+    return [[p.name, p.bench_model, _num(p.sec_per_sample_fwd, 1e3),
+             _num(p.sec_per_sample_bwd, 1e3), _num(p.rtt_s, 1e3), _num(p.bandwidth_bps, 1e-6)]
+            for p in _profiles(results) if p.benchmarked]
+
+
+def profile(
+    inventory: InventoryOpt,
+    limit: LimitOpt = None,
+    benchmark: Annotated[bool, typer.Option(
+        "--benchmark", help="Also time training steps of the recipe's model, RTT and upload.")
+    ] = False,
+    recipe: Annotated[Optional[Path], typer.Option(
+        "--recipe", "-r", help="Recipe whose model sets the baseline (and is benchmarked).")
+    ] = None,
+    max_age: Annotated[Optional[float], typer.Option(
+        "--max-age", min=0, help="Reuse cached profiles younger than this many seconds.")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Also write the profiles here (default cache: <inventory dir>/"
+        ".ftte/profiles.json).")] = None,
+    forks: ForksOpt = 10,
+    accept_new_host_keys: AcceptNewHostKeysOpt = False,
+    known_hosts: KnownHostsOpt = None,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    command_timeout: CommandTimeoutOpt = 300.0,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Measure each device (memory, cgroup caps, CPU, disk, Python/torch, runtime baseline)."""
+    with handle_errors(fmt):
+        if benchmark and recipe is None:
+            raise ConfigError("--benchmark: needs --recipe (the model to time)")
+        _inv, devices = select_devices(inventory, limit)
+        request = prof.ProfileRequest(recipe=load_recipe(recipe) if recipe else None,
+                                      benchmark=benchmark, probe_timeout=command_timeout)
+        opts = ssh_options(forks=forks, accept_new_host_keys=accept_new_host_keys,
+                           known_hosts=known_hosts, connect_timeout=connect_timeout,
+                           command_timeout=command_timeout)
+        cache = bud.profiles_path(inventory)
+        results = prof.profile_fleet(devices, opts, request, bud.load_profiles(cache), max_age)
+        records = prof.save_profiles(cache, results)
+        if out is not None:
+            prof.write_records(out, {n: records[n] for n in results.succeeded if n in records})
+        _render(results, records, cache, fmt)
+    exit_with(results)
+
+
+def _render(results: FleetResults, records: dict[str, Any], cache: Path, fmt: Format) -> None:
+    if fmt == Format.json:
+        print_json({"profiles": [records[n] for n in results.succeeded if n in records],
+                    "devices": recap_rows(results), "summary": summary(results),
+                    "exit_code": int(results.exit_code()), "cache": str(cache)})
+        return
+    console.print(table("Device profiles", COLUMNS, profile_rows(results)))
+    bench = bench_rows(results)
+    if bench:
+        console.print(table("Benchmark", BENCH_COLUMNS, bench))
+    console.print(recap_table(results, "Recap"))
+    console.print(summary_line(results), highlight=False)
+    console.print(f"profiles: {cache}", highlight=False)

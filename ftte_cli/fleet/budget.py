@@ -1,0 +1,158 @@
+"""The global memory budget from measured profiles (FTTE.md section 1), and per-device headroom.
+
+M_i = min(MemAvailable, cgroup memory limit, inventory cap) - runtime baseline - safety margin.
+Swap never counts. M_min = min over devices of M_i, unless the recipe's `plan.memory_budget`
+overrides it. Headroom rows compare each M_i with a plan's training memory (FTTE) and with full
+training (what synchronous FedAvg would need), so the table shows who full FedAvg would exclude.
+
+Records are the JSON profiles `ftte profile` writes (`<inventory dir>/.ftte/profiles.json`, a
+dict device name -> record), so everything here also works on a copied or hand-made file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ftte_cli.errors import ConfigError
+from ftte_cli.units import parse_size
+
+PROFILES_DIR = ".ftte"
+PROFILES_FILE = "profiles.json"
+
+
+class Limit(str, Enum):
+    """Which of the three ceilings bounds a device's memory."""
+
+    mem_available = "mem_available"
+    cgroup = "cgroup"
+    inventory_cap = "inventory_cap"
+
+
+@dataclass(frozen=True)
+class DeviceBudget:
+    """One device's usable training memory and how it was derived."""
+
+    name: str
+    ceiling_bytes: int  # min(MemAvailable, cgroup limit, inventory cap)
+    limited_by: Limit  # which of the three it was
+    baseline_bytes: int  # resident memory of the client runtime (import torch + model)
+    margin_bytes: int  # the recipe's safety margin
+    usable_bytes: int  # M_i = ceiling - baseline - margin (negative: nothing fits)
+
+
+@dataclass(frozen=True)
+class FleetBudget:
+    """M_min and where it comes from."""
+
+    devices: tuple[DeviceBudget, ...]
+    m_min: int  # the budget a plan must fit
+    bound_by: Optional[str]  # the most constrained device, or None when overridden
+    overridden: bool  # True: recipe.plan.memory_budget set M_min
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """One device under FTTE's plan and under full training; negative headroom: does not fit."""
+
+    name: str
+    usable_bytes: int
+    ftte_bytes: int
+    full_bytes: int
+    ftte_headroom: int  # usable - ftte
+    full_headroom: int  # usable - full
+
+    @property
+    def fits_ftte(self) -> bool:
+        """The plan's training memory fits this device."""
+        return self.ftte_headroom >= 0
+
+    @property
+    def fits_full(self) -> bool:
+        """Full training fits (False: strict FedAvg excludes this device)."""
+        return self.full_headroom >= 0
+
+
+def device_budget(name: str, mem_available: int, cgroup_limit: Optional[int],
+                  inventory_cap: Optional[int], baseline: int, margin: int) -> DeviceBudget:
+    """M_i for one device; swap is deliberately not an input."""
+    ceilings = [(mem_available, Limit.mem_available)]
+    if cgroup_limit is not None:
+        ceilings.append((cgroup_limit, Limit.cgroup))
+    if inventory_cap is not None:
+        ceilings.append((inventory_cap, Limit.inventory_cap))
+    ceiling, limit = min(ceilings, key=lambda c: c[0])
+    return DeviceBudget(name=name, ceiling_bytes=ceiling, limited_by=limit,
+                        baseline_bytes=baseline, margin_bytes=margin,
+                        usable_bytes=ceiling - baseline - margin)
+
+
+def budget_from_record(record: Mapping[str, Any], margin: int,
+                       where: str = "profiles") -> DeviceBudget:
+    """M_i from one profile record (see module docstring); ConfigError names the missing key."""
+    name = str(record.get("name", "?"))
+    available = record.get("mem_available_bytes")
+    if not isinstance(available, int):
+        raise ConfigError(f"{where}: {name}: mem_available_bytes missing (profile it again)")
+    return device_budget(name, available, record.get("cgroup_mem_limit_bytes"),
+                         record.get("inventory_cap_bytes"),
+                         int(record.get("baseline_rss_bytes") or 0), margin)
+
+
+def fleet_budget(devices: Iterable[DeviceBudget],
+                 override: Optional[int] = None) -> FleetBudget:
+    """M_min over the devices (the most constrained one), or the override when given."""
+    devs = tuple(devices)
+    if override is not None:
+        return FleetBudget(devs, int(override), None, True)
+    if not devs:
+        raise ConfigError("no device profiles: run `ftte profile` first "
+                          "(or set plan.memory_budget)")
+    worst = min(devs, key=lambda d: d.usable_bytes)
+    return FleetBudget(devs, worst.usable_bytes, worst.name, False)
+
+
+def recipe_budget(records: Mapping[str, Mapping[str, Any]], safety_margin: Union[int, str],
+                  memory_budget: Union[int, str, None] = None,
+                  names: Optional[Iterable[str]] = None, where: str = "profiles") -> FleetBudget:
+    """The fleet budget for a recipe's plan section over the chosen devices' records."""
+    margin = parse_size(safety_margin, "plan.safety_margin")
+    override = None if memory_budget is None else parse_size(memory_budget, "plan.memory_budget")
+    chosen = list(records) if names is None else list(names)
+    missing = [n for n in chosen if n not in records]
+    if missing:
+        raise ConfigError(f"{where}: no profile for {', '.join(missing)} (run `ftte profile`)")
+    return fleet_budget((budget_from_record({"name": n, **records[n]}, margin, where)
+                         for n in chosen), override)
+
+
+def headroom(budget: FleetBudget, ftte_bytes: int, full_bytes: int) -> list[Headroom]:
+    """Per-device headroom under a plan's training memory and under full training."""
+    return [Headroom(d.name, d.usable_bytes, ftte_bytes, full_bytes,
+                     d.usable_bytes - ftte_bytes, d.usable_bytes - full_bytes)
+            for d in budget.devices]
+
+
+def profiles_path(inventory: Union[str, Path]) -> Path:
+    """Where profiles of an inventory are cached: `<inventory dir>/.ftte/profiles.json`."""
+    return Path(inventory).resolve().parent / PROFILES_DIR / PROFILES_FILE
+
+
+def load_profiles(path: Union[str, Path]) -> dict[str, dict[str, Any]]:
+    """Device name -> record; a list of records (with `name`) is accepted too. {} if no file."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as err:
+        raise ConfigError(f"{path}: not JSON ({err})") from err
+    if isinstance(raw, list):
+        raw = {str(r.get("name")): r for r in raw if isinstance(r, dict)}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ConfigError(f"{path}: expected a map device name -> profile record")
+    return {str(k): {**v, "name": v.get("name", k)} for k, v in raw.items()}
