@@ -2,8 +2,9 @@
 
 Per device (all in parallel through `run_on_fleet`):
 1. Pre-check with one small Python script on the device: interpreter version, torch and
-   safetensors importable, free disk in the work dir, and the hash of the bundle already there
-   (re-hashing its files, so a damaged bundle counts as absent). A failing check ends the device
+   safetensors installed (found on the interpreter's path, not imported: that takes seconds on
+   a Pi), free disk in the work dir, and the hash of the bundle already there (re-hashing its
+   files, so a damaged bundle counts as absent). A failing check ends the device
    as `failed` with a one-line reason before a single byte is copied.
 2. Same bundle hash already in place -> `ok` (not changed). `--dry-run` stops here and says
    what would happen.
@@ -51,16 +52,23 @@ _PRECHECK = r"""
 import hashlib, json, os, shutil, sys
 w = os.path.abspath(os.path.expanduser(sys.argv[1]))
 info = {"python": list(sys.version_info[:3]), "workdir": w, "torch": None, "safetensors": None}
-try:
-    import torch
-    info["torch"] = torch.__version__
-except Exception as e:
-    info["torch_error"] = ("%s: %s" % (type(e).__name__, e))[:160]
-try:
-    import safetensors
-    info["safetensors"] = getattr(safetensors, "__version__", "present")
-except Exception as e:
-    info["safetensors_error"] = ("%s: %s" % (type(e).__name__, e))[:160]
+def version(name):
+    # find_spec + metadata instead of importing: importing torch takes seconds on a Pi.
+    import importlib.util
+    try:
+        if importlib.util.find_spec(name) is None:
+            info[name + "_error"] = "No module named %r" % name
+            return None
+    except Exception as e:
+        info[name + "_error"] = ("%s: %s" % (type(e).__name__, e))[:160]
+        return None
+    try:
+        from importlib.metadata import version as v
+        return v(name)
+    except Exception:
+        return "present"
+info["torch"] = version("torch")
+info["safetensors"] = version("safetensors")
 p = w
 while not os.path.isdir(p):
     p = os.path.dirname(p)

@@ -1,0 +1,177 @@
+"""`ftte deploy` on a real sshd: checks before copying, verified upload, skip when unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from sshd import SshServer, running_sshd
+
+from ftte_cli.config.inventory import Device
+from ftte_cli.config.recipe import Recipe, load_recipe
+from ftte_cli.engine.models import build_model
+from ftte_cli.engine.plan import FULL, Plan, build_plan, dense_plan
+from ftte_cli.fleet.bundle import LocalBundle, build_bundles, bundle_archive, initial_params
+from ftte_cli.fleet.deploy import (
+    DeployFailed,
+    DeployInfo,
+    DeviceCheck,
+    _require,
+    install_archive,
+    precheck,
+    ship_bundles,
+)
+from ftte_cli.fleet.ssh import Outcome, SshOptions, connect
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE, CLASSES = (9, 128), 6
+OPTS = SshOptions(connect_timeout=10, command_timeout=120)
+NO_TORCH_PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture(scope="module")
+def recipe() -> Recipe:
+    return load_recipe(REPO / "recipes" / "har.yaml")
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[SshServer]:
+    with running_sshd(tmp_path / "sshd") as srv:
+        yield srv
+
+
+def _plan(recipe: Recipe, dense: bool = False) -> Plan:
+    model = build_model(recipe.model, SHAPE, CLASSES)
+    if dense:
+        return dense_plan(model, recipe.model.name)
+    names = [n for n, _ in model.named_parameters()]
+    return build_plan(model, {n: FULL for n in names[-2:]}, model_name=recipe.model.name)
+
+
+def _fleet(srv: SshServer, tmp: Path, python: str = sys.executable) -> list[Device]:
+    data = tmp / "local.safetensors"
+    save_file({"train_x": torch.zeros(8, *SHAPE), "train_y": torch.zeros(8, dtype=torch.int64)},
+              str(data))
+    return [
+        Device(name="ssh0", host="127.0.0.1", port=srv.port, user=srv.user,
+               key_file=srv.client_key, known_hosts=srv.known_hosts, python=python,
+               workdir=str(tmp / "dev-ssh0"), data=str(data)),
+        Device(name="local0", host="localhost", connection="local", python=python,
+               workdir=str(tmp / "dev-local0"), data=str(data)),
+    ]
+
+
+def _bundles(recipe: Recipe, devices: list[Device], tmp: Path, dense: bool = False
+             ) -> dict[str, LocalBundle]:
+    return build_bundles(recipe, devices, _plan(recipe, dense),
+                         params=initial_params(recipe, SHAPE, CLASSES), root=tmp / ".ftte")
+
+
+def _outcomes(results: object) -> dict[str, Outcome]:
+    return {r.device.name: r.outcome for r in results}  # type: ignore[attr-defined]
+
+
+def test_deploy_twice_then_changed_plan(recipe: Recipe, sshd: SshServer, tmp_path: Path) -> None:
+    devices = _fleet(sshd, tmp_path)
+    bundles = _bundles(recipe, devices, tmp_path)
+    first = ship_bundles(devices, bundles, OPTS)
+    assert _outcomes(first) == {"ssh0": Outcome.changed, "local0": Outcome.changed}
+    for dev in devices:
+        info = first[dev.name].value
+        assert isinstance(info, DeployInfo) and info.uploaded_bytes > 0
+        remote = Path(info.remote_bundle)
+        assert remote == Path(dev.workdir) / "bundle" and remote.is_symlink()
+        manifest = json.loads((remote / "manifest.json").read_text())
+        assert manifest["bundle_sha256"] == bundles[dev.name].sha256 == info.bundle_sha256
+        for name, digest in manifest["files"].items():  # what arrived is what was built
+            assert hashlib.sha256((remote / name).read_bytes()).hexdigest() == digest
+        assert (remote / "token").stat().st_mode & 0o777 == 0o600
+        assert not list(Path(dev.workdir).glob(".upload-*"))  # the archive was cleaned up
+
+    second = ship_bundles(devices, bundles, OPTS)
+    assert _outcomes(second) == {"ssh0": Outcome.ok, "local0": Outcome.ok}
+    assert all(r.value.uploaded_bytes == 0 and "already" in r.detail for r in second)
+    assert second.exit_code() == 0
+
+    dense = _bundles(recipe, devices, tmp_path, dense=True)
+    third = ship_bundles(devices, dense, OPTS)
+    assert _outcomes(third) == {"ssh0": Outcome.changed, "local0": Outcome.changed}
+    for dev in devices:  # the swap left exactly the new bundle behind
+        kept = [p.name for p in (Path(dev.workdir) / "bundles").iterdir()]
+        assert kept == [dense[dev.name].sha256]
+        plan = json.loads((Path(dev.workdir) / "bundle" / "plan.json").read_text())
+        assert plan["method"] == "dense"
+
+
+def test_dry_run_copies_nothing(recipe: Recipe, sshd: SshServer, tmp_path: Path) -> None:
+    devices = _fleet(sshd, tmp_path)
+    results = ship_bundles(devices, _bundles(recipe, devices, tmp_path), OPTS, dry_run=True)
+    assert _outcomes(results) == {"ssh0": Outcome.ok, "local0": Outcome.ok}
+    assert all(r.detail.startswith("would install") for r in results)
+    assert not any(Path(d.workdir).exists() for d in devices)
+
+
+def test_device_without_torch_fails_before_copying(recipe: Recipe, sshd: SshServer,
+                                                   tmp_path: Path) -> None:
+    probe = subprocess.run([NO_TORCH_PYTHON, "-c", "import torch"], capture_output=True)
+    assert probe.returncode != 0, f"{NO_TORCH_PYTHON} must lack torch for this test"
+    good, _ = _fleet(sshd, tmp_path)
+    _, bad = _fleet(sshd, tmp_path, python=NO_TORCH_PYTHON)
+    results = ship_bundles([good, bad], _bundles(recipe, [good, bad], tmp_path), OPTS)
+    assert _outcomes(results) == {"ssh0": Outcome.changed, "local0": Outcome.failed}
+    assert "torch is not importable" in results["local0"].detail
+    assert NO_TORCH_PYTHON in results["local0"].detail
+    assert not Path(bad.workdir).exists()  # nothing was copied
+    assert results.exit_code() == 8  # DEVICE_FAILED; the good device still deployed
+
+
+def test_missing_python_and_small_disk_fail_with_their_reason(
+        recipe: Recipe, sshd: SshServer, tmp_path: Path) -> None:
+    devices = _fleet(sshd, tmp_path, python="/nonexistent/python3")
+    results = ship_bundles(devices, _bundles(recipe, devices, tmp_path), OPTS)
+    assert all(r.outcome == Outcome.failed and "not found on the device" in r.detail
+               for r in results)
+    check = DeviceCheck(python=(3, 11, 0), workdir="/w", torch="2.0", safetensors="0.4",
+                        free=1000, bundle_sha256=None)
+    with pytest.raises(DeployFailed, match="not enough free disk in /w: 1000 bytes free"):
+        _require(check, devices[0], needed=5000)
+    old = DeviceCheck(python=(3, 8, 10), workdir="/w", torch="2.0", safetensors="0.4",
+                      free=10**9, bundle_sha256=None)
+    with pytest.raises(DeployFailed, match="Python 3.8.10; the agent needs 3.9"):
+        _require(old, devices[0], needed=1)
+
+
+def test_hash_mismatch_on_device_is_refused_and_nothing_swapped(
+        recipe: Recipe, sshd: SshServer, tmp_path: Path) -> None:
+    device = _fleet(sshd, tmp_path)[0]
+    bundle = _bundles(recipe, [device], tmp_path)["ssh0"]
+    archive = bundle_archive(bundle)
+    with connect(device, OPTS) as session:
+        workdir = precheck(session).workdir
+        with pytest.raises(DeployFailed, match="sha256 mismatch"):
+            install_archive(session, workdir, archive, "0" * 64, bundle.sha256)
+        assert not (Path(workdir) / "bundle").exists()
+        assert not list(Path(workdir).glob(".upload-*"))
+        good = hashlib.sha256(archive).hexdigest()
+        install_archive(session, workdir, archive, good, bundle.sha256)
+        assert precheck(session).bundle_sha256 == bundle.sha256
+
+
+def test_damaged_bundle_on_device_is_uploaded_again(recipe: Recipe, sshd: SshServer,
+                                                    tmp_path: Path) -> None:
+    devices = _fleet(sshd, tmp_path)
+    bundles = _bundles(recipe, devices, tmp_path)
+    assert _outcomes(ship_bundles(devices, bundles, OPTS))["ssh0"] == Outcome.changed
+    plan = Path(devices[0].workdir) / "bundle" / "plan.json"
+    os.chmod(plan, 0o644)
+    plan.write_text(plan.read_text().replace('"method"', '"method" ', 1))
+    again = ship_bundles(devices, bundles, OPTS)
+    assert _outcomes(again) == {"ssh0": Outcome.changed, "local0": Outcome.ok}
