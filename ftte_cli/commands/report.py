@@ -1,12 +1,32 @@
-"""`ftte report`."""
+"""`ftte report RUN_DIR`: PNG plots into RUN_DIR/report/ and a summary table (or JSON)."""
 
 from __future__ import annotations
 
-from ftte_cli.errors import FtteError
-from ftte_cli.output import handle_errors
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ftte_cli.commands.options import FormatOpt
+from ftte_cli.output import Format, console, handle_errors, print_json, table
+
+RunDirArg = Annotated[
+    Path, typer.Argument(help="Run directory written by `ftte train` or `ftte simulate`.")
+]
 
 
-def report() -> None:
-    """Not implemented yet."""
-    with handle_errors():
-        raise FtteError("ftte report: not implemented yet")
+def report(run_dir: RunDirArg, fmt: FormatOpt = Format.table) -> None:
+    """Plot accuracy, staleness and per-device figures of a run and summarise it."""
+    from ftte_cli.ui.report import COLUMNS, load_run, render_plots, report_rows, table_cells
+
+    with handle_errors(fmt):
+        run = load_run(run_dir)
+        plots = render_plots(run)
+        rows = report_rows(run)
+    if fmt == Format.json:
+        print_json({"run_dir": str(run.path), "kind": run.kind, "target": run.target,
+                    "rows": rows, "plots": [str(p) for p in plots]})
+        return
+    console.print(table(f"Run {run.path} ({run.kind})", COLUMNS,
+                        [table_cells(r) for r in rows]))
+    console.print("plots: " + ", ".join(str(p) for p in plots), highlight=False, soft_wrap=True)
