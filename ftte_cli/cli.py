@@ -9,7 +9,17 @@ from typing import Annotated, Optional
 import typer
 
 from ftte_cli import __version__
-from ftte_cli.commands import deploy, inventory, plan, profile, report, simulate, testbed, train
+from ftte_cli.commands import (
+    demo,
+    deploy,
+    inventory,
+    plan,
+    profile,
+    report,
+    simulate,
+    testbed,
+    train,
+)
 
 app = typer.Typer(
     name="ftte",
@@ -24,6 +34,7 @@ app.command("deploy")(deploy.deploy)
 app.command("train")(train.train)
 app.command("simulate")(simulate.simulate)
 app.command("report")(report.report)
+app.command("demo")(demo.demo)
 app.add_typer(inventory.app, name="inventory")
 app.add_typer(testbed.app, name="testbed")
 

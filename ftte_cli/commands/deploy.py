@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -24,6 +25,9 @@ from ftte_cli.config.inventory import Device
 from ftte_cli.config.recipe import Recipe, load_recipe
 from ftte_cli.fleet.ssh import FleetResults, SshOptions
 from ftte_cli.output import Format, handle_errors
+
+if TYPE_CHECKING:
+    import torch  # noqa: F401 (annotations only: keep `ftte --help` fast)
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +65,25 @@ def deploy(
     exit_with(results)
 
 
-def plan_and_deploy(recipe: Recipe, inventory: Path, devices: list[Device],
-                    selected: list[Device], opts: SshOptions, *, dry_run: bool = False,
-                    root: Optional[Path] = None) -> FleetResults:
-    """Profiles -> fleet budget -> plan (as `ftte train` does), then deploy to `selected`.
+@dataclass(frozen=True)
+class FleetPlan:
+    """What deploying needs besides the devices: the data split, the plan and the start model."""
+
+    fed: Any  # engine.data.FederatedData, one client per inventory device
+    choice: Any  # train.planning.PlanChoice: the plan and who trains it
+    params: dict[str, torch.Tensor]  # initial model (fleet.bundle.initial_params)
+
+
+def fleet_plan(recipe: Recipe, inventory: Path, devices: list[Device], selected: list[Device],
+               opts: SshOptions) -> FleetPlan:
+    """Profiles -> fleet budget -> plan, as `ftte train` does (profiles missing ones first).
 
     `devices` is the whole inventory (shards follow inventory order). Devices without a profile
-    (e.g. no torch yet) are left out of the budget and still get the deploy pre-check, which
-    says what is missing before anything is copied.
+    (e.g. no torch yet) are left out of the budget; deploying still pre-checks them and says
+    what is missing before anything is copied.
     """
     from ftte_cli.engine.data import load_federated
-    from ftte_cli.fleet.bundle import DEFAULT_ROOT, build_bundles, initial_model, initial_params
-    from ftte_cli.fleet.deploy import ship_bundles
+    from ftte_cli.fleet.bundle import initial_model, initial_params
     from ftte_cli.train.planning import check_devices, choose_plan, load_or_profile
 
     check_devices(selected)
@@ -82,7 +93,18 @@ def plan_and_deploy(recipe: Recipe, inventory: Path, devices: list[Device],
     model = initial_model(recipe, fed.input_shape, fed.num_classes)
     choice = choose_plan(recipe, model, profiled, fed.input_shape, fed.num_classes, fed.proxy,
                          records)
-    bundles = build_bundles(recipe, devices, choice.plan, fed=fed,
-                            params=initial_params(recipe, fed.input_shape, fed.num_classes),
-                            root=root or DEFAULT_ROOT)
+    return FleetPlan(fed, choice, initial_params(recipe, fed.input_shape, fed.num_classes))
+
+
+def plan_and_deploy(recipe: Recipe, inventory: Path, devices: list[Device],
+                    selected: list[Device], opts: SshOptions, *, dry_run: bool = False,
+                    root: Optional[Path] = None, planned: Optional[FleetPlan] = None
+                    ) -> FleetResults:
+    """`fleet_plan` (unless given), build every bundle, then ship them to `selected`."""
+    from ftte_cli.fleet.bundle import DEFAULT_ROOT, build_bundles
+    from ftte_cli.fleet.deploy import ship_bundles
+
+    planned = planned or fleet_plan(recipe, inventory, devices, selected, opts)
+    bundles = build_bundles(recipe, devices, planned.choice.plan, fed=planned.fed,
+                            params=planned.params, root=root or DEFAULT_ROOT)
     return ship_bundles(selected, bundles, opts, dry_run=dry_run)

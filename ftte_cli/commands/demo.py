@@ -1,0 +1,250 @@
+"""`ftte demo`: the README's main job, end to end on an emulated fleet on this machine.
+
+Steps, each timed and shown: bring up an N-device testbed (real sshd per device, with memory
+and CPU caps when root), profile it, plan under the tightest device's budget, deploy the
+bundles, train recipes/har.yaml to its target accuracy with the live dashboard, and write the
+report. The testbed is always taken down at the end (in `finally`, also on Ctrl-C or an error)
+unless `--keep` is given. Every step is the same code the individual commands run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from ftte_cli.commands.options import FormatOpt
+from ftte_cli.errors import ExitCode, FtteError, RunError
+from ftte_cli.output import Format, console, err_console, handle_errors, print_json, table
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RECIPE = Path("recipes/har.yaml")
+DEFAULT_DIR = Path(".testbed/demo")
+COLUMNS = ("step", "status", "seconds", "detail")
+
+
+class StepStatus(str, Enum):
+    """How one demo step ended."""
+
+    ok = "ok"
+    failed = "failed"
+    skipped = "skipped"  # an earlier step failed
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One row of the demo's closing table."""
+
+    step: str
+    status: StepStatus
+    seconds: float
+    detail: str
+
+
+@dataclass
+class DemoState:
+    """What the steps hand to each other."""
+
+    recipe_path: Path
+    directory: Path
+    devices: int
+    console: Console
+    inventory: Optional[Path] = None
+    recipe: Any = None
+    fleet: list[Any] = field(default_factory=list)
+    opts: Any = None
+    planned: Any = None
+    run_dir: Optional[Path] = None
+    train: Any = None
+
+
+class StepFailed(FtteError):
+    """A demo step could not finish; the message says which and why."""
+
+
+def demo(
+    devices: Annotated[int, typer.Option("--devices", "-n", min=1,
+                                         help="How many emulated devices.")] = 4,
+    keep: Annotated[bool, typer.Option("--keep",
+                                       help="Leave the testbed running at the end.")] = False,
+    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Recipe to train.")] = (
+        DEFAULT_RECIPE),
+    directory: Annotated[Path, typer.Option("--dir", help="Testbed folder.")] = DEFAULT_DIR,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Testbed up, profile, plan, deploy, train to target with the dashboard, report, down."""
+    out = err_console if fmt == Format.json else console
+    with handle_errors(fmt):
+        state = DemoState(recipe, directory, devices, out)
+        steps = run_demo(state, keep=keep)
+    rows = [[s.step, s.status.value, f"{s.seconds:.1f}", s.detail] for s in steps]
+    failed = [s for s in steps if s.status == StepStatus.failed]
+    if fmt == Format.json:
+        print_json({"steps": steps, "run_dir": state.run_dir, "ok": not failed})
+    else:
+        console.print(table("ftte demo", COLUMNS, rows))
+        if state.run_dir is not None:
+            console.print(f"run directory: {state.run_dir} (plots in {state.run_dir}/report/)",
+                          highlight=False)
+    if failed:
+        raise typer.Exit(int(ExitCode.FAILURE))
+
+
+def run_demo(state: DemoState, keep: bool = False,
+             clock: Callable[[], float] = time.monotonic) -> list[StepResult]:
+    """Run every step in order; stop at the first failure; always take the testbed down."""
+    steps: list[tuple[str, Callable[[DemoState], str]]] = [
+        ("testbed up", _testbed_up), ("profile", _profile), ("plan", _plan),
+        ("deploy", _deploy), ("train", _train), ("report", _report),
+    ]
+    results: list[StepResult] = []
+    try:
+        for name, fn in steps:
+            if results and results[-1].status != StepStatus.ok:
+                results.append(StepResult(name, StepStatus.skipped, 0.0, "earlier step failed"))
+                continue
+            results.append(_run_step(state, name, fn, clock))
+    finally:
+        if state.inventory is not None and not keep:
+            results.append(_run_step(state, "testbed down", _testbed_down, clock))
+        elif state.inventory is not None:
+            state.console.print(f"testbed kept in {state.directory} "
+                                f"(`ftte testbed down --dir {state.directory}`)", highlight=False)
+    return results
+
+
+def _run_step(state: DemoState, name: str, fn: Callable[[DemoState], str],
+              clock: Callable[[], float]) -> StepResult:
+    state.console.rule(f"[bold]{name}")
+    start = clock()
+    try:
+        detail = fn(state)
+        status = StepStatus.ok
+    except FtteError as err:
+        detail, status = str(err), StepStatus.failed
+    except ImportError as err:  # a layer this step needs is not installed / not written
+        detail, status = f"not available: {err}", StepStatus.failed
+    elapsed = clock() - start
+    colour = "green" if status == StepStatus.ok else "red"
+    state.console.print(f"[{colour}]{name}: {status.value}[/] ({elapsed:.1f}s) {detail}",
+                        highlight=False, soft_wrap=True)
+    return StepResult(name, status, elapsed, detail)
+
+
+# --- steps -----------------------------------------------------------------------------------
+
+
+def _testbed_up(state: DemoState) -> str:
+    from ftte_cli.config.inventory import load_inventory
+    from ftte_cli.config.recipe import load_recipe
+    from ftte_cli.fleet.ssh import SshOptions
+    from ftte_cli.testbed import lifecycle
+    from ftte_cli.testbed.devices import DEFAULT_MIX
+
+    state.recipe = load_recipe(state.recipe_path)  # a bad recipe fails before any device starts
+    bed = lifecycle.up(state.directory, state.devices, ",".join(DEFAULT_MIX))
+    state.inventory = Path(bed.dir) / lifecycle.INVENTORY_FILE
+    state.fleet = list(load_inventory(state.inventory).devices.values())
+    # Profiling imports torch on a 25%-CPU device: give commands the time they need.
+    state.opts = SshOptions(connect_timeout=20.0, command_timeout=300.0)
+    for note in bed.notes:
+        state.console.print(f"[yellow]note:[/] {note}", highlight=False)
+    caps = "memory/CPU caps, own network namespaces" if bed.isolated else "loopback, no caps"
+    names = ", ".join(f"{d.name} ({d.device_class})" for d in state.fleet)
+    return f"{len(state.fleet)} devices with {caps}: {names}"
+
+
+def _profile(state: DemoState) -> str:
+    from ftte_cli.fleet.budget import profiles_path
+    from ftte_cli.fleet.profile import ProfileRequest, profile_fleet, save_profiles
+    from ftte_cli.fleet.recap import render_recap, summary_line
+
+    assert state.inventory is not None
+    results = profile_fleet(state.fleet, state.opts, ProfileRequest(recipe=state.recipe))
+    save_profiles(profiles_path(state.inventory), results)
+    render_recap(results, Format.table, title="Profile", out=state.console)
+    if not results.succeeded:
+        raise StepFailed(f"no device could be profiled: {summary_line(results)}")
+    return summary_line(results)
+
+
+def _plan(state: DemoState) -> str:
+    from ftte_cli.commands.deploy import fleet_plan
+    from ftte_cli.units import format_size
+
+    assert state.inventory is not None
+    state.planned = fleet_plan(state.recipe, state.inventory, state.fleet, state.fleet,
+                               state.opts)
+    plan, budget = state.planned.choice.plan, state.planned.choice.budget
+    rows = [
+        ["budget (M_min)", format_size(budget.m_min) if budget else "-",
+         f"from {budget.bound_by}" if budget and budget.bound_by else "recipe override"],
+        ["training memory", format_size(plan.estimated_bytes or 0),
+         f"full training {format_size(plan.full_training_bytes or 0)}"],
+        ["trainable params", f"{plan.trainable_params:,}", f"of {plan.total_params:,}"],
+        ["payload per job", format_size(plan.payload_bytes),
+         f"full model {format_size(plan.full_payload_bytes)}"],
+        ["method", plan.method, ", ".join(plan.units[:6]) + (" ..." if len(plan.units) > 6
+                                                             else "")],
+    ]
+    state.console.print(table("Plan", ("", "value", "versus"), rows))
+    share = plan.trainable_params / max(1, plan.total_params)
+    return (f"{plan.method}: {share:.0%} of parameters trainable, "
+            f"{format_size(plan.estimated_bytes or 0)} per device")
+
+
+def _deploy(state: DemoState) -> str:
+    from ftte_cli.commands.deploy import plan_and_deploy
+    from ftte_cli.fleet.recap import render_recap, summary_line
+
+    assert state.inventory is not None
+    results = plan_and_deploy(state.recipe, state.inventory, state.fleet, state.fleet,
+                              state.opts, planned=state.planned)
+    render_recap(results, Format.table, title="Deploy", out=state.console)
+    if not results.succeeded:
+        raise StepFailed(f"no device took its bundle: {summary_line(results)}")
+    return summary_line(results)
+
+
+def _train(state: DemoState) -> str:
+    from ftte_cli.train.run import TrainOptions, run_training
+
+    result = run_training(TrainOptions(recipe=state.recipe_path, inventory=state.inventory,
+                                       ssh=state.opts))
+    state.train, state.run_dir = result, Path(result.run_dir)
+    best = "-" if result.best_accuracy is None else f"{100 * result.best_accuracy:.1f}%"
+    if not result.target_reached:
+        raise RunError(f"target not reached ({result.stop_reason.value}): best {best} "
+                       f"after {result.elapsed:.0f}s, run in {result.run_dir}")
+    return (f"target {100 * state.recipe.stop.target_accuracy:.0f}% reached in "
+            f"{result.time_to_target:.0f}s at version {result.version} (best {best})")
+
+
+def _report(state: DemoState) -> str:
+    from ftte_cli.ui.report import COLUMNS as REPORT_COLUMNS
+    from ftte_cli.ui.report import load_run, render_plots, report_rows, table_cells
+
+    assert state.run_dir is not None
+    run = load_run(state.run_dir)
+    plots = render_plots(run)
+    state.console.print(table(f"Run {run.path}", REPORT_COLUMNS,
+                              [table_cells(r) for r in report_rows(run)]))
+    return f"{len(plots)} plots in {state.run_dir / 'report'}"
+
+
+def _testbed_down(state: DemoState) -> str:
+    from ftte_cli.testbed import lifecycle
+
+    report = lifecycle.down(state.directory)
+    if report.leftovers:
+        raise StepFailed(f"left behind: {', '.join(report.leftovers)}")
+    return (f"{len(report.killed)} processes, {len(report.cgroups)} cgroups, "
+            f"{len(report.namespaces)} namespaces removed")
