@@ -32,10 +32,12 @@ import torch
 
 from ftte_cli.client import wire
 from ftte_cli.config.recipe import ModelConfig, TrainConfig
+from ftte_cli.engine.data.dataset import Dataset
 from ftte_cli.engine.models import build_model
 from ftte_cli.engine.plan import Plan, load_plan
 from ftte_cli.engine.serialize import load_tensors
 from ftte_cli.engine.train import peak_rss, train_job
+from ftte_cli.errors import ConfigError
 
 log = logging.getLogger("ftte.agent")
 
@@ -143,7 +145,7 @@ def load_bundle(path: Path) -> Bundle:
         token = (path / "token").read_text().strip()
         plan = load_plan(path)
         frozen = load_tensors(path / "model.safetensors")
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, ConfigError) as err:
         raise BundleError(f"{path}: {err}") from None
     train_x, train_y = _load_data(path, settings)
     model_cfg = _config(ModelConfig, recipe.get("model", {}), f"{path}/recipe.json: model")
@@ -279,6 +281,7 @@ class Agent:
             return EXIT_FAILURE
         finally:
             self.stop.set()
+            beat.join(timeout=15.0)  # no thread may be mid-request while the interpreter exits
 
     def _loop(self) -> None:
         self._retry(self._register)
@@ -328,8 +331,6 @@ class Agent:
 
     def _train(self, job: wire.JobMessage) -> wire.UpdateMessage:
         b = self.bundle
-        from ftte_cli.engine.data import Dataset  # noqa: PLC0415 (lazy: heavy package on laptops)
-
         started = time.monotonic()
         result = train_job(b.model, b.frozen, b.plan, job.subset, Dataset(b.train_x, b.train_y),
                            b.train_cfg, job.seed)
@@ -351,7 +352,7 @@ class Agent:
         while not self.stop.wait(self.opts.heartbeat):
             body = wire.dumps({"peak_memory": peak_rss(), "state": self.state})
             try:
-                self.client.request("POST", "/heartbeat", body, timeout=10.0)
+                self.client.request("POST", "/heartbeat", body, timeout=5.0)
             except RunOver:
                 return
             except (RegisterAgain, Unreachable, AuthRejected):

@@ -1,0 +1,1 @@
+"""`ftte train`: orchestration of a training run on a real fleet (run.py), its plan and folder."""

@@ -1,0 +1,119 @@
+"""Profiles -> budget -> plan for `ftte train`, and which devices take part.
+
+FTTE trains the sparse plan that fits the fleet's tightest device (fleet/budget.py for M_min,
+engine/selection.py for the plan). The dense baselines train everything; synchronous FedAvg under
+`baseline_memory: strict` excludes the devices whose usable memory cannot hold full training and
+refuses the run when none is left, while `lenient` keeps them (a capped device may then be
+OOM-killed, which the dashboard shows as failed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from torch import nn
+
+from ftte_cli.config.inventory import Device
+from ftte_cli.config.recipe import Recipe
+from ftte_cli.engine.memory import training_memory
+from ftte_cli.engine.plan import Plan, dense_plan
+from ftte_cli.errors import BudgetInfeasible, ConfigError
+from ftte_cli.fleet import budget as fleet_budget
+from ftte_cli.fleet.ssh import SshOptions
+from ftte_cli.units import format_size, parse_size
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlanChoice:
+    """The plan of a run and who trains it."""
+
+    plan: Plan
+    devices: list[Device]  # taking part
+    excluded: dict[str, str] = field(default_factory=dict)  # device -> why not
+    budget: Optional[fleet_budget.FleetBudget] = None
+    profiles: dict[str, Any] = field(default_factory=dict)  # records used, for the manifest
+    notes: list[str] = field(default_factory=list)
+
+
+def load_or_profile(inventory: Path, devices: list[Device], recipe: Recipe,
+                    opts: SshOptions) -> dict[str, dict[str, Any]]:
+    """Cached profiles of `devices`; profiles the ones missing (and caches them)."""
+    path = fleet_budget.profiles_path(inventory)
+    records = fleet_budget.load_profiles(path)
+    missing = [d for d in devices if d.name not in records]
+    if missing:
+        from ftte_cli.fleet.profile import ProfileRequest, profile_fleet, save_profiles
+
+        log.info("profiling %s", ", ".join(d.name for d in missing))
+        results = profile_fleet(missing, opts, ProfileRequest(recipe=recipe))
+        records = save_profiles(path, results)
+    return {d.name: records[d.name] for d in devices if d.name in records}
+
+
+def fleet_budget_for(recipe: Recipe, records: dict[str, dict[str, Any]],
+                     devices: list[Device]) -> fleet_budget.FleetBudget:
+    """M_min over the devices with a profile (the recipe's memory_budget overrides)."""
+    if recipe.plan.memory_budget is not None and not records:
+        return fleet_budget.fleet_budget([], parse_size(recipe.plan.memory_budget,
+                                                        "plan.memory_budget"))
+    names = [d.name for d in devices if d.name in records]
+    return fleet_budget.recipe_budget(records, recipe.plan.safety_margin,
+                                      recipe.plan.memory_budget, names)
+
+
+def choose_plan(recipe: Recipe, model: nn.Module, devices: list[Device], input_shape: tuple,
+                num_classes: int, proxy: Any, records: dict[str, dict[str, Any]]) -> PlanChoice:
+    """The plan for the recipe's strategy and the devices that can train it."""
+    budget = fleet_budget_for(recipe, records, devices)
+    if recipe.strategy.name == "ftte":
+        from ftte_cli.engine.selection import make_plan
+
+        plan = make_plan(model, recipe, proxy, budget.m_min, input_shape, num_classes)
+        return PlanChoice(plan, devices, budget=budget, profiles=records)
+    full = training_memory(model, dense_plan(model, recipe.model.name), recipe.train.batch_size,
+                           input_shape, recipe.train.momentum).total
+    plan = dense_plan(model, recipe.model.name)
+    plan = _with_memory(plan, full)
+    if recipe.strategy.name != "fedavg":
+        return PlanChoice(plan, devices, budget=budget, profiles=records)
+    return _fedavg_members(recipe, plan, devices, budget, records, full)
+
+
+def _with_memory(plan: Plan, full: int) -> Plan:
+    from dataclasses import replace
+
+    return replace(plan, estimated_bytes=full, full_training_bytes=full)
+
+
+def _fedavg_members(recipe: Recipe, plan: Plan, devices: list[Device],
+                    budget: fleet_budget.FleetBudget, records: dict[str, dict[str, Any]],
+                    full: int) -> PlanChoice:
+    usable = {d.name: d.usable_bytes for d in budget.devices}
+    if budget.overridden:  # the recipe's budget stands for every device
+        usable = {d.name: budget.m_min for d in devices}
+    short = {d.name: usable[d.name] for d in devices if d.name in usable and usable[d.name] < full}
+    why = {name: f"usable {format_size(u)} < full training {format_size(full)}"
+           for name, u in short.items()}
+    if recipe.strategy.baseline_memory == "lenient":
+        notes = [f"baseline_memory lenient: {n} kept although {w}" for n, w in why.items()]
+        return PlanChoice(plan, devices, budget=budget, profiles=records, notes=notes)
+    members = [d for d in devices if d.name not in short]
+    if not members:
+        raise BudgetInfeasible(
+            f"{recipe.source or 'recipe'}: strategy.baseline_memory: strict FedAvg excludes every "
+            f"device (full training needs {format_size(full)}, the largest usable memory is "
+            f"{format_size(max(usable.values(), default=0))}); use FTTE or baseline_memory: "
+            "lenient", full)
+    return PlanChoice(plan, members, excluded=why, budget=budget, profiles=records,
+                      notes=[f"baseline_memory strict: excluded {n} ({w})" for n, w in why.items()])
+
+
+def check_devices(devices: list[Device]) -> None:
+    """A run needs at least one device."""
+    if not devices:
+        raise ConfigError("inventory: no devices selected (check --limit)")

@@ -1,0 +1,443 @@
+"""`ftte train`: one training run on a real fleet, from recipe to run directory.
+
+Lifecycle of `run_training(opts)`:
+1. load the recipe and inventory; profiles -> budget -> plan (train/planning.py), or on
+   `--resume` the run directory's manifest, plan and latest checkpoint;
+2. build and ship the bundles (fleet/bundle.py, fleet/deploy.py; unchanged ones are not uploaded);
+3. start the server (server/app.py) on loopback (or `--direct HOST:PORT`), open the tunnels and
+   start the agents (fleet/launch.py);
+4. drive: show the dashboard, apply the stop rules (target accuracy, max versions, time limit,
+   Ctrl-C / SIGTERM), mark devices whose agent died as failed;
+5. always, in `finally`: end the run on the server (agents exit on 410), stop every agent it
+   started, write the final checkpoint and summary.json, stop the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from ftte_cli.config.inventory import Device, Inventory, load_inventory
+from ftte_cli.config.recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_dict
+from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig, SubmitResult
+from ftte_cli.engine.metrics import summarize
+from ftte_cli.engine.models import build_model
+from ftte_cli.engine.plan import Plan, load_plan, plan_to_dict, save_plan
+from ftte_cli.engine.strategies import make_strategy
+from ftte_cli.engine.train import evaluate
+from ftte_cli.errors import ConfigError, RunError
+from ftte_cli.fleet.ssh import SshOptions
+from ftte_cli.server.app import FtteServer
+from ftte_cli.server.protocol import ServerConfig, update_bound
+from ftte_cli.server.runner import ServerThread
+from ftte_cli.server.snapshot import DeviceStatus, RunSnapshot, StopReason
+from ftte_cli.store import new_run_dir
+from ftte_cli.train import planning
+from ftte_cli.train.rundir import RunDir, file_sha256, package_versions
+from ftte_cli.ui.dashboard import Dashboard
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.25  # how often the driver looks at the run
+FAILURE_CHECK_S = 3.0  # how often offline devices are checked for a dead agent
+EXIT_WAIT_S = 8.0  # how long agents get to leave on their own after the run ends
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything `ftte train` was asked for."""
+
+    recipe: Optional[Path] = None
+    inventory: Optional[Path] = None
+    strategy: Optional[str] = None
+    limit: Optional[str] = None
+    direct: Optional[str] = None  # "HOST:PORT": bind there, agents dial it (no tunnels)
+    run_dir: Optional[Path] = None
+    resume: Optional[Path] = None
+    ssh: SshOptions = field(default_factory=SshOptions)
+    dashboard: Optional[bool] = None  # None: live on a terminal, lines otherwise
+    offline_after: float = 10.0
+    bundle_root: Path = Path(".ftte")
+    checkpoint_every: int = 1
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run reports (the command prints it as a table or JSON)."""
+
+    run_dir: Path
+    stop_reason: StopReason
+    target_reached: bool
+    version: int
+    final_accuracy: Optional[float]
+    best_accuracy: Optional[float]
+    time_to_target: Optional[float]
+    elapsed: float
+    resumed_from: Optional[int]
+    devices: list[dict[str, Any]]
+    excluded: dict[str, str]
+    summary: dict[str, Any]
+
+
+@dataclass
+class _Run:
+    """The pieces of a run while it is set up and driven."""
+
+    recipe: Recipe
+    inventory: Inventory
+    devices: list[Device]  # taking part
+    all_devices: list[Device]  # the whole inventory, in order (bundle shards follow it)
+    plan: Plan
+    fed: Any
+    model: torch.nn.Module
+    coordinator: Coordinator
+    rundir: RunDir
+    manifest: dict[str, Any]
+    elapsed_offset: float = 0.0
+    resumed_from: Optional[int] = None
+    excluded: dict[str, str] = field(default_factory=dict)
+
+
+# ---- set-up -------------------------------------------------------------------------------------
+
+
+def _federated(recipe: Recipe, num_clients: int) -> Any:
+    from ftte_cli.engine.data import load_federated
+
+    return load_federated(recipe.data, num_clients, recipe.seed)
+
+
+def _initial_params(recipe: Recipe, fed: Any) -> dict[str, torch.Tensor]:
+    from ftte_cli.fleet.bundle import initial_params
+
+    return initial_params(recipe, fed.input_shape, fed.num_classes)
+
+
+def _evaluator(model: torch.nn.Module, fed: Any) -> Callable[[dict], tuple[float, float]]:
+    """Global test accuracy, computed by the server (on its coordinator thread)."""
+    return lambda params: evaluate(model, params, fed.test)
+
+
+def _clients(devices: list[Device], all_devices: list[Device], fed: Any) -> dict[str, int]:
+    """Device -> n_i (its shard's training samples; 1 for device-local data, unknown here)."""
+    index = {d.name: i for i, d in enumerate(all_devices)}
+    return {d.name: int(fed.clients[index[d.name]].train.y.shape[0]) if d.data is None else 1
+            for d in devices}
+
+
+def _coordinator(recipe: Recipe, plan: Plan, params: dict, clients: dict[str, int],
+                 evaluate_fn: Callable, state: Optional[tuple[dict, dict]] = None) -> Coordinator:
+    config = CoordinatorConfig(strategy=recipe.strategy, eval_every=recipe.stop.eval_every)
+    strategy = make_strategy(recipe.strategy)
+    if state is not None:
+        return Coordinator.from_state(state[0], state[1], plan, strategy, config, evaluate_fn)
+    return Coordinator(params, plan, strategy, clients, config, recipe.seed, evaluate_fn)
+
+
+def _fresh(opts: TrainOptions) -> _Run:
+    if opts.recipe is None or opts.inventory is None:
+        raise ConfigError("train: --recipe and --inventory are required (or --resume RUN_DIR)")
+    recipe = load_recipe(opts.recipe)
+    if opts.strategy:
+        recipe = recipe.with_strategy(opts.strategy)
+    inventory = load_inventory(opts.inventory)
+    all_devices = list(inventory.devices.values())
+    chosen = inventory.select(opts.limit)
+    planning.check_devices(chosen)
+    fed = _federated(recipe, len(all_devices))
+    model = build_model(recipe.model, tuple(fed.input_shape), fed.num_classes)
+    records = planning.load_or_profile(opts.inventory, chosen, recipe, opts.ssh)
+    choice = planning.choose_plan(recipe, model, chosen, tuple(fed.input_shape), fed.num_classes,
+                                  fed.proxy, records)
+    params = _initial_params(recipe, fed)
+    coord = _coordinator(recipe, choice.plan, params, _clients(choice.devices, all_devices, fed),
+                         _evaluator(model, fed))
+    rundir = RunDir(opts.run_dir or new_run_dir("runs", "train"))
+    save_plan(choice.plan, rundir.path)
+    manifest = {
+        "kind": "train", "run_id": f"{recipe.name}-{secrets.token_hex(4)}",
+        "started_at": datetime.now(timezone.utc).isoformat(),
+        "recipe": recipe_to_dict(recipe), "recipe_path": str(opts.recipe),
+        "inventory": str(Path(opts.inventory).resolve()),
+        "inventory_sha256": file_sha256(Path(opts.inventory)),
+        "limit": opts.limit, "direct": opts.direct, "strategy": recipe.strategy.name,
+        "seed": recipe.seed, "devices": [d.name for d in choice.devices],
+        "excluded": choice.excluded, "plan": plan_to_dict(choice.plan), "plan_notes": choice.notes,
+        "budget": choice.budget, "profiles": choice.profiles,
+        "bundle_root": str(opts.bundle_root.resolve()), "packages": package_versions(),
+        "resumes": [],
+    }
+    return _Run(recipe, inventory, choice.devices, all_devices, choice.plan, fed, model, coord,
+                rundir, manifest, excluded=choice.excluded)
+
+
+def _resumed(opts: TrainOptions) -> _Run:
+    assert opts.resume is not None
+    rundir = RunDir(opts.resume)
+    manifest = rundir.read_manifest()
+    recipe = recipe_from_dict(manifest["recipe"], f"{rundir.manifest_path}: recipe")
+    inventory = load_inventory(Path(manifest["inventory"]))
+    all_devices = list(inventory.devices.values())
+    missing = [n for n in manifest["devices"] if n not in inventory.devices]
+    if missing:
+        raise ConfigError(f"{manifest['inventory']}: devices of the run are gone: {missing}")
+    devices = [inventory.devices[n] for n in manifest["devices"]]
+    plan = load_plan(rundir.path)
+    fed = _federated(recipe, len(all_devices))
+    model = build_model(recipe.model, tuple(fed.input_shape), fed.num_classes)
+    state = rundir.latest_checkpoint()
+    params = _initial_params(recipe, fed)
+    coord = _coordinator(recipe, plan, params, _clients(devices, all_devices, fed),
+                         _evaluator(model, fed), state)
+    elapsed = float(state[1].get("elapsed", 0.0)) if state else 0.0
+    manifest["resumes"] = [*manifest.get("resumes", []),
+                           {"at": datetime.now(timezone.utc).isoformat(),
+                            "version": coord.version, "elapsed": elapsed}]
+    return _Run(recipe, inventory, devices, all_devices, plan, fed, model, coord, rundir, manifest,
+                elapsed_offset=elapsed, resumed_from=coord.version if state else None,
+                excluded=dict(manifest.get("excluded", {})))
+
+
+# ---- deploy and launch --------------------------------------------------------------------------
+
+
+def _deploy(run: _Run, opts: TrainOptions) -> tuple[dict[str, str], dict[str, str]]:
+    """Build and ship bundles; (device -> remote bundle, device -> token) of those that work."""
+    from ftte_cli.fleet.bundle import build_bundles, load_tokens
+    from ftte_cli.fleet.deploy import ship_bundles
+
+    params = _initial_params(run.recipe, run.fed)
+    bundles = build_bundles(run.recipe, run.all_devices, run.plan, fed=run.fed, params=params,
+                            root=opts.bundle_root)
+    run.manifest["bundles"] = {n: b.sha256 for n, b in bundles.items()
+                               if n in {d.name for d in run.devices}}
+    results = ship_bundles(run.devices, bundles, opts.ssh)
+    for name, res in results.failed.items():
+        run.rundir.event({"t": run.elapsed_offset, "kind": "deploy_failed", "device": name,
+                          "detail": res.detail, "outcome": res.outcome.value})
+        log.warning("%s: deploy failed: %s", name, res.detail)
+    remote = {n: r.value.remote_bundle for n, r in results.succeeded.items()}
+    if not remote:
+        raise RunError("deploy failed on every device: "
+                       + "; ".join(f"{n}: {r.detail}" for n, r in results.failed.items()))
+    tokens = load_tokens(run.recipe.name, list(remote), opts.bundle_root)
+    return remote, tokens
+
+
+def _stop_previous_agents(run: _Run, opts: TrainOptions) -> None:
+    """On --resume: agents of the crashed server may still be retrying; end their process groups."""
+    from ftte_cli.fleet.ssh import connect
+
+    pids: dict[str, int] = run.manifest.get("agent_pids", {})
+    for device in run.devices:
+        pid = pids.get(device.name)
+        if not pid:
+            continue
+        try:
+            with connect(device, opts.ssh) as session:
+                session.run(f"kill -TERM -{int(pid)} 2>/dev/null; sleep 1; "
+                            f"kill -KILL -{int(pid)} 2>/dev/null; true", timeout=30)
+        except Exception as err:  # noqa: BLE001 - best effort: the device may be gone
+            log.info("%s: could not stop the previous agent %s: %s", device.name, pid, err)
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+
+def _server(run: _Run, tokens: dict[str, str], opts: TrainOptions) -> FtteServer:
+    budgets = {d.name: d.mem_cap_mb * 2**20 for d in run.devices if d.mem_cap_mb}
+    config = ServerConfig(
+        run_id=run.manifest["run_id"], tokens=tokens,
+        plan_sha256=file_sha256(run.rundir.path / "plan.json"),
+        update_max_bytes=update_bound(run.coordinator.subset), offline_after=opts.offline_after,
+        memory_budgets=budgets,
+    )
+    every = max(1, opts.checkpoint_every)
+
+    def on_version(coord: Coordinator, now: float, result: SubmitResult) -> None:
+        record: dict[str, Any] = {"t": round(now, 3), "version": coord.version,
+                                  "accepted": coord.metrics.accepted,
+                                  "bytes_total": coord.metrics.bytes_total}
+        last = coord.metrics.evals[-1] if coord.metrics.evals else None
+        if last is not None and last.version == coord.version:
+            record.update(accuracy=last.accuracy, loss=last.loss)
+        run.rundir.metric(record)
+        if coord.version % every == 0:
+            run.rundir.save_checkpoint(coord, now)
+
+    return FtteServer(run.coordinator, config, strategy=run.recipe.strategy.name,
+                      buffer_size=run.recipe.strategy.buffer_size,
+                      target_accuracy=run.recipe.stop.target_accuracy,
+                      on_event=run.rundir.event, on_version=on_version,
+                      elapsed_offset=run.elapsed_offset)
+
+
+def stop_rule(snap: RunSnapshot, recipe: Recipe) -> Optional[StopReason]:
+    """Which stop rule (if any) the run meets now."""
+    best = snap.best_accuracy
+    if best is not None and best >= recipe.stop.target_accuracy:
+        return StopReason.target
+    if snap.version >= recipe.stop.max_versions:
+        return StopReason.max_versions
+    if snap.elapsed >= recipe.stop.time_limit:
+        return StopReason.time_limit
+    if snap.devices and all(d.status == DeviceStatus.failed for d in snap.devices):
+        return StopReason.no_devices
+    return None
+
+
+class _Interrupted(Exception):
+    """SIGTERM arrived: stop like Ctrl-C."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise _Interrupted()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (tests): nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _drive(run: _Run, server: FtteServer, agents: Any, dashboard: Dashboard) -> StopReason:
+    """Watch the run until a stop rule fires; devices whose agent died are marked failed."""
+    next_check = time.monotonic() + FAILURE_CHECK_S
+    while True:
+        snap = server.snapshot()
+        reason = stop_rule(snap, run.recipe)
+        if reason is not None:
+            return reason
+        dashboard.tick()
+        if agents is not None and time.monotonic() >= next_check:
+            _mark_dead_agents(server, agents, snap)
+            next_check = time.monotonic() + FAILURE_CHECK_S
+        time.sleep(POLL_S)
+
+
+def _mark_dead_agents(server: FtteServer, agents: Any, snap: RunSnapshot) -> None:
+    for row in snap.devices:
+        if row.status == DeviceStatus.offline and row.name in agents.names:
+            try:
+                alive = agents.alive(row.name)
+            except Exception as err:  # noqa: BLE001 - unreachable device: keep it offline
+                log.info("%s: liveness check failed: %s", row.name, err)
+                continue
+            if not alive:
+                server.mark_failed(row.name, "agent process exited (killed or out of memory)")
+
+
+def _wait_agents_left(server: FtteServer, agents: Any, names: list[str]) -> None:
+    """Give agents a moment to see the 410 and exit on their own."""
+    deadline = time.monotonic() + EXIT_WAIT_S
+    while time.monotonic() < deadline:
+        rows = {d.name: d.status for d in server.snapshot().devices}
+        if all(rows.get(n) in (DeviceStatus.done, DeviceStatus.failed, DeviceStatus.offline,
+                               DeviceStatus.waiting) for n in names):
+            return
+        time.sleep(POLL_S)
+
+
+def run_training(opts: TrainOptions) -> TrainResult:
+    """One whole run (see the module docstring); always stops every agent it started."""
+    run = _resumed(opts) if opts.resume is not None else _fresh(opts)
+    if opts.resume is not None:
+        _stop_previous_agents(run, opts)
+    remote, tokens = _deploy(run, opts)
+    run.rundir.write_manifest(run.manifest)
+    server = _server(run, tokens, opts)
+    host, port = _bind_address(opts.direct)
+    reason = StopReason.error
+    agents = None
+    with ServerThread(server, host, port) as st, _sigterm_interrupts():
+        try:
+            agents = _start_agents(run, remote, st.port, opts)
+            with Dashboard(server.snapshot, live=opts.dashboard) as dashboard:
+                try:
+                    reason = _drive(run, server, agents, dashboard)
+                except (KeyboardInterrupt, _Interrupted):
+                    reason = StopReason.interrupted
+                finally:
+                    server.finish(reason)
+            if agents is not None:
+                _wait_agents_left(server, agents, agents.names)
+        finally:
+            if agents is not None:
+                agents.stop_all()
+            server.finish(reason)
+            server.call(lambda c: run.rundir.save_checkpoint(c, server.now()))
+    result = _result(run, server, reason)
+    run.rundir.close()
+    if reason == StopReason.interrupted:
+        raise KeyboardInterrupt
+    return result
+
+
+def _bind_address(direct: Optional[str]) -> tuple[str, int]:
+    if direct is None:
+        return "127.0.0.1", 0
+    host, _, port = direct.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--direct: expected HOST:PORT, got {direct!r}")
+    return host, int(port)
+
+
+def _start_agents(run: _Run, remote: dict[str, str], port: int, opts: TrainOptions) -> Any:
+    from ftte_cli.fleet.launch import start_agents
+
+    devices = [d for d in run.devices if d.name in remote]
+    fleet = start_agents(devices, remote, port, opts.ssh, run.rundir.path, direct=opts.direct)
+    for name, res in fleet.results.failed.items():
+        run.rundir.event({"t": run.elapsed_offset, "kind": "launch_failed", "device": name,
+                          "detail": res.detail, "outcome": res.outcome.value})
+    run.manifest["agent_pids"] = {n: fleet.pid(n) for n in fleet.names}
+    run.rundir.write_manifest(run.manifest)
+    if not fleet.names:
+        raise RunError("no agent could be started: "
+                       + "; ".join(f"{n}: {r.detail}" for n, r in fleet.results.failed.items()))
+    return fleet
+
+
+def _result(run: _Run, server: FtteServer, reason: StopReason) -> TrainResult:
+    snap = server.snapshot()
+    metrics = server.coordinator.metrics
+    summary = summarize(metrics, strategy=run.recipe.strategy.name,
+                        target=run.recipe.stop.target_accuracy, duration=snap.elapsed,
+                        versions=snap.version,
+                        memory_per_device=run.plan.estimated_bytes, bundle_bytes=None)
+    summary_dict = {**_asdict(summary), "stop_reason": reason.value, "run_id": snap.run_id,
+                    "devices": [_asdict(d) for d in snap.devices], "excluded": run.excluded}
+    run.rundir.write_summary(summary_dict)
+    return TrainResult(
+        run_dir=run.rundir.path, stop_reason=reason,
+        target_reached=summary.time_to_target is not None, version=snap.version,
+        final_accuracy=summary.final_accuracy, best_accuracy=summary.best_accuracy,
+        time_to_target=summary.time_to_target, elapsed=snap.elapsed,
+        resumed_from=run.resumed_from, devices=summary_dict["devices"], excluded=run.excluded,
+        summary=summary_dict,
+    )
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    from ftte_cli.output import to_jsonable
+
+    return to_jsonable(obj)
+
+
+__all__ = ["TrainOptions", "TrainResult", "run_training", "stop_rule", "replace"]
