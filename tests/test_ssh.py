@@ -71,6 +71,17 @@ def test_large_stdin_and_output_do_not_deadlock(srv: SshServer) -> None:
         assert s.run("true", stdin=blob).rc == 0  # exits without reading: no hang
 
 
+def test_step_errors_after_connecting_are_failures_not_unreachable(srv: SshServer) -> None:
+    def fetch_missing(s: Session) -> None:
+        s.get("/nonexistent/file", "/tmp/never")
+
+    devices = [device(srv, "sftp"), device(srv, "dns", host="no-such-host.invalid")]
+    res = run_on_fleet(devices, fetch_missing, SshOptions())
+    assert res["sftp"].outcome == Outcome.failed and "No such file" in res["sftp"].detail
+    assert res["dns"].outcome == Outcome.unreachable
+    assert "no-such-host.invalid: name not resolved" in res["dns"].detail
+
+
 def test_hung_command_times_out_without_blocking(srv: SshServer) -> None:
     with connect(device(srv), SshOptions()) as s:
         start = time.monotonic()
@@ -86,14 +97,14 @@ def test_fleet_run_gives_each_device_its_own_outcome(srv: SshServer, tmp_path: P
     other = make_key(tmp_path / "other_host_key")
     kind, b64 = Path(f"{other}.pub").read_text().split()[:2]
     changed.write_text(f"[127.0.0.1]:{srv.port} {kind} {b64}\n")
-    timeout = 3.0
+    timeout = 4.0
     devices = [
         device(srv, "good1"),
         device(srv, "good2", vars={"cmd": "uname -s"}),
         device(srv, "closed", port=free_port()),
         device(srv, "wrongkey", key_file=wrong_key),
         device(srv, "changedkey", known_hosts=changed),
-        device(srv, "hung", vars={"cmd": "sleep 8"}),
+        device(srv, "hung", vars={"cmd": "sleep 9"}),
         device(srv, "failing", vars={"cmd": "echo nope >&2; exit 2"}),
         device(srv, "local", connection="local", vars={"cmd": "echo here"}),
     ]

@@ -28,6 +28,7 @@ inventory's `ftte_password_env` and go straight to paramiko.
 
 from __future__ import annotations
 
+import errno
 import getpass
 import logging
 import os
@@ -556,8 +557,24 @@ def connect(device: Device, opts: SshOptions) -> Session:
 StepResult = Union[DeviceResult, Outcome, None, Any]
 
 
+_NETWORK_ERRNOS = frozenset({
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH,
+    errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN, errno.EPIPE, errno.EADDRNOTAVAIL,
+})
+
+
+def _errno(exc: BaseException) -> Optional[int]:
+    return exc.errno if isinstance(exc, OSError) else None
+
+
 def classify(exc: BaseException, device: Device) -> tuple[Outcome, str]:
     """The one place exceptions become outcomes; the detail is a one-line hint for the recap."""
+    outcome, detail = _classify(exc, device)
+    one_line = " ".join(detail.split())
+    return outcome, one_line if len(one_line) <= 400 else one_line[:397] + "..."
+
+
+def _classify(exc: BaseException, device: Device) -> tuple[Outcome, str]:
     where = f"{device.host}:{device.port}" if device.connection == "ssh" else "local"
     if isinstance(exc, CommandTimeout):
         return Outcome.timeout, str(exc)
@@ -577,8 +594,8 @@ def classify(exc: BaseException, device: Device) -> tuple[Outcome, str]:
         key = f"key {device.key_file}" if device.key_file else "the agent and ~/.ssh keys"
         user = device.user or getpass.getuser()
         return Outcome.auth_failed, f"{user}@{where} refused {key}: {exc}"
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return Outcome.timeout, f"{where}: no answer within the connect timeout"
+    if isinstance(exc, (socket.timeout, TimeoutError)) or _errno(exc) == errno.ETIMEDOUT:
+        return Outcome.timeout, f"{where}: no answer in time ({exc or 'timed out'})"
     if isinstance(exc, socket.gaierror):
         return Outcome.unreachable, f"{device.host}: name not resolved ({exc.strerror})"
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
@@ -589,8 +606,8 @@ def classify(exc: BaseException, device: Device) -> tuple[Outcome, str]:
         return Outcome.unreachable, f"{where}: jump host could not open a channel ({exc.text})"
     if isinstance(exc, (paramiko.SSHException, EOFError)):
         return Outcome.unreachable, f"{where}: SSH failed: {exc or type(exc).__name__}"
-    if isinstance(exc, OSError) and device.connection == "ssh" and exc.filename is None:
-        return Outcome.unreachable, f"{where}: {exc.strerror or exc}"
+    if _errno(exc) in _NETWORK_ERRNOS:  # not file errors (SFTP's ENOENT is a failed step)
+        return Outcome.unreachable, f"{where}: {getattr(exc, 'strerror', None) or exc}"
     log.debug("step failed on %s", device.name, exc_info=exc)
     return Outcome.failed, f"{type(exc).__name__}: {exc}"
 
