@@ -435,3 +435,24 @@ def test_device_path_imports_without_numpy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "5"
+
+
+# ---------------------------------------------------------------------------------------------
+# recipes
+
+
+@pytest.mark.parametrize("name,dataset,model", [
+    ("har-uci", "uci_har", "har_cnn"),
+    ("digits", "digits", "small_cnn"),
+    ("cifar10", "cifar10", "mobilenet_v2"),
+])
+def test_recipes_load_and_name_their_data(name: str, dataset: str, model: str) -> None:
+    from ftte_cli.config.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / f"{name}.yaml")
+    assert recipe.data.dataset == dataset and recipe.model.name == model
+    if recipe.data.path is not None:  # real datasets are not shipped: the error names the folder
+        assert recipe.data.path.is_absolute()
+        if not recipe.data.path.exists():
+            with pytest.raises(DataError, match=str(recipe.data.path.name)):
+                load_federated(recipe.data, 4, recipe.seed)
