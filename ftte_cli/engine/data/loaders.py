@@ -186,7 +186,7 @@ def load_npz(path: Path) -> Source:
 def load_digits() -> Source:
     """sklearn's 8x8 handwritten digits (ships with scikit-learn, no download): 1x8x8 in [0, 1]."""
     try:
-        from sklearn.datasets import load_digits as sk_digits
+        from sklearn.datasets import load_digits as sk_digits  # type: ignore[import-untyped]
     except ImportError:
         raise DataError("data.dataset: digits needs scikit-learn "
                         "(pip install 'ftte-cli[sklearn]')") from None
