@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -69,6 +70,31 @@ def test_large_stdin_and_output_do_not_deadlock(srv: SshServer) -> None:
     with connect(device(srv), SshOptions(command_timeout=30)) as s:
         assert s.run("cat", stdin=blob).stdout == blob
         assert s.run("true", stdin=blob).rc == 0  # exits without reading: no hang
+
+
+def test_silent_port_is_a_timeout_bounded_by_the_connect_timeout(srv: SshServer) -> None:
+    with socket.socket() as silent:  # the kernel accepts; nobody ever sends a banner
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        dev = device(srv, "silent", port=silent.getsockname()[1])
+        start = time.monotonic()
+        res = run_on_fleet([dev], run_cmd, SshOptions(connect_timeout=0.5))
+        assert time.monotonic() - start < 3.0
+    assert res["silent"].outcome == Outcome.timeout
+    assert "no SSH banner" in res["silent"].detail
+    assert res.exit_code() == ExitCode.TIMEOUT
+
+
+def test_other_key_type_known_counts_as_changed(srv: SshServer, tmp_path: Path) -> None:
+    rsa = make_key(tmp_path / "rsa_host", kind="rsa")
+    kind, b64 = Path(f"{rsa}.pub").read_text().split()[:2]
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{srv.port} {kind} {b64}\n")
+    res = run_on_fleet([device(srv, known_hosts=kh)], run_cmd,
+                       SshOptions(accept_new_host_keys=True))
+    assert res["good"].outcome == Outcome.hostkey_mismatch
+    assert "changed" in res["good"].detail and "ssh-ed25519" in res["good"].detail
+    assert kh.read_text().count("\n") == 1
 
 
 def test_step_errors_after_connecting_are_failures_not_unreachable(srv: SshServer) -> None:

@@ -52,6 +52,11 @@ from ftte_cli.config.inventory import Device
 from ftte_cli.errors import ExitCode
 
 log = logging.getLogger(__name__)
+# paramiko logs every expected failure (refused key, silent port) as ERROR with a traceback,
+# which would land in the user's terminal; the recap's detail says it in one line instead.
+# FTTE_PARAMIKO_LOG=DEBUG brings paramiko's own log back.
+_PARAMIKO_LEVEL = os.environ.get("FTTE_PARAMIKO_LOG", "CRITICAL").upper()
+logging.getLogger("paramiko").setLevel(getattr(logging, _PARAMIKO_LEVEL, logging.CRITICAL))
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 _POLL_S = 0.2  # how often a waiting command re-checks its deadline
@@ -506,7 +511,9 @@ def _open_client(
             look_for_keys=key_file is None,
             allow_agent=True,
             timeout=opts.connect_timeout,
-            banner_timeout=opts.connect_timeout,
+            # paramiko waits for the whole negotiation with `timeout` too; a shorter banner
+            # deadline makes a silent port fail as "no banner" instead of a racy generic error.
+            banner_timeout=opts.connect_timeout * 0.8,
             auth_timeout=opts.connect_timeout,
             channel_timeout=opts.connect_timeout,
             sock=sock,
@@ -594,6 +601,10 @@ def _classify(exc: BaseException, device: Device) -> tuple[Outcome, str]:
         key = f"key {device.key_file}" if device.key_file else "the agent and ~/.ssh keys"
         user = device.user or getpass.getuser()
         return Outcome.auth_failed, f"{user}@{where} refused {key}: {exc}"
+    if isinstance(exc, paramiko.SSHException) and isinstance(exc.__context__, socket.timeout):
+        return Outcome.timeout, f"{where}: port open but no SSH banner in time (hung sshd?)"
+    if isinstance(exc, paramiko.SSHException) and "timed out" in str(exc).lower():
+        return Outcome.timeout, f"{where}: SSH negotiation timed out"
     if isinstance(exc, (socket.timeout, TimeoutError)) or _errno(exc) == errno.ETIMEDOUT:
         return Outcome.timeout, f"{where}: no answer in time ({exc or 'timed out'})"
     if isinstance(exc, socket.gaierror):
