@@ -211,7 +211,9 @@ def test_missing_and_encrypted_key_files_are_auth_failures(
         device(srv, "missing", key_file=tmp_path / "nope"),
         device(srv, "locked", key_file=locked),
         device(srv, "unlocked", key_file=locked, vars={"ftte_password_env": "H4_TEST_PASS"}),
+        device(srv, "unset", key_file=locked, vars={"ftte_password_env": "H4_UNSET_PASS"}),
     ]
+    monkeypatch.delenv("H4_UNSET_PASS", raising=False)
     monkeypatch.setenv("H4_TEST_PASS", "s3cret")
     res = run_on_fleet(devices, run_cmd, SshOptions())
     assert res["missing"].outcome == Outcome.auth_failed and "not found" in res["missing"].detail
@@ -219,6 +221,8 @@ def test_missing_and_encrypted_key_files_are_auth_failures(
     assert "ftte_password_env" in res["locked"].detail
     assert "s3cret" not in res["locked"].detail
     assert res["unlocked"].outcome == Outcome.ok
+    assert res["unset"].outcome == Outcome.auth_failed
+    assert "environment variable H4_UNSET_PASS is not set" in res["unset"].detail
 
 
 def test_proxy_jump_one_hop(srv: SshServer, tmp_path: Path) -> None:

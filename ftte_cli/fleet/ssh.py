@@ -520,9 +520,11 @@ def _open_client(
         )
     except paramiko.PasswordRequiredException:
         client.close()
+        var = device.vars.get("ftte_password_env")
+        how = (f"environment variable {var} is not set" if var else
+               "set ftte_password_env to the NAME of a variable holding its passphrase")
         raise KeyFileError(
-            f"key file {device.key_file} is encrypted; set ftte_password_env to a variable "
-            "holding its passphrase, or load it into ssh-agent"
+            f"key file {device.key_file} is encrypted: {how}, or load the key into ssh-agent"
         ) from None
     except BaseException:
         client.close()
