@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from loopback import bundle_tokens, make_server, pid_alive, start_agent, tiny_run
+from loopback import bundle_tokens, make_server, start_agent, tiny_run
 
 from ftte_cli.client.agent import Bundle, default_threads, load_bundle
 from ftte_cli.server.runner import ServerThread

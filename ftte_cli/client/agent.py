@@ -203,7 +203,11 @@ def _own_cgroups() -> List[Path]:
 
 
 def default_threads() -> int:
-    """Torch threads: the CPU quota rounded up, at most the CPUs we may run on, at least 1."""
+    """Torch threads: $FTTE_AGENT_THREADS, else the CPU quota rounded up, at most the CPUs we
+    may run on, at least 1."""
+    forced = os.environ.get("FTTE_AGENT_THREADS", "")
+    if forced.isdigit() and int(forced) > 0:
+        return int(forced)
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:

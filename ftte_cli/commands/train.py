@@ -1,12 +1,86 @@
-"""`ftte train`."""
+"""`ftte train`: train a recipe on the fleet with a live dashboard (logic: ftte_cli/train/)."""
 
 from __future__ import annotations
 
-from ftte_cli.errors import FtteError
-from ftte_cli.output import handle_errors
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ftte_cli.commands.options import (
+    AcceptNewHostKeysOpt,
+    ConnectTimeoutOpt,
+    FormatOpt,
+    LimitOpt,
+)
+from ftte_cli.config.recipe import STRATEGIES
+from ftte_cli.errors import ConfigError, ExitCode
+from ftte_cli.output import Format, console, handle_errors, print_json, table
+from ftte_cli.units import format_size
+
+ROWS = ("device", "status", "accepted", "rejected", "staleness", "peak memory", "up", "down")
 
 
-def train() -> None:
-    """Not implemented yet."""
-    with handle_errors():
-        raise FtteError("ftte train: not implemented yet")
+def train(
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Recipe YAML.")] = None,
+    inventory: Annotated[Optional[Path], typer.Option(
+        "--inventory", "-i", envvar="FTTE_INVENTORY", help="Inventory YAML.")] = None,
+    strategy: Annotated[Optional[str], typer.Option(
+        "--strategy", help=f"Override the recipe's strategy: {'|'.join(STRATEGIES)}.")] = None,
+    limit: LimitOpt = None,
+    direct: Annotated[Optional[str], typer.Option(
+        "--direct", help="Bind HOST:PORT and let agents dial it (no SSH tunnels; tokens are "
+        "then the only guard).")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(
+        "--run-dir", help="Run directory (default runs/train-<timestamp>).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", help="Continue the run in RUN_DIR from its last checkpoint.")] = None,
+    accept_new_host_keys: AcceptNewHostKeysOpt = False,
+    no_dashboard: Annotated[bool, typer.Option(
+        "--no-dashboard", help="Plain progress lines instead of the live dashboard.")] = False,
+    offline_after: Annotated[float, typer.Option(
+        "--offline-after", min=1.0, help="Seconds without a request before a device is "
+        "offline.")] = 10.0,
+    connect_timeout: ConnectTimeoutOpt = 20.0,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Start the server, launch the agents, train until a stop rule, stop every agent."""
+    with handle_errors(fmt):
+        from ftte_cli.commands.options import ssh_options
+        from ftte_cli.train.run import TrainOptions, run_training
+
+        if resume is None and (recipe is None or inventory is None):
+            raise ConfigError("train: --recipe and --inventory are required (or --resume RUN_DIR)")
+        if strategy is not None and strategy not in STRATEGIES:
+            raise ConfigError(f"--strategy: unknown {strategy!r} (known: {', '.join(STRATEGIES)})")
+        opts = TrainOptions(
+            recipe=recipe, inventory=inventory, strategy=strategy, limit=limit, direct=direct,
+            run_dir=run_dir, resume=resume, offline_after=offline_after,
+            ssh=ssh_options(accept_new_host_keys=accept_new_host_keys,
+                            connect_timeout=connect_timeout, command_timeout=300.0),
+            dashboard=False if (no_dashboard or fmt == Format.json) else None,
+        )
+        result = run_training(opts)
+        _render(result, fmt)
+        if result.stop_reason.value in ("no_devices", "error"):
+            raise typer.Exit(int(ExitCode.FAILURE))
+
+
+def _render(result: object, fmt: Format) -> None:
+    from ftte_cli.train.run import TrainResult
+
+    assert isinstance(result, TrainResult)
+    if fmt == Format.json:
+        print_json(result)
+        return
+    rows = [[d["name"], d["status"], d["accepted"], d["rejected"], d["staleness"],
+             "-" if d["peak_memory"] is None else format_size(d["peak_memory"]),
+             format_size(d["bytes_up"]), format_size(d["bytes_down"])] for d in result.devices]
+    console.print(table(f"Run {result.run_dir}", ROWS, rows))
+    best = "-" if result.best_accuracy is None else f"{result.best_accuracy:.3f}"
+    reached = (f"target reached at {result.time_to_target:.0f}s" if result.target_reached
+               else "target not reached")
+    console.print(f"stopped: {result.stop_reason.value}; version {result.version}; best accuracy "
+                  f"{best}; {reached}; elapsed {result.elapsed:.0f}s", highlight=False)
+    for name, why in result.excluded.items():
+        console.print(f"excluded {name}: {why}", highlight=False)

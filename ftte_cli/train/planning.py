@@ -42,11 +42,12 @@ class PlanChoice:
 
 def load_or_profile(inventory: Path, devices: list[Device], recipe: Recipe,
                     opts: SshOptions) -> dict[str, dict[str, Any]]:
-    """Cached profiles of `devices`; profiles the ones missing (and caches them)."""
+    """Cached profiles of `devices`; profiles the missing ones (and caches them) unless the
+    recipe sets plan.memory_budget."""
     path = fleet_budget.profiles_path(inventory)
     records = fleet_budget.load_profiles(path)
     missing = [d for d in devices if d.name not in records]
-    if missing:
+    if missing and recipe.plan.memory_budget is None:  # a set budget needs no profiles
         from ftte_cli.fleet.profile import ProfileRequest, profile_fleet, save_profiles
 
         log.info("profiling %s", ", ".join(d.name for d in missing))

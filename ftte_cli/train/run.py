@@ -31,7 +31,6 @@ from ftte_cli.config.inventory import Device, Inventory, load_inventory
 from ftte_cli.config.recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_dict
 from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig, SubmitResult
 from ftte_cli.engine.metrics import summarize
-from ftte_cli.engine.models import build_model
 from ftte_cli.engine.plan import Plan, load_plan, plan_to_dict, save_plan
 from ftte_cli.engine.strategies import make_strategy
 from ftte_cli.engine.train import evaluate
@@ -123,6 +122,12 @@ def _initial_params(recipe: Recipe, fed: Any) -> dict[str, torch.Tensor]:
     return initial_params(recipe, fed.input_shape, fed.num_classes)
 
 
+def _model(recipe: Recipe, fed: Any) -> torch.nn.Module:
+    from ftte_cli.fleet.bundle import initial_model
+
+    return initial_model(recipe, fed.input_shape, fed.num_classes)
+
+
 def _evaluator(model: torch.nn.Module, fed: Any) -> Callable[[dict], tuple[float, float]]:
     """Global test accuracy, computed by the server (on its coordinator thread)."""
     return lambda params: evaluate(model, params, fed.test)
@@ -154,12 +159,11 @@ def _fresh(opts: TrainOptions) -> _Run:
     all_devices = list(inventory.devices.values())
     chosen = inventory.select(opts.limit)
     planning.check_devices(chosen)
-    fed = _federated(recipe, len(all_devices))
-    model = build_model(recipe.model, tuple(fed.input_shape), fed.num_classes)
-    records = planning.load_or_profile(opts.inventory, chosen, recipe, opts.ssh)
-    choice = planning.choose_plan(recipe, model, chosen, tuple(fed.input_shape), fed.num_classes,
-                                  fed.proxy, records)
-    params = _initial_params(recipe, fed)
+    from ftte_cli.commands.deploy import fleet_plan
+
+    planned = fleet_plan(recipe, Path(opts.inventory), all_devices, chosen, opts.ssh)
+    fed, choice, params = planned.fed, planned.choice, planned.params
+    model = _model(recipe, fed)
     coord = _coordinator(recipe, choice.plan, params, _clients(choice.devices, all_devices, fed),
                          _evaluator(model, fed))
     rundir = RunDir(opts.run_dir or new_run_dir("runs", "train"))
@@ -194,7 +198,7 @@ def _resumed(opts: TrainOptions) -> _Run:
     devices = [inventory.devices[n] for n in manifest["devices"]]
     plan = load_plan(rundir.path)
     fed = _federated(recipe, len(all_devices))
-    model = build_model(recipe.model, tuple(fed.input_shape), fed.num_classes)
+    model = _model(recipe, fed)
     state = rundir.latest_checkpoint()
     params = _initial_params(recipe, fed)
     coord = _coordinator(recipe, plan, params, _clients(devices, all_devices, fed),
