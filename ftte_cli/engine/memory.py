@@ -5,9 +5,10 @@ total = frozen weights (every parameter, held once by the client)
       + optimizer slots (the running gradient sum behind v_i, plus momentum when enabled)
       + saved activations (one real forward under saved_tensors_hooks, each storage once,
         parameter storages excluded because they are counted above)
-      + forward buffers: the input batch plus the larger of (a) the forward peak beyond the
-        saved tensors (at each layer: saved so far + its live unsaved input and output) and
-        (b) the largest input+output of a layer the backward goes through (grad_in + grad_out).
+      + forward buffers: the input batch (unless saved) plus the peak beyond the saved tensors,
+        taken over every leaf module in forward order, as seen by the forward pass (saved so far
+        + its live input and output) and by the backward pass (saved up to this layer + grad_in
+        + grad_out); a convolution adds its scratch copy (see conv_workspace).
 
 All figures are bytes of float32 tensors at the recipe's batch size on CPU.
 """
@@ -79,6 +80,18 @@ def _tensors(obj: object) -> Iterable[Tensor]:
             yield from _tensors(item)
 
 
+def conv_workspace(module: nn.Module, inputs: object, output: object) -> int:
+    """Scratch memory of a CPU convolution: oneDNN reorders the larger of input and output.
+
+    Measured as peak RSS over single conv calls (1-D and 2-D, 1x1, 3x3, depthwise, strided):
+    the extra beyond input and output was max(input, output) bytes within a few percent.
+    """
+    if not isinstance(module, nn.modules.conv._ConvNd):
+        return 0
+    sizes = [t.numel() * t.element_size() for t in (*_tensors(inputs), *_tensors(output))]
+    return max(sizes, default=0)
+
+
 def measure_forward(model: nn.Module, plan: Plan, batch_size: int,
                     input_shape: Tuple[int, ...]) -> Tuple[int, int]:
     """(saved activation bytes, forward buffer bytes) of one training forward under `plan`."""
@@ -88,8 +101,8 @@ def measure_forward(model: nn.Module, plan: Plan, batch_size: int,
     param_keys: Set[Tuple[int, int]] = {_storage_key(t) for t in frozen.values()}
     param_keys |= {_storage_key(t) for t in trainable.values()}
     saved: Dict[Tuple[int, int], int] = {}
-    forward_peak: List[int] = [0]  # saved so far + live unsaved tensors, at each layer's output
-    backward_peak: List[int] = [0]  # in + out of layers the backward pass will go through
+    forward_peak: List[int] = [0]  # at each layer: saved so far + live unsaved tensors + scratch
+    backward_peak: List[int] = [0]  # the same moment seen from the backward pass
 
     def pack(t: Tensor) -> Tensor:
         key = _storage_key(t)
@@ -97,12 +110,17 @@ def measure_forward(model: nn.Module, plan: Plan, batch_size: int,
             saved[key] = key[1]
         return t
 
-    def on_forward(_module: nn.Module, inputs: object, output: object) -> None:
+    def on_forward(module: nn.Module, inputs: object, output: object) -> None:
         live = {_storage_key(t): t.requires_grad for t in (*_tensors(inputs), *_tensors(output))}
         unsaved = sum(size for (ptr, size) in live if (ptr, size) not in saved)
-        forward_peak.append(sum(saved.values()) + unsaved)
-        if any(live.values()):  # gradients flow here: grad_in + grad_out exist together
-            backward_peak.append(sum(size for _, size in live))
+        extra = conv_workspace(module, inputs, output)
+        so_far = sum(saved.values())
+        forward_peak.append(so_far + unsaved + extra)
+        if any(live.values()):
+            # backward through this layer: what was saved up to here is still held (later
+            # layers' tensors are already freed), plus grad_in + grad_out and the scratch copy
+            backward_peak.append(so_far + 2 * sum(size for _, size in live) if extra
+                                 else so_far + sum(size for _, size in live))
 
     x = torch.randn((batch_size, *input_shape), dtype=torch.float32)
     hooks = [m.register_forward_hook(on_forward) for m in model.modules()
@@ -116,5 +134,5 @@ def measure_forward(model: nn.Module, plan: Plan, batch_size: int,
             h.remove()
     activations = sum(saved.values())
     input_bytes = 0 if _storage_key(x) in saved else x.numel() * x.element_size()
-    transient = max(max(forward_peak) - activations, max(backward_peak))
+    transient = max(0, max(*forward_peak, *backward_peak) - activations)
     return activations, input_bytes + transient
