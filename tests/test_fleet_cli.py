@@ -3,6 +3,7 @@ driven end to end against a real sshd."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 import typer
+from rich.console import Console
 from sshd import SshServer, free_port, make_key, running_sshd
 from typer.testing import CliRunner
 
@@ -28,9 +30,10 @@ from ftte_cli.commands.options import (
     select_devices,
     ssh_options,
 )
+from ftte_cli.config.inventory import Device
 from ftte_cli.errors import ExitCode
 from ftte_cli.fleet.recap import exit_with, render_recap
-from ftte_cli.fleet.ssh import Session, run_on_fleet
+from ftte_cli.fleet.ssh import DeviceResult, FleetResults, Outcome, Session, run_on_fleet
 from ftte_cli.output import Format, handle_errors
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,3 +229,34 @@ def test_fleet_recap_and_accept_new_host_keys(fleet_inv: Path) -> None:
     assert (fleet_inv.parent / "new_known_hosts").read_text().startswith("[127.0.0.1]:")
     res = runner.invoke(probe, ["-i", str(fleet_inv), "-l", "newkey"])
     assert res.exit_code == 0  # recorded: trusted from now on
+
+
+def test_recap_renders_the_same_rows_as_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    devs = [Device(name="pi4-a", host="10.0.0.2"), Device(name="me", host="x", connection="local")]
+    results = FleetResults({
+        "pi4-a": DeviceResult(devs[0], Outcome.auth_failed, "root@10.0.0.2:22 refused key", 0.25),
+        "me": DeviceResult(devs[1], Outcome.changed, "", 1.5),
+    })
+    buf = io.StringIO()
+    render_recap(results, Format.table, out=Console(file=buf, width=100, color_system=None))
+    assert [line.rstrip() for line in buf.getvalue().splitlines()] == [
+        "Recap",
+        "┏━━━━━━━━┳━━━━━━━━━━━━━┳━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━┓",
+        "┃ device ┃ host        ┃ outcome     ┃ detail                       ┃ elapsed ┃",
+        "┡━━━━━━━━╇━━━━━━━━━━━━━╇━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━┩",
+        "│ pi4-a  │ 10.0.0.2:22 │ auth_failed │ root@10.0.0.2:22 refused key │    0.2s │",
+        "│ me     │ local       │ changed     │                              │    1.5s │",
+        "└────────┴─────────────┴─────────────┴──────────────────────────────┴─────────┘",
+        "2 devices: changed=1 auth_failed=1 (exit 5)",
+    ]
+    render_recap(results, Format.json)
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == {
+        "devices": [
+            {"device": "pi4-a", "host": "10.0.0.2:22", "outcome": "auth_failed",
+             "detail": "root@10.0.0.2:22 refused key", "elapsed": 0.25},
+            {"device": "me", "host": "local", "outcome": "changed", "detail": "", "elapsed": 1.5},
+        ],
+        "summary": {"changed": 1, "auth_failed": 1},
+        "exit_code": 5,
+    }

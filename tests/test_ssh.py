@@ -6,6 +6,7 @@ import base64
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -296,3 +297,19 @@ def test_step_return_values_become_results(tmp_path: Path) -> None:
     res = run_on_fleet([local], lambda s: DeviceResult(s.device, Outcome.ok, "hi"),
                        SshOptions(), on_done=lambda r: seen.append(r.device.name))
     assert res["me"].detail == "hi" and res["me"].elapsed > 0 and seen == ["me"]
+
+
+def test_pool_runs_at_most_forks_devices_at_once() -> None:
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def step(s: Session) -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.1)
+        with lock:
+            running[0] -= 1
+
+    devices = [Device(name=f"d{i}", host="localhost", connection="local") for i in range(6)]
+    res = run_on_fleet(devices, step, SshOptions(forks=2))
+    assert peak[0] == 2 and len(res.succeeded) == 6

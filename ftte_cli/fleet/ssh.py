@@ -39,7 +39,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -670,7 +670,3 @@ def run_on_fleet(
         done = list(pool.map(work, devices))
     return FleetResults({r.device.name: r for r in done})
 
-
-def fleet_map(results: FleetResults) -> Mapping[str, Outcome]:
-    """Device name -> outcome, handy in tests and logs."""
-    return {name: r.outcome for name, r in results.results.items()}
