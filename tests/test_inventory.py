@@ -298,3 +298,14 @@ def test_missing_file_and_bad_ssh_config_name_the_file(home: Path, tmp_path: Pat
     (home / ".ssh" / "config").write_text("Host x\n  Port abc\n")
     with pytest.raises(ConfigError, match=r"\.ssh/config: Host x: Port: bad port 'abc'"):
         load(tmp_path, "all:\n  hosts: {x: }\n")
+
+
+def test_include_inside_a_host_block_is_conditional(home: Path) -> None:
+    ssh = home / ".ssh"
+    (ssh / "config").write_text("Host special\n  Include special.conf\nHost *\n  Port 1\n")
+    (ssh / "special.conf").write_text("User inc_user\nHost other\n  Port 9\n")
+    cfg = load_ssh_config()
+    special = cfg.lookup("special")
+    assert (special.user, special.port) == ("inc_user", 1)
+    other = cfg.lookup("other")  # the included file sits in a block `other` does not match
+    assert (other.user, other.port) == (None, 1)

@@ -4,9 +4,10 @@ Read as ssh(1) reads it (ssh_config(5)): keywords are case-insensitive and may b
 for each keyword the FIRST value obtained from a matching block wins (so specific `Host` blocks go
 before `Host *`); `Host` patterns use `*`, `?` and `!negation` (a host matching any negated pattern
 never matches the block), compared case-insensitively; `Include` takes globs, relative ones
-resolved in ~/.ssh, nested up to 16 deep, and applies inside the current `Host` block as OpenSSH
-does. Understood keywords: HostName (with %h and %%), Port, User, IdentityFile (~, %d, %u, %h,
-%r, %%), ProxyJump ("none" clears it). Others are skipped. `Match` blocks are not evaluated:
+resolved in ~/.ssh, nested up to 16 deep; inside a non-matching `Host` block the included files
+never match, and their `Host` lines stay in force after the Include, both as OpenSSH does.
+Understood keywords: HostName (with %h and %%), Port, User, IdentityFile (~, %d, %u, %h, %r,
+%%), ProxyJump ("none" clears it). Others are skipped. `Match` blocks are not evaluated:
 `Match all` counts as `Host *`, any other `Match` block is skipped (logged at debug level).
 """
 
@@ -42,11 +43,12 @@ class SshHostConfig:
 
 @dataclass(frozen=True)
 class _Line:
-    """One config line after Include expansion; `where` is "file:line" for messages."""
+    """One config line; `where` is "file:line" for messages."""
 
     keyword: str  # lower case
     args: tuple[str, ...]
     where: str
+    included: tuple[_Line, ...] = ()  # for Include: the lines of every file it names
 
 
 @dataclass(frozen=True)
@@ -59,23 +61,36 @@ class SshConfig:
     def lookup(self, alias: str) -> SshHostConfig:
         """The settings ssh would use for `alias` (first obtained value wins)."""
         found: dict[str, list[str]] = {}
-        active = True  # lines before the first Host apply to every host
-        for line in self.lines:
-            if line.keyword == "host":
-                active = host_matches(alias, line.args)
-            elif line.keyword == "match":
-                active = line.args[0].lower() == "all"
-                if not active:
-                    log.debug("%s: Match blocks are not evaluated; skipped", line.where)
-            elif active and line.keyword in KEYWORDS:
-                if line.keyword == "identityfile":
-                    found.setdefault("identityfile", []).append(line.args[0])
-                elif line.keyword not in found:
-                    found[line.keyword] = [line.args[0]]
+        _walk(self.lines, alias, found, active=True, never=False)  # before any Host: all hosts
         return _to_host_config(alias, found, self._where_of("port", alias))
 
     def _where_of(self, keyword: str, alias: str) -> str:
         return f"{self.path or 'ssh config'}: Host {alias}: {keyword.capitalize()}"
+
+
+def _walk(
+    lines: tuple[_Line, ...], alias: str, found: dict[str, list[str]], active: bool, never: bool
+) -> bool:
+    """Apply `lines` for `alias`; returns whether the block in force at the end is active.
+
+    As in OpenSSH, an Include inside a non-matching block can never match (its Host lines are
+    all inactive), and Host lines in an included file stay in force after it.
+    """
+    for line in lines:
+        if line.keyword == "host":
+            active = not never and host_matches(alias, line.args)
+        elif line.keyword == "match":
+            active = not never and line.args[0].lower() == "all"
+            if line.args[0].lower() != "all":
+                log.debug("%s: Match blocks are not evaluated; skipped", line.where)
+        elif line.keyword == "include":
+            active = _walk(line.included, alias, found, active, never or not active)
+        elif active and line.keyword in KEYWORDS:
+            if line.keyword == "identityfile":
+                found.setdefault("identityfile", []).append(line.args[0])
+            elif line.keyword not in found:
+                found[line.keyword] = [line.args[0]]
+    return active
 
 
 def _expand_tokens(value: str, alias: str, user: Optional[str]) -> str:
@@ -152,14 +167,14 @@ def _read_lines(path: Path, ssh_dir: Path, depth: int) -> list[_Line]:
             continue
         where = f"{path}:{number}"
         keyword, args = _split(raw, where)
+        included: list[_Line] = []
         if keyword == "include":
             for pattern in args:
                 full = Path(pattern).expanduser()
                 full = full if full.is_absolute() else ssh_dir / full
                 for name in sorted(glob.glob(str(full))):  # no match is not an error, as in ssh
-                    out.extend(_read_lines(Path(name), ssh_dir, depth + 1))
-        else:
-            out.append(_Line(keyword, args, where))
+                    included.extend(_read_lines(Path(name), ssh_dir, depth + 1))
+        out.append(_Line(keyword, args, where, tuple(included)))
     return out
 
 
