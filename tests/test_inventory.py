@@ -122,7 +122,10 @@ def test_top_level_groups_are_children_of_all(tmp_path: Path) -> None:
 
 
 SSH_CONFIG = """
-# first obtained value wins, so specific blocks come first
+# first obtained value wins, so specific blocks come first; an Include placed after a Host line
+# would belong to that block, so it goes at the top
+Include conf.d/*.conf
+
 Host jetson-* !jetson-old
     HostName %h.lab.example
     User nvidia
@@ -132,8 +135,6 @@ Host jetson-* !jetson-old
 Host pi?
     Port 2222
     ProxyJump gate
-
-Include conf.d/*.conf
 
 Match exec "true"
     User never
