@@ -71,7 +71,7 @@ class ProfileRequest:
     recipe: Optional[Recipe] = None  # its model is built for the baseline (and benchmark)
     benchmark: bool = False  # time training steps, RTT and upload bandwidth
     window_s: float = 0.5  # each timing window spans several 100 ms CFS periods
-    repeats: int = 3  # the median of this many windows is kept
+    repeats: int = 5  # the fastest of this many windows is kept
     probe_timeout: float = 300.0  # a 25%-CPU device needs a while to import torch
 
 

@@ -17,6 +17,7 @@ from typing import Optional
 log = logging.getLogger(__name__)
 
 CFS_PERIOD_US = 100_000  # the kernel default period; quotas are percentages of it
+TASKS_PER_DEVICE = 4  # CPU weight of one emulated device, in ordinary host tasks
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,28 @@ def create(mounts: CgroupMounts, rel: str, mem_bytes: Optional[int],
             leaf = mounts.cpu / rel
             _write(leaf / "cpu.cfs_period_us", str(CFS_PERIOD_US))
             _write(leaf / "cpu.cfs_quota_us", str(cpu_percent * CFS_PERIOD_US // 100))
+    return made
+
+
+def weigh(mounts: CgroupMounts, rel: str, devices: int) -> list[Path]:
+    """Give `rel` the CPU weight of TASKS_PER_DEVICE ordinary tasks per device it holds.
+
+    Group scheduling treats a cgroup like one task of its weight, so without this a whole fleet
+    of emulated devices would share one task's slice of a busy host. Each device is meant to
+    stand for a machine of its own: its CPU quota, not host load, should bound it. The weight is
+    only raised, never lowered (another testbed may share the `ftte` parent). Returns dirs made.
+    """
+    if mounts.cpu is None:
+        return []
+    if mounts.version == 2:
+        _enable_v2_controllers(mounts.cpu, rel)
+    made = _mkdirs(mounts.cpu, rel)
+    name, unit, top = ("cpu.weight", 100, 10_000) if mounts.version == 2 else (
+        "cpu.shares", 1024, 262_144)
+    path = mounts.cpu / rel / name
+    if path.exists():
+        current = int(path.read_text().strip() or 0)
+        _write(path, str(max(current, min(top, TASKS_PER_DEVICE * unit * devices))))
     return made
 
 

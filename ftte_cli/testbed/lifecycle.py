@@ -107,7 +107,7 @@ def _build(state: st.TestbedState, classes: list[DeviceClass], bandwidth: bool) 
     client_pub = sshd.keygen(directory / CLIENT_KEY, f"ftte-testbed-{state.id}")
     (directory / "authorized_keys").write_text(client_pub + "\n")
     if state.isolated:
-        state = _make_network(state)
+        state = _make_network(state, len(classes))
     for k, cls in enumerate(classes, start=1):
         state = _make_device(state, k, cls, bandwidth)
     for dev in state.devices:
@@ -118,16 +118,20 @@ def _build(state: st.TestbedState, classes: list[DeviceClass], bandwidth: bool) 
     return state
 
 
-def _make_network(state: st.TestbedState) -> st.TestbedState:
+def _make_network(state: st.TestbedState, devices: int) -> st.TestbedState:
+    """The testbed's cgroup parents (with CPU weight) and its bridge on a free subnet."""
     mounts = cgroups.find_mounts()
     parents = []
     for root in {mounts.memory, mounts.cpu}:
         assert root is not None
         parents += [str(root / "ftte"), str(root / "ftte" / state.id)]
+    state = replace(state, cgroup_parents=tuple(parents))
+    st.save(state)
+    for rel in ("ftte", f"ftte/{state.id}"):
+        cgroups.weigh(mounts, rel, devices)
     with netns.allocation_lock():
         octet = netns.free_subnet()
-        state = replace(state, subnet_octet=octet, bridge=f"ft{state.id}",
-                        cgroup_parents=tuple(parents))
+        state = replace(state, subnet_octet=octet, bridge=f"ft{state.id}")
         st.save(state)  # recorded first: a crash inside make_bridge still gets cleaned
         netns.make_bridge(f"ft{state.id}", octet)
     return state

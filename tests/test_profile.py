@@ -1,0 +1,216 @@
+"""`ftte profile` against the emulated testbed, the profiles cache, and the memory budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from testbed_fixture import Testbed, testbed  # noqa: F401
+from typer.testing import CliRunner
+
+from ftte_cli.cli import app
+from ftte_cli.config.inventory import Device
+from ftte_cli.errors import ConfigError, ExitCode
+from ftte_cli.fleet import budget as bud
+from ftte_cli.fleet.profile import ProbeFailed, ProfileRequest, parse_probe, profile_fleet
+from ftte_cli.fleet.ssh import Outcome, SshOptions
+from ftte_cli.testbed.sshd import free_port
+
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="cgroup caps need root (CI is root)")
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "har.yaml"
+SIM_KEYS = ("name", "usable_memory_bytes", "sec_per_sample_fwd", "sec_per_sample_bwd",
+            "bandwidth_bps", "rtt_s")
+runner = CliRunner()
+
+
+def _profile(*args: str) -> tuple[int, dict[str, Any]]:
+    res = runner.invoke(app, ["profile", *args, "--format", "json"])
+    return res.exit_code, json.loads(res.stdout)
+
+
+def _by_name(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["name"]: p for p in data["profiles"]}
+
+
+@pytest.fixture(scope="module")
+def profiled(testbed: Testbed) -> dict[str, Any]:  # noqa: F811
+    """One plain profile of the whole testbed (baseline with the recipe's model)."""
+    code, data = _profile("-i", str(testbed.inventory), "--recipe", str(RECIPE))
+    assert code == 0, data
+    return data
+
+
+@needs_root
+def test_profile_reports_each_memory_cap_within_5_percent(testbed: Testbed,  # noqa: F811
+                                                          profiled: dict[str, Any]) -> None:
+    profiles = _by_name(profiled)
+    caps = {d.name: d.mem_cap_bytes for d in testbed.state.devices}
+    assert len(set(caps.values())) == 4  # four different caps
+    for name, cap in caps.items():
+        measured = profiles[name]["cgroup_mem_limit_bytes"]
+        assert cap is not None and abs(measured - cap) <= 0.05 * cap, (name, measured, cap)
+        assert profiles[name]["limited_by"] in ("cgroup", "inventory_cap")
+    assert profiles["pi-zero-2-1"]["cpu_quota"] == pytest.approx(0.25)
+    assert profiles["pi4-2"]["cpu_quota"] == pytest.approx(1.0)
+
+
+def test_profile_record_fields_and_cache(testbed: Testbed,  # noqa: F811
+                                         profiled: dict[str, Any]) -> None:
+    assert [d["outcome"] for d in profiled["devices"]] == ["ok"] * 4
+    cache = Path(profiled["cache"])
+    assert cache == testbed.dir / ".ftte" / "profiles.json"
+    records = json.loads(cache.read_text())
+    assert set(records) == {d.name for d in testbed.state.devices}
+    for rec in records.values():
+        assert all(k in rec for k in SIM_KEYS)  # what `ftte simulate --fleet` replays
+        assert rec["torch_version"] and rec["python_version"] == ".".join(
+            map(str, sys.version_info[:3]))
+        assert rec["baseline_note"] == "import torch + har_cnn"
+        assert 100 * 2**20 < rec["baseline_rss_bytes"] < 600 * 2**20
+        assert rec["mem_total_bytes"] >= rec["mem_available_bytes"] > 0
+        assert rec["swap_total_bytes"] is not None and rec["disk_free_bytes"] > 0
+        usable = (min(x for x in (rec["mem_available_bytes"], rec["cgroup_mem_limit_bytes"],
+                                  rec["inventory_cap_bytes"]) if x is not None)
+                  - rec["baseline_rss_bytes"] - rec["safety_margin_bytes"])
+        assert rec["usable_memory_bytes"] == usable
+
+
+def test_max_age_reuses_fresh_profiles(testbed: Testbed,  # noqa: F811
+                                       profiled: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "fleet.json"
+    start = time.monotonic()
+    code, data = _profile("-i", str(testbed.inventory), "--recipe", str(RECIPE),
+                          "--max-age", "3600", "--out", str(out))
+    assert code == 0 and time.monotonic() - start < 5  # nobody was contacted
+    assert all(d["detail"].startswith("cached") for d in data["devices"])
+    assert set(json.loads(out.read_text())) == {d.name for d in testbed.state.devices}
+
+
+@needs_root
+def test_benchmark_quarter_cpu_device_is_3x_slower(testbed: Testbed) -> None:  # noqa: F811
+    # One device at a time (--forks 1): the two must not compete for the same cores.
+    code, data = _profile("-i", str(testbed.inventory), "--recipe", str(RECIPE), "--benchmark",
+                          "--limit", "pi-zero-2-1,pi4-2", "--forks", "1")
+    assert code == 0, data
+    p = _by_name(data)
+    slow, fast = p["pi-zero-2-1"], p["pi4-2"]
+    for rec in (slow, fast):
+        assert rec["bench_model"] == "har_cnn" and rec["rtt_s"] > 0
+        assert rec["sec_per_sample_fwd"] > 0 and rec["sec_per_sample_bwd"] > 0
+    step = {n: r["sec_per_sample_fwd"] + r["sec_per_sample_bwd"] for n, r in p.items()}
+    assert step["pi-zero-2-1"] >= 3 * step["pi4-2"], step
+    # tc caps each link: 20 Mbit/s for the Pi Zero 2, 100 Mbit/s for the Pi 4.
+    assert 10e6 < slow["bandwidth_bps"] < 30e6, slow["bandwidth_bps"]
+    assert fast["bandwidth_bps"] > 2 * slow["bandwidth_bps"]
+
+
+def _inventory_with(testbed: Testbed, path: Path, extra: dict[str, Any],  # noqa: F811
+                    host_vars: dict[str, dict[str, Any]] | None = None) -> Path:
+    data = yaml.safe_load(testbed.inventory.read_text())
+    data["all"]["children"]["extra"] = {"hosts": extra}
+    for group in data["all"]["children"].values():
+        for name, hv in group["hosts"].items():
+            hv.update((host_vars or {}).get(name, {}))
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_unreachable_device_is_reported_and_others_go_on(testbed: Testbed,  # noqa: F811
+                                                        tmp_path: Path) -> None:
+    inv = _inventory_with(testbed, tmp_path / "inv.yaml",
+                          {"ghost": {"ansible_host": "127.0.0.1", "ansible_port": free_port()}})
+    code, data = _profile("-i", str(inv), "--limit", "ghost,pi4-2", "--connect-timeout", "3")
+    assert code == ExitCode.UNREACHABLE
+    outcomes = {d["device"]: d["outcome"] for d in data["devices"]}
+    assert outcomes == {"ghost": "unreachable", "pi4-2": "ok"}
+    assert [p["name"] for p in data["profiles"]] == ["pi4-2"]
+    assert data["profiles"][0]["baseline_note"] == "import torch only (no recipe given)"
+
+
+@pytest.mark.skipif(shutil.which("python3.11") is None and not Path("/usr/bin/python3").exists(),
+                    reason="needs a system python without torch")
+def test_device_without_torch_is_profiled_and_says_so(testbed: Testbed,  # noqa: F811
+                                                      tmp_path: Path) -> None:
+    inv = _inventory_with(testbed, tmp_path / "inv.yaml", {},
+                          {"phone-4": {"ansible_python_interpreter": "/usr/bin/python3"}})
+    code, data = _profile("-i", str(inv), "--limit", "phone-4", "--recipe", str(RECIPE))
+    assert code == 0, data
+    rec = data["profiles"][0]
+    assert rec["torch_version"] is None and rec["baseline_rss_bytes"] is None
+    assert data["devices"][0]["detail"].startswith("no torch")
+
+
+def test_benchmark_needs_a_recipe(testbed: Testbed) -> None:  # noqa: F811
+    code, data = _profile("-i", str(testbed.inventory), "--benchmark")
+    assert code == ExitCode.USAGE and "--recipe" in data["error"]
+
+
+def test_local_device_is_probed_as_a_subprocess(tmp_path: Path) -> None:
+    dev = Device(name="laptop", host="localhost", connection="local", python=sys.executable,
+                 workdir=str(tmp_path / "work"), mem_cap_mb=4096)
+    res = profile_fleet([dev], SshOptions(), ProfileRequest())["laptop"]
+    assert res.outcome == Outcome.ok, res.detail
+    own = Path("/proc/self/cgroup").read_text()
+    assert res.value.cgroup_version in (1, 2) or "memory" not in own
+    assert res.value.inventory_cap_bytes == 4096 * 2**20
+    assert res.value.usable_memory_bytes <= 4096 * 2**20 - res.value.baseline_rss_bytes
+
+
+def test_parse_probe_rejects_missing_or_failed_output() -> None:
+    with pytest.raises(ProbeFailed, match="no result"):
+        parse_probe("Traceback: boom\n")
+    with pytest.raises(ProbeFailed, match="failed on the device: OSError"):
+        parse_probe('FTTE-PROBE {"error": "OSError: x"}\n')
+    assert parse_probe('noise\nFTTE-PROBE {"arch": "aarch64"}\n') == {"arch": "aarch64"}
+
+
+# --- budget (pure) ------------------------------------------------------------------------------
+
+MiB = 2**20
+
+
+def test_device_budget_takes_the_tightest_ceiling_and_ignores_swap() -> None:
+    b = bud.device_budget("pi", mem_available=900 * MiB, cgroup_limit=448 * MiB,
+                          inventory_cap=512 * MiB, baseline=230 * MiB, margin=4 * MiB)
+    assert b.limited_by == bud.Limit.cgroup and b.usable_bytes == (448 - 230 - 4) * MiB
+    b = bud.device_budget("jet", 300 * MiB, None, 512 * MiB, 230 * MiB, 0)
+    assert b.limited_by == bud.Limit.mem_available and b.usable_bytes == 70 * MiB
+    rec = {"name": "x", "mem_available_bytes": 2000 * MiB, "swap_total_bytes": 10**12,
+           "inventory_cap_bytes": 600 * MiB, "baseline_rss_bytes": 200 * MiB}
+    assert bud.budget_from_record(rec, 0).usable_bytes == 400 * MiB  # swap never counts
+
+
+def test_fleet_budget_min_override_and_headroom() -> None:
+    records = {
+        "a": {"mem_available_bytes": 1000 * MiB, "baseline_rss_bytes": 200 * MiB},
+        "b": {"mem_available_bytes": 500 * MiB, "cgroup_mem_limit_bytes": 400 * MiB,
+              "baseline_rss_bytes": 200 * MiB},
+    }
+    fb = bud.recipe_budget(records, "0MB")
+    assert (fb.m_min, fb.bound_by, fb.overridden) == (200 * MiB, "b", False)
+    rows = bud.headroom(fb, ftte_bytes=50 * MiB, full_bytes=300 * MiB)
+    assert [(h.name, h.fits_ftte, h.fits_full) for h in rows] == [("a", True, True),
+                                                                   ("b", True, False)]
+    assert rows[1].full_headroom == -100 * MiB
+    over = bud.recipe_budget(records, "4MiB", memory_budget="2MB")
+    assert over.m_min == 2_000_000 and over.overridden and over.bound_by is None
+    with pytest.raises(ConfigError, match="no profile for c"):
+        bud.recipe_budget(records, 0, names=["a", "c"])
+
+
+def test_load_profiles_accepts_list_and_rejects_garbage(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([{"name": "a", "mem_available_bytes": 1}]))
+    assert bud.load_profiles(path)["a"]["mem_available_bytes"] == 1
+    path.write_text("[1,")
+    with pytest.raises(ConfigError, match="p.json: not JSON"):
+        bud.load_profiles(path)
+    assert bud.load_profiles(tmp_path / "missing.json") == {}
