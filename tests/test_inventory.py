@@ -82,7 +82,7 @@ def test_limit_selects_groups_hosts_and_lists(tmp_path: Path) -> None:
     assert names("outer") == ["a", "b"]
     assert names("inner") == ["a", "b"]
     assert names("alpha") == ["b"]
-    assert names("solo, alpha") == ["solo", "b"]
+    assert names("solo, alpha,") == ["solo", "b"]
     assert names("ungrouped") == ["solo"]
     assert names("all") == ["solo", "a", "b"]
     with pytest.raises(ConfigError, match=r"inv\.yaml: --limit: no host or group named 'nobody'"):

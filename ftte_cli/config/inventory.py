@@ -125,8 +125,9 @@ class Inventory:
         if limit is None or not limit.strip():
             return list(self.devices.values())
         wanted: set[str] = set()
-        for raw in limit.split(","):
-            name = raw.strip()
+        for name in (part.strip() for part in limit.split(",")):
+            if not name:
+                continue
             if name in self.groups:
                 wanted.update(self.members(name))
             elif name in self.devices:
