@@ -666,7 +666,13 @@ def run_on_fleet(
 
     if not devices:
         return FleetResults({})
-    with ThreadPoolExecutor(max_workers=max(1, opts.forks), thread_name_prefix="ftte-ssh") as pool:
-        done = list(pool.map(work, devices))
+    pool = ThreadPoolExecutor(max_workers=max(1, opts.forks), thread_name_prefix="ftte-ssh")
+    try:
+        futures = [pool.submit(work, d) for d in devices]
+        done = [f.result() for f in futures]
+    except BaseException:  # Ctrl-C: start no further device; running ones end at their deadline
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return FleetResults({r.device.name: r for r in done})
 
