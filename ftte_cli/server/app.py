@@ -77,6 +77,7 @@ class FtteServer:
 
     def __init__(self, coordinator: Coordinator, config: ServerConfig, *, strategy: str,
                  buffer_size: int, target_accuracy: Optional[float] = None,
+                 max_versions: Optional[int] = None,
                  on_event: Optional[EventSink] = None, on_version: Optional[VersionHook] = None,
                  elapsed_offset: float = 0.0,
                  get_time: Callable[[], float] = time.monotonic) -> None:
@@ -85,6 +86,7 @@ class FtteServer:
         self._strategy = strategy
         self._buffer_size = buffer_size
         self._target = target_accuracy
+        self._max_versions = max_versions
         self._on_event = on_event
         self._on_version = on_version
         self._get_time = get_time
@@ -253,12 +255,30 @@ class FtteServer:
             self._started = True
             self.event("dispatch_started", detail=f"{joined} devices registered")
 
-    def _submit(self, update: Update, now: float) -> SubmitResult:
+    def _submit(self, update: Update, now: float) -> Optional[SubmitResult]:
+        """Submit on the coordinator thread; None when the run ended meanwhile (nothing applied)."""
+        if self.done:
+            return None
         result = self.coordinator.submit(update, now)
-        if result.advanced and self._on_version is not None:
-            self._on_version(self.coordinator, now, result)
-        self._dispatch(now)
+        if result.advanced:
+            if self._on_version is not None:
+                self._on_version(self.coordinator, now, result)
+            self._apply_stop_rules()
+        if not self.done:
+            self._dispatch(now)
+        else:
+            self._sync_coordinator_view()
         return result
+
+    def _apply_stop_rules(self) -> None:
+        """Target accuracy and max versions end the run at the version that met them."""
+        c = self.coordinator
+        last = c.metrics.evals[-1] if c.metrics.evals else None
+        if (self._target is not None and last is not None and last.version == c.version
+                and last.accuracy >= self._target):
+            self.finish(StopReason.target)
+        elif self._max_versions is not None and c.version >= self._max_versions:
+            self.finish(StopReason.max_versions)
 
     # ---- event loop side ---------------------------------------------------------------------
 
@@ -425,6 +445,8 @@ class FtteServer:
                         delta=msg.delta, num_samples=msg.num_samples,
                         grad_variance=msg.grad_variance, peak_memory=msg.peak_memory)
         result = await self._in_worker(self._submit, update, self.now())
+        if result is None:
+            raise web.HTTPGone(text="run over")
         self._record(device, msg, result)
         self._wake(list(self._pending))
         reason = None if result.reason is None else RejectReason(result.reason).value

@@ -282,12 +282,15 @@ def _server(run: _Run, tokens: dict[str, str], opts: TrainOptions) -> FtteServer
     return FtteServer(run.coordinator, config, strategy=run.recipe.strategy.name,
                       buffer_size=run.recipe.strategy.buffer_size,
                       target_accuracy=run.recipe.stop.target_accuracy,
+                      max_versions=run.recipe.stop.max_versions,
                       on_event=run.rundir.event, on_version=on_version,
                       elapsed_offset=run.elapsed_offset)
 
 
 def stop_rule(snap: RunSnapshot, recipe: Recipe) -> Optional[StopReason]:
-    """Which stop rule (if any) the run meets now."""
+    """Which stop rule (if any) the run meets now (the server applies the first two itself)."""
+    if snap.stop_reason is not None:
+        return snap.stop_reason
     best = snap.best_accuracy
     if best is not None and best >= recipe.stop.target_accuracy:
         return StopReason.target
