@@ -20,7 +20,7 @@ InventoryOpt = Annotated[
     Path,
     typer.Option(
         "--inventory", "-i", envvar="FTTE_INVENTORY",
-        help="Inventory YAML (Ansible format); also $FTTE_INVENTORY.",
+        help="Inventory YAML (Ansible format).",
     ),
 ]
 LimitOpt = Annotated[

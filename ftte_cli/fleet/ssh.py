@@ -15,8 +15,15 @@ like OpenSSH's StrictHostKeyChecking=accept-new), a changed key is always refuse
 banner, auth, channel-open and each command run under their own timeout.
 
 Host keys come from `SshOptions.known_hosts` (a CLI flag), else the device's `ftte_known_hosts`,
-else `~/.ssh/known_hosts`; non-22 ports are stored as `[host]:port` as OpenSSH does. A device
-with keys of another type already known counts as changed, never as new.
+else `~/.ssh/known_hosts` (the system-wide /etc/ssh/ssh_known_hosts is not read); non-22 ports
+are stored as `[host]:port` as OpenSSH does; hashed entries are understood, new ones are
+recorded in plain form. A device with keys of another type already known counts as changed,
+never as new.
+
+Known limits: name resolution (getaddrinfo) is not under the connect timeout, so a hanging DNS
+server delays that device (only); a timed-out remote command is killed through the SSH "signal"
+request, which OpenSSH honours for non-root logins only (for root, privilege separation is off
+after login and sshd refuses it), so there the command may run on after its channel is closed.
 
 ProxyJump: one hop is supported (`Device.proxy_jump`, "[user@]host[:port]"): we connect to the
 jump host with the same host-key rules and open a `direct-tcpip` channel to the device. Chains of
