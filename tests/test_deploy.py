@@ -12,9 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 from sshd import SshServer, running_sshd
+from testbed_fixture import Testbed, testbed  # noqa: F401  (pytest finds the fixture by name)
+from typer.testing import CliRunner
 
+from ftte_cli.cli import app
 from ftte_cli.config.inventory import Device
 from ftte_cli.config.recipe import Recipe, load_recipe
 from ftte_cli.engine.models import build_model
@@ -175,3 +179,38 @@ def test_damaged_bundle_on_device_is_uploaded_again(recipe: Recipe, sshd: SshSer
     plan.write_text(plan.read_text().replace('"method"', '"method" ', 1))
     again = ship_bundles(devices, bundles, OPTS)
     assert _outcomes(again) == {"ssh0": Outcome.changed, "local0": Outcome.ok}
+
+
+# --- `ftte deploy` on the emulated testbed: profiles -> budget -> plan -> bundles -> devices ----
+
+
+def _deploy_cli(bed: Testbed, recipe: Path, *extra: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(app, ["deploy", "--recipe", str(recipe), "--inventory",
+                                      str(bed.inventory), "--format", "json", *extra])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_ftte_deploy_on_the_testbed(testbed: Testbed, tmp_path: Path,  # noqa: F811
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # local bundles under tmp_path/.ftte
+    recipe = tmp_path / "recipe.yaml"
+    raw = yaml.safe_load((REPO / "recipes" / "har.yaml").read_text())
+    raw["name"], raw["plan"]["method"] = "har-deploy-test", "gradnorm"
+    recipe.write_text(yaml.safe_dump(raw))
+    names = [d.name for d in testbed.devices()]
+    code, dry = _deploy_cli(testbed, recipe, "--dry-run")
+    assert code == 0, dry
+    assert [d["device"] for d in dry["devices"]] == names
+    assert all(d["outcome"] == "ok" for d in dry["devices"])
+    assert all(d["value"]["uploaded_bytes"] == 0 for d in dry["devices"])
+
+    code, first = _deploy_cli(testbed, recipe)
+    assert code == 0, first
+    assert first["summary"] in ({"changed": len(names)}, {"ok": len(names)})  # ok: rerun
+    shards = {d["device"]: d["value"]["bundle_sha256"] for d in first["devices"]}
+    assert len(set(shards.values())) == len(names)  # own shard and token each
+
+    code, second = _deploy_cli(testbed, recipe, "--limit", names[0])
+    assert code == 0 and second["summary"] == {"ok": 1}
+    assert second["devices"][0]["value"]["bundle_sha256"] == shards[names[0]]
+    assert "already in place" in second["devices"][0]["detail"]
