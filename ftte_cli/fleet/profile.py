@@ -166,10 +166,14 @@ def data_shape(recipe: Recipe) -> tuple[tuple[int, ...], int]:
     return tuple(data.input_shape), int(data.num_classes)
 
 
-def probe_config(device: Device, request: ProfileRequest) -> dict[str, Any]:
-    """The JSON config the probe's main() receives on this device."""
-    cfg: dict[str, Any] = {"workdir": device.workdir, "benchmark": request.benchmark,
-                           "window_s": request.window_s, "repeats": request.repeats}
+def shared_config(request: ProfileRequest) -> dict[str, Any]:
+    """The part of the probe config every device gets (built once, in the calling thread).
+
+    Built before the workers start: parsing sources with `ast` from several threads at once
+    trips a CPython 3.11 bug ("AST constructor recursion depth mismatch").
+    """
+    cfg: dict[str, Any] = {"benchmark": request.benchmark, "window_s": request.window_s,
+                           "repeats": request.repeats}
     if request.recipe is not None:
         shape, classes = data_shape(request.recipe)
         sources, packages = model_sources()
@@ -178,6 +182,11 @@ def probe_config(device: Device, request: ProfileRequest) -> dict[str, Any]:
                    batch_size=request.recipe.train.batch_size, modules=sources,
                    packages=packages, models_module=MODELS_MODULE)
     return cfg
+
+
+def probe_config(device: Device, shared: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON config the probe's main() receives on this device."""
+    return {**shared, "workdir": device.workdir}
 
 
 def probe_program(cfg: Mapping[str, Any]) -> bytes:
@@ -241,11 +250,12 @@ def build_profile(device: Device, raw: Mapping[str, Any], margin: int,
     return prof
 
 
-def profile_device(session: Session, request: ProfileRequest, margin: int) -> DeviceResult:
+def profile_device(session: Session, request: ProfileRequest, shared: Mapping[str, Any],
+                   margin: int) -> DeviceResult:
     """Measure one device (the `fn` given to run_on_fleet)."""
     device = session.device
     link = measure_link(session) if request.benchmark else None
-    program = probe_program(probe_config(device, request))
+    program = probe_program(probe_config(device, shared))
     try:
         res = session.run(f"{shlex.quote(device.python)} -", stdin=program,
                           timeout=request.probe_timeout)
@@ -280,7 +290,8 @@ def profile_fleet(devices: list[Device], opts: SshOptions, request: ProfileReque
             if on_done is not None:
                 on_done(fresh[dev.name])
     todo = [d for d in devices if d.name not in fresh]
-    ran = run_on_fleet(todo, lambda s: profile_device(s, request, margin), opts, on_done)
+    shared = shared_config(request) if todo else {}
+    ran = run_on_fleet(todo, lambda s: profile_device(s, request, shared, margin), opts, on_done)
     merged = {**fresh, **ran.results}
     return FleetResults({d.name: merged[d.name] for d in devices})
 
