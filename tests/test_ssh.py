@@ -109,6 +109,14 @@ def test_step_errors_after_connecting_are_failures_not_unreachable(srv: SshServe
     assert "no-such-host.invalid: name not resolved" in res["dns"].detail
 
 
+def test_background_child_holding_stdout_does_not_block(srv: SshServer) -> None:
+    with connect(device(srv), SshOptions(command_timeout=10)) as s:
+        start = time.monotonic()
+        r = s.run("sleep 4 & echo started")
+        assert (r.rc, r.stdout) == (0, "started\n")
+        assert time.monotonic() - start < 3.0
+
+
 def test_hung_command_times_out_without_blocking(srv: SshServer) -> None:
     with connect(device(srv), SshOptions()) as s:
         start = time.monotonic()

@@ -67,6 +67,7 @@ logging.getLogger("paramiko").setLevel(getattr(logging, _PARAMIKO_LEVEL, logging
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 _POLL_S = 0.2  # how often a waiting command re-checks its deadline
+_EOF_GRACE_S = 1.0  # after the exit status, how long to wait for output still in flight
 _RECORD_LOCK = threading.Lock()  # workers append to the same known_hosts file
 
 
@@ -400,6 +401,7 @@ def _exchange(
     deadline = time.monotonic() + limit
     out, err = bytearray(), bytearray()
     sent = 0
+    exited_at: Optional[float] = None
     if not data:
         chan.shutdown_write()
     while True:
@@ -409,8 +411,10 @@ def _exchange(
             out += chan.recv(65536)
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(65536)
-        if chan.exit_status_ready() and chan.eof_received and not chan.recv_ready():
-            if not chan.recv_stderr_ready():
+        if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            exited_at = exited_at or time.monotonic()
+            # A background child may hold stdout open forever; ssh(1) would hang on it.
+            if chan.eof_received or time.monotonic() - exited_at >= _EOF_GRACE_S:
                 return bytes(out), bytes(err)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
