@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from ftte_cli.cli import app
 from ftte_cli.engine.metrics import EvalPoint, RunMetrics, summarize
 from ftte_cli.output import to_jsonable
-from ftte_cli.store import JsonlWriter, write_json
+from ftte_cli.sim.rundir import RunWriter
+from ftte_cli.store import write_json
 from ftte_cli.train.rundir import RunDir
 from ftte_cli.ui.report import load_run, report_rows
 
@@ -67,17 +68,22 @@ def train_run(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def sim_run(tmp_path: Path) -> Path:
+    """The layout of sim/rundir.py: <strategy>/metrics.jsonl, summary.json, manifest.json."""
     path = tmp_path / "sim-1"
-    path.mkdir()
-    summaries = {}
+    writer = RunWriter(path)
+    rows = []
     for name, accs, step in (("ftte", [0.4, 0.7, 0.92], 5.0), ("fedavg", [0.3, 0.6, 0.8], 40.0)):
         m = _metrics(accs, step)
-        with JsonlWriter(path / f"metrics-{name}.jsonl") as out:
-            for e in m.evals:
-                out.write(vars(e))
-        summaries[name] = to_jsonable(summarize(m, strategy=name, target=TARGET,
-                                                duration=step * 3, versions=3))
-    write_json(path / "summary.json", {"strategies": summaries})
+        for e in m.evals:
+            writer.on_eval(name, e)
+        summary = to_jsonable(summarize(m, strategy=name, target=TARGET, duration=step * 3,
+                                        versions=3))
+        rows.append({**{k: v for k, v in summary.items() if k != "target_accuracy"},
+                     "dropped_total": 2, "clients": 100, "excluded_clients": 0})
+    # (RunWriter.finish needs a whole SimResult; its JSON-lines files are flushed per line.)
+    write_json(path / "summary.json", {"seed": 1, "target_accuracy": TARGET, "strategies": rows})
+    write_json(path / "manifest.json", {"kind": "simulate", "strategies": ["ftte", "fedavg"],
+                                        "recipe": {"stop": {"target_accuracy": TARGET}}})
     return path
 
 
@@ -109,8 +115,9 @@ def test_train_run_table_output(train_run: Path) -> None:
 
 def test_simulate_run_has_one_series_per_strategy(sim_run: Path) -> None:
     report = load_run(sim_run)
+    assert report.kind == "simulate" and report.target == TARGET
     rows = {r["series"]: r for r in report_rows(report)}
-    assert set(rows) == {"ftte", "fedavg"}
+    assert list(rows) == ["ftte", "fedavg"]  # the order the strategies were run in
     assert rows["ftte"]["time_to_target"] == 15.0
     assert rows["fedavg"]["time_to_target"] is None  # never reached 90%
     result = runner.invoke(app, ["report", str(sim_run), "--format", "json"])

@@ -113,6 +113,10 @@ def _metric_files(path: Path, manifest: dict[str, Any]) -> list[tuple[str, Path]
             found.append((m.group("name") or default, file))
     for file in sorted(path.glob("*/metrics.jsonl")):
         found.append((file.parent.name, file))
+    order = manifest.get("strategies")
+    if isinstance(order, list):  # simulate: the order the strategies were asked for
+        rank = {str(n): i for i, n in enumerate(order)}
+        found.sort(key=lambda item: rank.get(item[0], len(rank)))
     return found
 
 
