@@ -214,3 +214,18 @@ def test_load_profiles_accepts_list_and_rejects_garbage(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="p.json: not JSON"):
         bud.load_profiles(path)
     assert bud.load_profiles(tmp_path / "missing.json") == {}
+
+
+def test_probe_parses_as_python_3_9() -> None:
+    """The probe runs on the device's own python: 3.9 grammar, stdlib only at module level."""
+    import ast
+
+    from ftte_cli.fleet import probe
+
+    source = Path(probe.__file__).read_text()
+    tree = ast.parse(source, feature_version=(3, 9))
+    top = {alias.name.split(".")[0] for node in tree.body
+           if isinstance(node, (ast.Import, ast.ImportFrom))
+           for alias in (node.names if isinstance(node, ast.Import)
+                         else [ast.alias(node.module or "")])}
+    assert top <= set(sys.stdlib_module_names) | {"__future__"}, top

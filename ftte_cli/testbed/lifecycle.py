@@ -82,7 +82,7 @@ def up(directory: Path, devices: int, mix: str, bandwidth: bool = True) -> st.Te
     directory.mkdir(parents=True, exist_ok=True)
     _refuse_if_running(directory)
     isolated, why = can_isolate()
-    state = st.TestbedState(id=secrets.token_hex(2), dir=str(directory), isolated=isolated,
+    state = st.TestbedState(id=_new_id(), dir=str(directory), isolated=isolated,
                             created_at=time.time(), notes=(why,) if why else ())
     st.save(state)
     try:
@@ -90,6 +90,18 @@ def up(directory: Path, devices: int, mix: str, bandwidth: bool = True) -> st.Te
     except BaseException:
         down(directory)
         raise
+
+
+def _new_id() -> str:
+    """A short id no other testbed on this host uses (names of namespaces, links, cgroups)."""
+    mounts = cgroups.find_mounts()
+    while True:
+        tid = secrets.token_hex(2)
+        taken = netns.exists_netns(f"ftte-{tid}-1") or any(
+            root is not None and (root / "ftte" / tid).exists()
+            for root in (mounts.memory, mounts.cpu))
+        if not taken:
+            return tid
 
 
 def _refuse_if_running(directory: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -52,7 +52,6 @@ class TestbedState:
     cgroup_parents: tuple[str, ...] = ()  # ftte/<id> (and ftte) when we made them
     devices: tuple[DeviceState, ...] = ()
     notes: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def with_device(self, dev: DeviceState) -> TestbedState:
         """This state with `dev` added or replaced (by name)."""
@@ -84,13 +83,19 @@ def load(directory: Path) -> Optional[TestbedState]:
         return None
     try:
         raw = json.loads(path.read_text())
-        devices = tuple(DeviceState(**{**d, "cgroups": tuple(d.get("cgroups", ()))})
-                        for d in raw.pop("devices", []))
-        return TestbedState(**{**raw, "devices": devices,
+        devices = tuple(DeviceState(**{**_known(DeviceState, d),
+                                       "cgroups": tuple(d.get("cgroups", ()))})
+                        for d in raw.get("devices", []))
+        return TestbedState(**{**_known(TestbedState, raw), "devices": devices,
                                "cgroup_parents": tuple(raw.get("cgroup_parents", ())),
                                "notes": tuple(raw.get("notes", ()))})
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{path}: not a testbed state file ({err})") from err
+
+
+def _known(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    """Only the keys `cls` has (a state file from another ftte version still loads)."""
+    return {k: v for k, v in raw.items() if k in {f.name for f in fields(cls)}}
 
 
 def clear(directory: Path) -> None:
