@@ -158,11 +158,15 @@ def test_direct_mode_skips_tunnels_and_unreachable_device_is_reported(
         sshd: SshServer, http_server: int, tmp_path: Path) -> None:
     dev = _ssh_device(sshd, "ssh0", tmp_path / "w0")
     dead = Device(name="dead", host="127.0.0.1", port=1, python=sys.executable)
+    empty = _ssh_device(sshd, "empty", tmp_path / "w2")  # reachable, but no bundle there
     bundle = _bundle(tmp_path / "w0")
-    fleet = start_agents([dev, dead], {"ssh0": str(bundle), "dead": "/nowhere"}, 1, OPTS,
-                         tmp_path / "run", direct=f"127.0.0.1:{http_server}")
+    fleet = start_agents([dev, dead, empty],
+                         {"ssh0": str(bundle), "dead": "/nowhere", "empty": str(tmp_path / "no")},
+                         1, OPTS, tmp_path / "run", direct=f"127.0.0.1:{http_server}")
     try:
         assert fleet.results["dead"].outcome == Outcome.unreachable
+        assert fleet.results["empty"].outcome == Outcome.failed
+        assert "No such file" in fleet.results["empty"].detail
         assert fleet.names == ["ssh0"]
         assert fleet.server_url("ssh0") == f"http://127.0.0.1:{http_server}"
         assert _wait_for(bundle / "answer.txt") == "hello /v1/hello"

@@ -231,17 +231,20 @@ def start_agents(
 
     def start(device: Device) -> DeviceResult:
         session: Optional[Session] = None
+        agent: Optional[_Agent] = None
         try:
             session = connect(device, opts)
             agent = _open(device, session, remote_bundles[device.name], server_port, direct)
+            pid = _launch(agent, log_mode="wb")
             with lock:
                 agents[device.name] = agent
-            pid = _launch(agent, log_mode="wb")
             return DeviceResult(device, Outcome.changed, f"agent pid {pid} -> {agent.url}",
                                 value=pid)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an outcome
             outcome, detail = classify(exc, device)
-            if session is not None and device.name not in agents:
+            if agent is not None and agent.tunnel is not None:
+                agent.tunnel.close()
+            if session is not None:
                 session.close()
             return DeviceResult(device, outcome, detail)
 
