@@ -321,3 +321,12 @@ def test_pool_runs_at_most_forks_devices_at_once() -> None:
     devices = [Device(name=f"d{i}", host="localhost", connection="local") for i in range(6)]
     res = run_on_fleet(devices, step, SshOptions(forks=2))
     assert peak[0] == 2 and len(res.succeeded) == 6
+
+
+def test_local_background_child_and_unread_stdin_do_not_block() -> None:
+    with connect(Device(name="me", host="localhost", connection="local"), SshOptions()) as s:
+        start = time.monotonic()
+        assert s.run("sleep 4 & echo started").stdout == "started\n"
+        assert s.run("true", stdin=b"x" * 5_000_000).rc == 0
+        assert s.run("wc -c", stdin=b"x" * 5_000_000).stdout.strip() == "5000000"
+        assert time.monotonic() - start < 3.0

@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import IO, Any, Callable, Optional, Union
 
 import paramiko
 
@@ -450,24 +450,53 @@ class LocalSession(Session):
         self, cmd: str, timeout: Optional[float] = None, stdin: StdinData = None, check: bool = True
     ) -> CommandResult:
         limit = self.opts.command_timeout if timeout is None else timeout
-        # Own process group, so a timeout kills the shell's children too (they hold the pipes).
+        # Own process group, so a timeout kills the shell's children too.
         proc = subprocess.Popen(
             cmd, shell=True, cwd=Path.home(), start_new_session=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        out, err = bytearray(), bytearray()
+        pumps = [_thread(_feed, proc.stdin, _as_bytes(stdin) or b""),
+                 _thread(_pump, proc.stdout, out), _thread(_pump, proc.stderr, err)]
         try:
-            out, err = proc.communicate(_as_bytes(stdin) or b"", timeout=limit)
+            proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+            proc.wait()
             raise CommandTimeout(cmd, limit) from None
-        return _finish(cmd, proc.returncode, out, err, check)
+        # As over SSH: a background child holding the pipes does not hold up the result.
+        grace_end = time.monotonic() + _EOF_GRACE_S
+        for t in pumps:
+            t.join(max(0.0, grace_end - time.monotonic()))
+        return _finish(cmd, proc.returncode, bytes(out), bytes(err), check)
 
     def put(self, local: Union[str, Path], remote: str) -> None:
         shutil.copyfile(Path(local).expanduser(), Path(remote).expanduser())
 
     def get(self, remote: str, local: Union[str, Path]) -> None:
         shutil.copyfile(Path(remote).expanduser(), Path(local).expanduser())
+
+
+def _thread(target: Callable[..., None], *args: Any) -> threading.Thread:
+    t = threading.Thread(target=target, args=args, daemon=True)
+    t.start()
+    return t
+
+
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    try:
+        pipe.write(data)
+        pipe.close()
+    except OSError:  # it exited without reading everything, as over SSH: drop the rest
+        pass
+
+
+def _pump(pipe: IO[bytes], sink: bytearray) -> None:
+    fd = pipe.fileno()
+    for chunk in iter(lambda: os.read(fd, 65536), b""):
+        sink += chunk
+    pipe.close()
 
 
 def _parse_jump(spec: str) -> tuple[Optional[str], str, int]:
