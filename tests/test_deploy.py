@@ -214,3 +214,28 @@ def test_ftte_deploy_on_the_testbed(testbed: Testbed, tmp_path: Path,  # noqa: F
     assert code == 0 and second["summary"] == {"ok": 1}
     assert second["devices"][0]["value"]["bundle_sha256"] == shards[names[0]]
     assert "already in place" in second["devices"][0]["detail"]
+
+
+def test_ftte_deploy_without_torch_anywhere_says_so_and_copies_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    workdir = tmp_path / "device-home"
+    inventory = tmp_path / "inv.yaml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"bare": {
+        "ansible_connection": "local", "ansible_python_interpreter": NO_TORCH_PYTHON,
+        "ftte_workdir": str(workdir)}}}}))
+    result = CliRunner().invoke(app, ["deploy", "--recipe", str(REPO / "recipes" / "har.yaml"),
+                                      "--inventory", str(inventory), "--format", "json"])
+    assert result.exit_code == 8, result.output  # DEVICE_FAILED, not a planning error
+    (row,) = json.loads(result.stdout)["devices"]
+    assert row["outcome"] == "failed" and "torch is not importable" in row["detail"]
+    assert not workdir.exists()
+
+
+def test_device_scripts_parse_as_python_3_9() -> None:
+    import ast
+
+    from ftte_cli.fleet import deploy, launch
+
+    for script in (deploy._PRECHECK, deploy._INSTALL, launch._LAUNCH, launch._GROUP):
+        ast.parse(script, feature_version=(3, 9))

@@ -100,11 +100,18 @@ def plan_and_deploy(recipe: Recipe, inventory: Path, devices: list[Device],
                     selected: list[Device], opts: SshOptions, *, dry_run: bool = False,
                     root: Optional[Path] = None, planned: Optional[FleetPlan] = None
                     ) -> FleetResults:
-    """`fleet_plan` (unless given), build every bundle, then ship them to `selected`."""
+    """Pre-check, `fleet_plan` for the devices that passed (unless given), build every bundle,
+    ship them; devices that failed the pre-check keep their result (nothing was copied)."""
     from ftte_cli.fleet.bundle import DEFAULT_ROOT, build_bundles
-    from ftte_cli.fleet.deploy import ship_bundles
+    from ftte_cli.fleet.deploy import precheck_fleet, ship_bundles
 
-    planned = planned or fleet_plan(recipe, inventory, devices, selected, opts)
+    checks = precheck_fleet(selected, opts)
+    ready = [d for d in selected if checks[d.name].outcome.succeeded]
+    if not ready:
+        return checks
+    planned = planned or fleet_plan(recipe, inventory, devices, ready, opts)
     bundles = build_bundles(recipe, devices, planned.choice.plan, fed=planned.fed,
                             params=planned.params, root=root or DEFAULT_ROOT)
-    return ship_bundles(selected, bundles, opts, dry_run=dry_run)
+    shipped = ship_bundles(ready, bundles, opts, dry_run=dry_run)
+    return FleetResults({d.name: shipped.results.get(d.name) or checks[d.name]
+                         for d in selected})

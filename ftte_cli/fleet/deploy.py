@@ -197,6 +197,24 @@ def ship_bundles(
     return run_on_fleet(list(devices), step, opts, on_done=on_done)
 
 
+def precheck_fleet(devices: Sequence[Device], opts: SshOptions) -> FleetResults:
+    """Only the pre-checks (Python, torch, safetensors), in parallel; values are DeviceCheck.
+
+    Run before planning, so a device that cannot train is reported with its reason even when
+    no device could be profiled; the disk check waits for the bundle's size (ship_bundles).
+    """
+
+    def step(session: Session) -> DeviceResult:
+        try:
+            check = precheck(session)
+            _require(check, session.device, needed=0)
+        except DeployFailed as err:
+            return DeviceResult(session.device, Outcome.failed, str(err))
+        return DeviceResult(session.device, Outcome.ok, "ready", value=check)
+
+    return run_on_fleet(list(devices), step, opts)
+
+
 def _deploy_one(session: Session, bundle: LocalBundle, dry_run: bool) -> DeviceResult:
     device = session.device
     try:
