@@ -310,3 +310,9 @@ def test_include_inside_a_host_block_is_conditional(home: Path) -> None:
     assert (special.user, special.port) == ("inc_user", 1)
     other = cfg.lookup("other")  # the included file sits in a block `other` does not match
     assert (other.user, other.port) == (None, 1)
+
+
+def test_cli_overrides_beat_every_inventory_level(tmp_path: Path) -> None:
+    path = inv_file(tmp_path, PRECEDENCE)
+    inv = load_inventory(path, overrides={"ansible_user": "cli", "ftte_mem_cap_mb": 7})
+    assert {(d.user, d.mem_cap_mb) for d in inv.devices.values()} == {("cli", 7)}

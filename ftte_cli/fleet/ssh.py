@@ -26,8 +26,8 @@ request, which OpenSSH honours for non-root logins only (for root, privilege sep
 after login and sshd refuses it), so there the command may run on after its channel is closed.
 
 ProxyJump: one hop is supported (`Device.proxy_jump`, "[user@]host[:port]"): we connect to the
-jump host with the same host-key rules and open a `direct-tcpip` channel to the device. Chains of
-several hops are refused.
+jump host with the same host-key rules (and the device's key file or the agent) and open a
+`direct-tcpip` channel to the device. Chains of several hops are refused.
 
 Secrets are never logged: key passphrases come from the environment variable named by the
 inventory's `ftte_password_env` and go straight to paramiko.
