@@ -316,3 +316,5 @@ def test_cli_overrides_beat_every_inventory_level(tmp_path: Path) -> None:
     path = inv_file(tmp_path, PRECEDENCE)
     inv = load_inventory(path, overrides={"ansible_user": "cli", "ftte_mem_cap_mb": 7})
     assert {(d.user, d.mem_cap_mb) for d in inv.devices.values()} == {("cli", 7)}
+    with pytest.raises(ConfigError, match=r"^command line: ansible_port: expected an integer"):
+        load_inventory(path, overrides={"ansible_port": "x"})

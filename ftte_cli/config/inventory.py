@@ -433,6 +433,7 @@ def load_inventory(
     path = Path(path)
     tree = _parse(path, load_yaml(path))
     ssh = ssh_config if ssh_config is not None else load_ssh_config()
+    flags = dict(check_var(k, v, "command line") for k, v in (overrides or {}).items())
     depth = _depths(tree)
     merged: dict[str, dict[str, Any]] = {}
     member_of: dict[str, tuple[str, ...]] = {}
@@ -445,7 +446,7 @@ def load_inventory(
         merged[host], member_of[host] = v, tuple(groups)
     devices = {
         h: resolve_device(h, merged[h], member_of[h], ssh, path.parent.resolve(),
-                          f"{path}: host {h}", overrides, merged)
+                          f"{path}: host {h}", flags, merged)
         for h in tree.host_vars
     }
     return Inventory(path, devices, _groups(tree, member_of), merged)
