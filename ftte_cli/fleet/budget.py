@@ -5,8 +5,8 @@ Swap never counts. M_min = min over devices of M_i, unless the recipe's `plan.me
 overrides it. Headroom rows compare each M_i with a plan's training memory (FTTE) and with full
 training (what synchronous FedAvg would need), so the table shows who full FedAvg would exclude.
 
-Records are the JSON profiles `ftte profile` writes (`<inventory dir>/.ftte/profiles.json`, a
-dict device name -> record), so everything here also works on a copied or hand-made file.
+Records are the JSON profiles `ftte profile` writes (`<inventory dir>/.ftte/profiles.json`,
+`{"devices": [record, ...]}`), so everything here also works on a copied or hand-made file.
 """
 
 from __future__ import annotations
@@ -143,7 +143,11 @@ def profiles_path(inventory: Union[str, Path]) -> Path:
 
 
 def load_profiles(path: Union[str, Path]) -> dict[str, dict[str, Any]]:
-    """Device name -> record; a list of records (with `name`) is accepted too. {} if no file."""
+    """Device name -> record from a profiles file; {} if there is none.
+
+    Accepted: `{"devices": [records]}` (what `ftte profile` writes), `{"profiles": [...]}` (its
+    `--format json` output), a bare list of records, or an object name -> record.
+    """
     path = Path(path)
     if not path.exists():
         return {}
@@ -151,8 +155,17 @@ def load_profiles(path: Union[str, Path]) -> dict[str, dict[str, Any]]:
         raw = json.loads(path.read_text())
     except ValueError as err:
         raise ConfigError(f"{path}: not JSON ({err})") from err
+    if isinstance(raw, dict) and isinstance(raw.get("devices", raw.get("profiles")), list):
+        raw = raw.get("devices", raw.get("profiles"))
     if isinstance(raw, list):
-        raw = {str(r.get("name")): r for r in raw if isinstance(r, dict)}
+        if not all(isinstance(r, dict) and "name" in r for r in raw):
+            raise ConfigError(f"{path}: every profile record needs a name")
+        raw = {str(r["name"]): r for r in raw}
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise ConfigError(f"{path}: expected a map device name -> profile record")
+        raise ConfigError(f"{path}: expected {{\"devices\": [profile records]}}")
     return {str(k): {**v, "name": v.get("name", k)} for k, v in raw.items()}
+
+
+def dump_profiles(records: Mapping[str, Mapping[str, Any]]) -> str:
+    """The profiles file's text: {"devices": [records]}, which `ftte simulate --fleet` replays."""
+    return json.dumps({"devices": list(records.values())}, indent=2) + "\n"

@@ -7,9 +7,10 @@ device's python on stdin and parse its one `FTTE-PROBE {json}` line. The record 
 inventory's cap and the usable memory M_i (fleet/budget.py). Cached records younger than
 `--max-age` are reused without contacting the device.
 
-The cache is `<inventory dir>/.ftte/profiles.json`: a JSON object, device name -> record. Each
-record has `name`, `profiled_at` (ISO-8601 UTC) and the keys `ftte simulate --fleet` replays:
-`usable_memory_bytes`, `sec_per_sample_fwd`, `sec_per_sample_bwd`, `bandwidth_bps`, `rtt_s`.
+The cache is `<inventory dir>/.ftte/profiles.json`: `{"devices": [record, ...]}`, one record per
+device ever profiled (newest kept). Each record has `name`, `profiled_at` (ISO-8601 UTC) and the
+keys `ftte simulate --fleet` replays: `usable_memory_bytes`, `sec_per_sample_fwd`,
+`sec_per_sample_bwd`, `bandwidth_bps`, `rtt_s` (the last four null until `--benchmark`).
 """
 
 from __future__ import annotations
@@ -339,8 +340,8 @@ def save_profiles(path: Path, results: FleetResults) -> dict[str, dict[str, Any]
 
 
 def write_records(path: Path, records: Mapping[str, Mapping[str, Any]]) -> None:
-    """Write device name -> record as JSON, atomically (temp file + rename)."""
+    """Write the records as a profiles file, atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(records, indent=2) + "\n")
+    tmp.write_text(bud.dump_profiles(records))
     os.replace(tmp, path)
