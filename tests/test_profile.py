@@ -242,3 +242,30 @@ def test_probe_parses_as_python_3_9() -> None:
            for alias in (node.names if isinstance(node, ast.Import)
                          else [ast.alias(node.module or "")])}
     assert top <= set(sys.stdlib_module_names) | {"__future__"}, top
+
+
+def test_inventory_budget_from_cached_profiles(tmp_path: Path) -> None:
+    from ftte_cli.config.recipe import load_recipe
+
+    inv = tmp_path / "lab.yaml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {
+        "pi": {"ansible_host": "10.0.0.2", "ftte_mem_cap_mb": 300},
+        "jet": {"ansible_host": "10.0.0.3"}}}}, sort_keys=False))
+    recipe = load_recipe(RECIPE)
+    with pytest.raises(ConfigError, match="no profiles yet"):
+        bud.inventory_budget(inv, recipe)
+    bud.profiles_path(inv).parent.mkdir()
+    bud.profiles_path(inv).write_text(bud.dump_profiles({
+        "pi": {"name": "pi", "mem_available_bytes": 400 * MiB, "inventory_cap_bytes": 300 * MiB,
+               "baseline_rss_bytes": 200 * MiB},
+        "jet": {"name": "jet", "mem_available_bytes": 900 * MiB,
+                "baseline_rss_bytes": 200 * MiB}}))
+    fb = bud.inventory_budget(inv, recipe)
+    assert fb.bound_by == "pi" and fb.m_min == 96 * MiB  # 300 - 200 - 4 MiB margin
+    assert bud.inventory_budget(inv, recipe, limit="jet").m_min == 696 * MiB
+    rows = bud.headroom_rows(fb, bud.headroom(fb, 10 * MiB, 500 * MiB))
+    assert [r[0] for r in rows] == ["pi", "jet"]
+    assert [r[-1] for r in rows] == ["EXCLUDED", "included"]
+    assert rows[0][2] == "inventory_cap" and rows[0][4].startswith("+")
+    data = bud.headroom_json(fb, bud.headroom(fb, 10 * MiB, 500 * MiB))
+    assert data["devices"][0]["fits_full"] is False and data["m_min_bytes"] == 96 * MiB

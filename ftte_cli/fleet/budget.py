@@ -18,8 +18,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ftte_cli.config.recipe import Recipe
 from ftte_cli.errors import ConfigError
-from ftte_cli.units import parse_size
+from ftte_cli.units import format_size, parse_size
 
 PROFILES_DIR = ".ftte"
 PROFILES_FILE = "profiles.json"
@@ -107,7 +108,7 @@ def fleet_budget(devices: Iterable[DeviceBudget],
                  override: Optional[int] = None) -> FleetBudget:
     """M_min over the devices (the most constrained one), or the override when given."""
     devs = tuple(devices)
-    if override is not None:
+    if override is not None:  # profiles optional: they only feed the headroom table
         return FleetBudget(devs, int(override), None, True)
     if not devs:
         raise ConfigError("no device profiles: run `ftte profile` first "
@@ -135,6 +136,54 @@ def headroom(budget: FleetBudget, ftte_bytes: int, full_bytes: int) -> list[Head
     return [Headroom(d.name, d.usable_bytes, ftte_bytes, full_bytes,
                      d.usable_bytes - ftte_bytes, d.usable_bytes - full_bytes)
             for d in budget.devices]
+
+
+def inventory_budget(inventory: Union[str, Path], recipe: Recipe,
+                     limit: Optional[str] = None) -> FleetBudget:
+    """The fleet-aware budget of `ftte plan --inventory`: cached profiles of the chosen devices.
+
+    With `plan.memory_budget` set, M_min is that value and profiles only feed the headroom table
+    (none needed). Without it every chosen device needs a cached profile.
+    """
+    from ftte_cli.config.inventory import load_inventory
+
+    names = [d.name for d in load_inventory(Path(inventory)).select(limit)]
+    path = profiles_path(inventory)
+    records = load_profiles(path)
+    if recipe.plan.memory_budget is not None:
+        names = [n for n in names if n in records]
+    elif not records:
+        raise ConfigError(f"{path}: no profiles yet (run `ftte profile -i {inventory}` first)")
+    return recipe_budget(records, recipe.plan.safety_margin, recipe.plan.memory_budget, names,
+                         where=str(path))
+
+
+HEADROOM_COLUMNS = ("device", "usable M_i", "limited by", "FTTE plan", "FTTE headroom",
+                    "full training", "full headroom", "full FedAvg")
+
+
+def headroom_rows(budget: FleetBudget, rows: list[Headroom]) -> list[list[str]]:
+    """Table rows for `ftte plan --inventory`: who fits FTTE's plan, who full FedAvg excludes."""
+    limits = {d.name: d.limited_by.value for d in budget.devices}
+    return [[h.name, format_size(h.usable_bytes), limits.get(h.name, "-"),
+             format_size(h.ftte_bytes), _signed(h.ftte_headroom), format_size(h.full_bytes),
+             _signed(h.full_headroom), "included" if h.fits_full else "EXCLUDED"]
+            for h in rows]
+
+
+def headroom_json(budget: FleetBudget, rows: list[Headroom]) -> dict[str, Any]:
+    """The same as JSON: M_min, its source, and one object per device."""
+    return {"m_min_bytes": budget.m_min, "bound_by": budget.bound_by,
+            "overridden": budget.overridden,
+            "devices": [{"name": h.name, "usable_bytes": h.usable_bytes,
+                         "ftte_bytes": h.ftte_bytes, "ftte_headroom_bytes": h.ftte_headroom,
+                         "fits_ftte": h.fits_ftte, "full_bytes": h.full_bytes,
+                         "full_headroom_bytes": h.full_headroom, "fits_full": h.fits_full}
+                        for h in rows]}
+
+
+def _signed(n: int) -> str:
+    return ("+" if n >= 0 else "-") + format_size(abs(n))
 
 
 def profiles_path(inventory: Union[str, Path]) -> Path:
