@@ -29,3 +29,60 @@ def test_train_over_testbed_reaches_target_under_every_cap(tmp_path: Path,
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["direct"] is None  # agents came through SSH reverse tunnels
     assert group_members(agent_pids(run_dir)) == []  # nothing of the run is left
+
+
+def _inventory_with_data(testbed: Testbed, folder: Path, host: str, data: Path) -> Path:  # noqa: F811
+    """A copy of the testbed inventory where `host` trains on a device-local data file."""
+    import yaml
+
+    inv = yaml.safe_load(testbed.inventory.read_text())
+    for group in inv["all"]["children"].values():
+        if host in group.get("hosts", {}):
+            group["hosts"][host]["ftte_data"] = str(data)
+    path = folder / "inventory.yaml"
+    path.write_text(yaml.safe_dump(inv))
+    return path
+
+
+def test_lenient_fedavg_capped_device_fails_visibly(tmp_path: Path,
+                                                    testbed: Testbed) -> None:  # noqa: F811
+    """Full training at a large batch cannot fit the Pi Zero 2's cap: its agent is OOM-killed
+    and shows failed, the other device carries the synchronous rounds."""
+    import torch
+
+    from ftte_cli.engine.serialize import save_tensors
+
+    if not testbed.isolated:  # without root there are no cgroup caps to run out of
+        return
+    small = testbed.by_class("pi-zero-2").name
+    big = testbed.by_class("pi4").name
+    n = 8192  # one batch of 8192 windows: far more activation memory than 448 MiB allows
+    gen = torch.Generator().manual_seed(0)
+    data = tmp_path / "local.safetensors"
+    save_tensors(data, {"train_x": torch.randn(n, 9, 128, generator=gen),
+                        "train_y": torch.randint(0, 6, (n,), generator=gen)})
+    inventory = _inventory_with_data(testbed, tmp_path, small, data)
+    recipe = write_recipe(tmp_path, strategy="fedavg", target=0.99, max_versions=2,
+                          time_limit=200.0)
+    text = recipe.read_text().replace("batch_size: 32", "batch_size: 8192")
+    text = text.replace("strategy: {name: fedavg,", "strategy: {name: fedavg, "
+                        "baseline_memory: lenient,")
+    recipe.write_text(text)
+    run_dir = tmp_path / "run"
+    proc = start_train(tmp_path, "--recipe", str(recipe), "--inventory", str(inventory),
+                       "--limit", f"{small},{big}", "--run-dir", str(run_dir),
+                       "--offline-after", "5")
+    assert proc.wait(timeout=400) == 0, (tmp_path / "train.err").read_text()[-3000:]
+    result = last_json(tmp_path)
+    rows = {d["name"]: d for d in result["devices"]}
+    assert rows[small]["status"] == "failed" and rows[small]["accepted"] == 0
+    assert rows[big]["accepted"] >= 1 and result["version"] == 2
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert any("lenient" in note for note in manifest["plan_notes"]) or manifest["plan_notes"] == []
+    failed = [e for e in _events(run_dir) if e["kind"] == "device_failed"]
+    assert [e["device"] for e in failed] == [small]
+    assert group_members(agent_pids(run_dir)) == []
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]

@@ -326,15 +326,18 @@ def _sigterm_interrupts() -> Iterator[None]:
 def _drive(run: _Run, server: FtteServer, agents: Any, dashboard: Dashboard) -> StopReason:
     """Watch the run until a stop rule fires; devices whose agent died are marked failed."""
     next_check = time.monotonic() + FAILURE_CHECK_S
+    offline: set[str] = set()
     while True:
         snap = server.snapshot()
         reason = stop_rule(snap, run.recipe)
         if reason is not None:
             return reason
         dashboard.tick()
-        if agents is not None and time.monotonic() >= next_check:
+        now_offline = {d.name for d in snap.devices if d.status == DeviceStatus.offline}
+        if agents is not None and (now_offline - offline or time.monotonic() >= next_check):
             _mark_dead_agents(server, agents, snap)
             next_check = time.monotonic() + FAILURE_CHECK_S
+        offline = now_offline
         time.sleep(POLL_S)
 
 
@@ -384,6 +387,7 @@ def run_training(opts: TrainOptions) -> TrainResult:
                     server.finish(reason)
             if agents is not None:
                 _wait_agents_left(server, agents, agents.names)
+                _mark_dead_agents(server, agents, server.snapshot())  # died near the end
         finally:
             if agents is not None:
                 agents.stop_all()
