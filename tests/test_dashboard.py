@@ -1,0 +1,87 @@
+"""The live dashboard as a pure renderable: fixed-width colourless rendering, plain lines."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from ftte_cli.server.snapshot import (
+    AccuracyPoint,
+    DeviceRow,
+    DeviceStatus,
+    EventLine,
+    RunSnapshot,
+    RunState,
+    StopReason,
+)
+from ftte_cli.ui.dashboard import Dashboard, progress_line, render, sparkline
+
+MIB = 2**20
+
+
+def _snapshot(**over: object) -> RunSnapshot:
+    base = dict(
+        run_id="har-1", strategy="ftte", state=RunState.running, elapsed=42.0, version=7,
+        buffer_fill=3, buffer_size=10, updates_per_min=12.5, staleness_mean=1.25,
+        staleness_max=4, accepted=25, dropped={"non_finite": 1, "too_stale": 2},
+        accuracy=(AccuracyPoint(10.0, 2, 0.5), AccuracyPoint(30.0, 6, 0.75)),
+        target_accuracy=0.9,
+        devices=(
+            DeviceRow("pi0", DeviceStatus.training, version=6, staleness=1, last_seen=0.4,
+                      peak_memory=300 * MIB, memory_budget=448 * MIB, bytes_up=2048,
+                      bytes_down=4096, accepted=10, rejected=1),
+            DeviceRow("jetson", DeviceStatus.offline, last_seen=31.0),
+        ),
+        events=(EventLine(40.5, "device_offline", "jetson", "not seen for 10s"),),
+    )
+    base.update(over)
+    return RunSnapshot(**base)  # type: ignore[arg-type]
+
+
+def _text(snapshot: RunSnapshot) -> str:
+    console = Console(width=120, color_system=None, force_terminal=False, record=True,
+                      file=io.StringIO())
+    console.print(render(snapshot))
+    return console.export_text()
+
+
+def test_render_shows_every_panel() -> None:
+    text = _text(_snapshot())
+    assert "│ pi0    │ training │ 6       │ 1         │ 0s ago    │ 300.00 MiB / 448.00 MiB (67%)" \
+        in text
+    assert "│ jetson │ offline  │ -       │ -         │ 31s ago   │ -" in text
+    assert "version 7   buffer 3/10   accepted 25   updates/min 12.5" in text
+    assert "staleness mean 1.25 max 4   dropped non_finite 1, too_stale 2" in text
+    assert "last 0.750 (v6)   best 0.750   target 0.900" in text
+    assert "40.5s device_offline   jetson       not seen for 10s" in text
+
+
+def test_render_before_anything_happened() -> None:
+    text = _text(_snapshot(accuracy=(), events=(), dropped={}, staleness_mean=None,
+                           staleness_max=None, stop_reason=StopReason.target))
+    assert "no evaluation yet" in text and "no events yet" in text
+    assert "dropped none" in text and "stopped: target_accuracy" in text
+
+
+def test_sparkline_scales_and_clips() -> None:
+    assert sparkline([0.0, 0.5, 1.0]) == "▁▅█"
+    assert sparkline([2.0, -1.0]) == "█▁"
+    assert len(sparkline([0.1] * 100, width=40)) == 40
+
+
+def test_plain_mode_prints_a_line_per_change() -> None:
+    out = io.StringIO()
+    snaps = [_snapshot(), _snapshot(), _snapshot(version=8)]
+    clock = iter([0.0, 1.0, 2.0, 3.0])
+    with Dashboard(lambda: snaps[0], live=False, stream=out, line_every=60,
+                   get_time=lambda: next(clock)) as dash:
+        dash.tick()
+        snaps.pop(0)
+        dash.tick()  # unchanged: no line
+        snaps.pop(0)
+        dash.tick()  # new version: a line
+    lines = out.getvalue().splitlines()
+    assert lines[0] == progress_line(_snapshot())
+    assert lines[0] == ("[  42.0s] running v7 acc 0.750 accepted 25 dropped 3 devices 1/2 online")
+    assert lines[1].startswith("[  42.0s] running v8") and len(lines) == 3  # + the final line
