@@ -40,7 +40,7 @@ def _snapshot(**over: object) -> RunSnapshot:
 
 
 def _text(snapshot: RunSnapshot) -> str:
-    console = Console(width=120, color_system=None, force_terminal=False, record=True,
+    console = Console(width=100, color_system=None, force_terminal=False, record=True,
                       file=io.StringIO())
     console.print(render(snapshot))
     return console.export_text()
@@ -48,9 +48,10 @@ def _text(snapshot: RunSnapshot) -> str:
 
 def test_render_shows_every_panel() -> None:
     text = _text(_snapshot())
-    assert "│ pi0    │ training │ 6       │ 1         │ 0s ago    │ 300.00 MiB / 448.00 MiB (67%)" \
+    assert ("│ pi0    │ training │ 6   │ 1     │ 0s   │ 300/448 MiB 67% │ 2.00 KiB │ 4.00 KiB │ 10 "
+            "│ 1   │") in text
+    assert "│ jetson │ offline  │ -   │ -     │ 31s  │ -               │ 0 B      │ 0 B      │ 0 " \
         in text
-    assert "│ jetson │ offline  │ -       │ -         │ 31s ago   │ -" in text
     assert "version 7   buffer 3/10   accepted 25   updates/min 12.5" in text
     assert "staleness mean 1.25 max 4   dropped non_finite 1, too_stale 2" in text
     assert "last 0.750 (v6)   best 0.750   target 0.900" in text

@@ -42,7 +42,7 @@ def sparkline(values: list[float], width: int = 40, lo: float = 0.0, hi: float =
 
 
 def _ago(seconds: Optional[float]) -> str:
-    return "-" if seconds is None else f"{seconds:.0f}s ago"
+    return "-" if seconds is None else f"{seconds:.0f}s"
 
 
 def _opt(value: Optional[object]) -> str:
@@ -52,18 +52,18 @@ def _opt(value: Optional[object]) -> str:
 def _memory(row: DeviceRow) -> str:
     if row.peak_memory is None:
         return "-"
-    text = format_size(row.peak_memory)
-    if row.memory_budget:
-        share = 100 * row.peak_memory / row.memory_budget
-        text += f" / {format_size(row.memory_budget)} ({share:.0f}%)"
-    return text
+    peak = row.peak_memory / 2**20
+    if not row.memory_budget:
+        return f"{peak:.0f} MiB"
+    budget = row.memory_budget / 2**20
+    return f"{peak:.0f}/{budget:.0f} MiB {100 * peak / budget:.0f}%"
 
 
 def device_table(snapshot: RunSnapshot) -> Table:
     """One row per device: status, version, staleness, last seen, peak memory, bytes."""
-    t = Table(title="Devices", title_justify="left", expand=True)
-    for col in ("device", "status", "version", "staleness", "last seen", "peak mem / budget",
-                "up", "down", "ok", "rej"):
+    t = Table(title="Devices", title_justify="left")
+    for col in ("device", "status", "ver", "stale", "seen", "peak/budget", "up", "down", "ok",
+                "rej"):
         t.add_column(col, no_wrap=True)
     for row in snapshot.devices:
         t.add_row(
