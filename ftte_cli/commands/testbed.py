@@ -9,7 +9,7 @@ import typer
 
 from ftte_cli.output import Format, console, err_console, handle_errors, print_json, table
 from ftte_cli.testbed import lifecycle
-from ftte_cli.testbed.devices import DEFAULT_MIX
+from ftte_cli.testbed.devices import DEFAULT_MIX, DEVICE_CLASSES, DeviceClass
 from ftte_cli.testbed.state import TestbedState
 from ftte_cli.units import format_size
 
@@ -20,6 +20,12 @@ DirOpt = Annotated[Path, typer.Option("--dir", help="Folder holding the testbed'
 FormatOpt = Annotated[Format, typer.Option("--format", help="table or json.")]
 
 COLUMNS = ("device", "class", "address", "port", "alive", "memory cap", "cpu", "link", "mem used")
+
+
+def _caps(c: DeviceClass) -> str:
+    if c.mem_cap_mb is None:
+        return "uncapped"
+    return f"{c.mem_cap_mb} MiB, {c.cpu_percent}% CPU, {c.bandwidth_mbit:g} Mbit/s"
 
 
 def _rows(statuses: list[lifecycle.DeviceStatus]) -> list[list[Any]]:
@@ -52,8 +58,9 @@ def _show(state: TestbedState, statuses: list[lifecycle.DeviceStatus], fmt: Form
 @app.command("up")
 def up(
     devices: Annotated[int, typer.Option("--devices", "-n", help="How many devices.")] = 4,
-    mix: Annotated[str, typer.Option("--mix", help="Device classes, repeated round-robin.")] = (
-        ",".join(DEFAULT_MIX)),
+    mix: Annotated[str, typer.Option("--mix", help=(
+        "Device classes, repeated round-robin: " + ", ".join(
+            f"{c.name} ({_caps(c)})" for c in DEVICE_CLASSES.values())))] = ",".join(DEFAULT_MIX),
     directory: DirOpt = Path(".testbed"),
     bandwidth: Annotated[bool, typer.Option("--bandwidth/--no-bandwidth",
                                             help="Cap each link with tc (root only).")] = True,

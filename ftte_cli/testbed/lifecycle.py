@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ftte_cli.errors import ConfigError
 from ftte_cli.testbed import cgroups, netns, sshd
@@ -288,22 +288,22 @@ def down(directory: Path) -> DownReport:
         left += cgroups.remove([Path(c) for c in dev.cgroups])
         removed_cg += [c for c in dev.cgroups if not Path(c).exists()]
         if dev.netns and netns.exists_netns(dev.netns):
-            err = netns.delete_netns(dev.netns)
-            left += [err] if err else []
-            spaces += [] if err else [dev.netns]
-        for link in (dev.veth_host,):
-            if link and netns.exists_link(link):
-                err = netns.delete_link(link)
-                left += [err] if err else []
-                links += [] if err else [link]
+            _undo(netns.delete_netns, dev.netns, spaces, left)
+        if dev.veth_host and netns.exists_link(dev.veth_host):  # normally gone with the netns
+            _undo(netns.delete_link, dev.veth_host, links, left)
     if state.bridge and netns.exists_link(state.bridge):
-        err = netns.delete_link(state.bridge)
-        left += [err] if err else []
-        links += [] if err else [state.bridge]
+        _undo(netns.delete_link, state.bridge, links, left)
     left += cgroups.remove([Path(c) for c in state.cgroup_parents], timeout=0.5)
     if not left:
         st.clear(directory)
     return DownReport(tuple(killed), tuple(removed_cg), tuple(spaces), tuple(links), tuple(left))
+
+
+def _undo(remove: Callable[[str], Optional[str]], name: str, done: list[str],
+          left: list[str]) -> None:
+    """Call a remover; file the name under done, or its error under left."""
+    err = remove(name)
+    (left if err else done).append(err or name)
 
 
 def _stop_device(dev: st.DeviceState) -> list[int]:
