@@ -36,6 +36,12 @@ def read(path: str, default: Optional[str] = None) -> Optional[str]:
         return default
 
 
+def first_line(path: str) -> Optional[str]:
+    """The first line of a text file, or None."""
+    lines = (read(path, "") or "").splitlines()
+    return lines[0].strip() if lines else None
+
+
 def meminfo() -> Dict[str, int]:
     """/proc/meminfo in bytes (MemTotal, MemAvailable, SwapTotal, SwapFree...)."""
     out: Dict[str, int] = {}
@@ -187,6 +193,7 @@ def facts(cfg: Dict[str, Any]) -> Dict[str, Any]:
         "disk_free_bytes": disk_free(cfg["workdir"]),
         "python_version": platform.python_version(),
         "board_model": model.rstrip("\x00") if model else None,
+        "jetson_release": first_line("/etc/nv_tegra_release"),
         "temperature_c": max(temps.values()) if temps else None,
         "temperatures_c": temps,
     }

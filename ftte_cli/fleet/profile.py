@@ -101,6 +101,7 @@ class DeviceProfile:
     python_version: Optional[str] = None
     torch_version: Optional[str] = None  # None: torch absent
     board_model: Optional[str] = None  # /proc/device-tree/model (Jetson, Pi)
+    jetson_release: Optional[str] = None  # first line of /etc/nv_tegra_release (L4T version)
     temperature_c: Optional[float] = None  # hottest thermal zone
     baseline_rss_bytes: Optional[int] = None  # resident after import torch (+ building the model)
     baseline_note: str = ""  # what the baseline includes
