@@ -269,3 +269,33 @@ def test_inventory_budget_from_cached_profiles(tmp_path: Path) -> None:
     assert rows[0][2] == "inventory_cap" and rows[0][4].startswith("+")
     data = bud.headroom_json(fb, bud.headroom(fb, 10 * MiB, 500 * MiB))
     assert data["devices"][0]["fits_full"] is False and data["m_min_bytes"] == 96 * MiB
+
+
+def test_table_output_from_cache(testbed: Testbed, profiled: dict[str, Any]) -> None:  # noqa: F811
+    res = runner.invoke(app, ["profile", "-i", str(testbed.inventory), "--max-age", "3600"],
+                        env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "Device profiles" in res.output and "4 devices: ok=4 (exit 0)" in res.output
+    assert "448.00 MiB" in res.output or not testbed.isolated
+
+
+def test_cached_record_is_reused_only_when_it_answers_the_request() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from ftte_cli.config.recipe import load_recipe
+    from ftte_cli.fleet.profile import _reusable
+
+    now = datetime.now(timezone.utc)
+    fresh = {"profiled_at": now.isoformat(), "sec_per_sample_fwd": None}
+    old = {"profiled_at": (now - timedelta(hours=2)).isoformat()}
+    har = load_recipe(RECIPE)
+    assert _reusable(fresh, ProfileRequest(), 3600)
+    assert not _reusable(old, ProfileRequest(), 3600)
+    assert not _reusable(fresh, ProfileRequest(recipe=har, benchmark=True), 3600)
+    assert not _reusable({**fresh, "torch_version": "2.1", "baseline_note": "import torch only"},
+                         ProfileRequest(recipe=har), 3600)
+    benched = {**fresh, "sec_per_sample_fwd": 1e-4, "bench_model": "har_cnn",
+               "torch_version": "2.1", "baseline_note": "import torch + har_cnn"}
+    assert _reusable(benched, ProfileRequest(recipe=har, benchmark=True), 3600)
+    assert not _reusable({**benched, "bench_model": "small_cnn"},
+                         ProfileRequest(recipe=har, benchmark=True), 3600)

@@ -307,13 +307,16 @@ def _age(record: Mapping[str, Any]) -> float:
 
 
 def _reusable(record: Mapping[str, Any], request: ProfileRequest, max_age: float) -> bool:
-    """Young enough, and holding a benchmark of the same model when one is asked for."""
+    """Young enough, with the baseline (and benchmark, if asked) of the same model."""
     if _age(record) > max_age:
         return False
+    model = request.recipe.model.name if request.recipe else None
+    baseline_ok = model is None or record.get("torch_version") is None or (
+        record.get("baseline_note") == f"import torch + {model}")
     if request.benchmark:
-        model = request.recipe.model.name if request.recipe else None
-        return record.get("sec_per_sample_fwd") is not None and record.get("bench_model") == model
-    return True
+        return baseline_ok and record.get("sec_per_sample_fwd") is not None and (
+            record.get("bench_model") == model)
+    return baseline_ok
 
 
 def record_to_profile(record: Mapping[str, Any]) -> DeviceProfile:
