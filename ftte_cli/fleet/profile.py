@@ -262,6 +262,9 @@ def profile_device(session: Session, request: ProfileRequest, shared: Mapping[st
         res = session.run(f"{shlex.quote(device.python)} -", stdin=program,
                           timeout=request.probe_timeout)
     except CommandFailed as err:
+        if err.result.rc == 137:  # 128 + SIGKILL: most often the OOM killer under a memory cap
+            raise ProbeFailed(f"probe killed (SIGKILL): out of memory? baseline or benchmark "
+                              f"does not fit on {device.name}") from err
         raise ProbeFailed(f"{device.python} on the device: {err}") from err
     prof = build_profile(device, parse_probe(res.stdout), margin, link)
     return DeviceResult(device, Outcome.ok, detail=_detail(prof), value=prof)
