@@ -1,7 +1,7 @@
 """Profile wall time for 1, 4 and 8 emulated devices side by side (needs root for the caps).
 
     .venv/bin/python benchmarks/fleet.py [--sizes 1,4,8] [--mix pi-zero-2,pi4,jetson-nano,phone]
-                                         [--recipe recipes/har.yaml] [--format json]
+                                         [--recipe recipes/har.yaml] [--benchmark] [--format json]
 
 For each size it brings a testbed up (devices of the mix, round-robin), runs `ftte profile`'s
 fleet step (probe + runtime baseline with the recipe's model, all devices in parallel), and takes
@@ -69,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mix", default=",".join(DEFAULT_MIX))
     ap.add_argument("--recipe", type=Path, default=REPO / "recipes" / "har.yaml")
     ap.add_argument("--forks", type=int, default=10)
+    ap.add_argument("--benchmark", action="store_true",
+                    help="profile with --benchmark (training steps, RTT, upload) as well")
     ap.add_argument("--format", choices=("table", "json"), default="table")
     args = ap.parse_args(argv)
-    request = ProfileRequest(recipe=load_recipe(args.recipe))
+    request = ProfileRequest(recipe=load_recipe(args.recipe), benchmark=args.benchmark)
     sizes = [int(s) for s in args.sizes.split(",")]
     rows: list[Row] = []
     for n in sizes:
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"rows": [asdict(r) for r in rows], "ratio": ratio,
                           "max_ratio": MAX_RATIO, "passed": passed, "mix": args.mix}, indent=2))
     else:
-        print(f"ftte profile wall time, mix {args.mix}, forks {args.forks}")
+        print(f"ftte profile{' --benchmark' if args.benchmark else ''} wall time, "
+              f"mix {args.mix}, forks {args.forks}")
         print(f"{'devices':>8} {'wall s':>8} {'slowest s':>10} {'mean s':>8} {'ok':>4} "
               f"{'ratio':>6}")
         for r in rows:
