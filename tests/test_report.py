@@ -111,6 +111,8 @@ def test_train_run_table_output(train_run: Path) -> None:
     assert result.exit_code == 0, result.output
     for text in ("ftte", "target", "50.0s", "93.0%", "1.06/4", "too_stale=2", "3.00 MiB"):
         assert text in result.stdout
+    lines = result.stdout.splitlines()
+    assert any("pizero-b" in ln and "190.00 MiB" in ln and "300.00 MiB" in ln for ln in lines)
 
 
 def test_simulate_run_has_one_series_per_strategy(sim_run: Path) -> None:

@@ -229,14 +229,20 @@ def _train(state: DemoState) -> str:
 
 
 def _report(state: DemoState) -> str:
-    from ftte_cli.ui.report import COLUMNS as REPORT_COLUMNS
-    from ftte_cli.ui.report import load_run, render_plots, report_rows, table_cells
+    from ftte_cli.ui.report import (
+        device_tables,
+        load_run,
+        render_plots,
+        report_rows,
+        summary_table,
+    )
 
     assert state.run_dir is not None
     run = load_run(state.run_dir)
     plots = render_plots(run)
-    state.console.print(table(f"Run {run.path}", REPORT_COLUMNS,
-                              [table_cells(r) for r in report_rows(run)]))
+    state.console.print(summary_table(run, report_rows(run)))
+    for devices in device_tables(run):
+        state.console.print(devices)
     return f"{len(plots)} plots in {state.run_dir / 'report'}"
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ftte_cli.commands.options import FormatOpt
-from ftte_cli.output import Format, console, handle_errors, print_json, table
+from ftte_cli.output import Format, console, handle_errors, print_json
 
 RunDirArg = Annotated[
     Path, typer.Argument(help="Run directory written by `ftte train` or `ftte simulate`.")
@@ -17,7 +17,13 @@ RunDirArg = Annotated[
 
 def report(run_dir: RunDirArg, fmt: FormatOpt = Format.table) -> None:
     """Plot accuracy, staleness and per-device figures of a run and summarise it."""
-    from ftte_cli.ui.report import COLUMNS, load_run, render_plots, report_rows, table_cells
+    from ftte_cli.ui.report import (
+        device_tables,
+        load_run,
+        render_plots,
+        report_rows,
+        summary_table,
+    )
 
     with handle_errors(fmt):
         run = load_run(run_dir)
@@ -27,6 +33,7 @@ def report(run_dir: RunDirArg, fmt: FormatOpt = Format.table) -> None:
         print_json({"run_dir": str(run.path), "kind": run.kind, "target": run.target,
                     "rows": rows, "plots": [str(p) for p in plots]})
         return
-    console.print(table(f"Run {run.path} ({run.kind})", COLUMNS,
-                        [table_cells(r) for r in rows]))
+    console.print(summary_table(run, rows))
+    for devices in device_tables(run):
+        console.print(devices)
     console.print("plots: " + ", ".join(str(p) for p in plots), highlight=False, soft_wrap=True)

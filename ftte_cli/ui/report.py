@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from rich.table import Table
+
 from ftte_cli.errors import ConfigError
+from ftte_cli.output import table
 from ftte_cli.store import read_json, read_jsonl
 from ftte_cli.units import format_size
 
@@ -34,6 +37,7 @@ _TIME_KEYS = ("t", "time", "elapsed")
 COLUMNS = ("series", "stop", "target", "time to target", "version at target", "final acc",
            "best acc", "versions", "duration", "payload to target", "memory/device",
            "staleness mean/max", "accepted", "dropped")
+DEVICE_COLUMNS = ("device", "status", "accepted", "rejected", "peak memory", "memory cap")
 
 
 @dataclass(frozen=True)
@@ -255,6 +259,25 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         _secs(row["duration"]), _size(row["payload_to_target"]), _size(row["memory_per_device"]),
         stale, _text(row["accepted"]), dropped,
     ]
+
+
+def summary_table(report: RunReport, rows: list[dict[str, Any]]) -> Table:
+    """One column per series, one line per figure: stays readable on an 80-column terminal."""
+    cells = [table_cells(r) for r in rows]
+    header = ["", *(c[0] for c in cells)]
+    lines = [[name, *(c[i] for c in cells)] for i, name in enumerate(COLUMNS) if i > 0]
+    return table(f"Run {report.path} ({report.kind})", header, lines)
+
+
+def device_tables(report: RunReport) -> list[Table]:
+    """Per-device figures of every series that recorded them (train runs)."""
+    out = []
+    for s in report.series:
+        if s.devices:
+            rows = [[d.name, d.status or "-", d.accepted, d.rejected, _size(d.peak_memory),
+                     _size(d.memory_budget)] for d in s.devices]
+            out.append(table(f"Devices ({s.name})", DEVICE_COLUMNS, rows))
+    return out
 
 
 def _pct(v: Optional[float]) -> str:
