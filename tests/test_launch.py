@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -170,6 +172,37 @@ def test_direct_mode_skips_tunnels_and_unreachable_device_is_reported(
         assert fleet.names == ["ssh0"]
         assert fleet.server_url("ssh0") == f"http://127.0.0.1:{http_server}"
         assert _wait_for(bundle / "answer.txt") == "hello /v1/hello"
+    finally:
+        fleet.stop_all()
+    assert _pgrep(str(bundle)) == []
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_restart_after_the_ssh_session_dropped_opens_a_new_tunnel(
+        sshd: SshServer, http_server: int, tmp_path: Path) -> None:
+    dev = _ssh_device(sshd, "ssh0", tmp_path / "w0")
+    bundle = _bundle(tmp_path / "w0")
+    fleet = start_agents([dev], {"ssh0": str(bundle)}, http_server, OPTS, tmp_path / "run")
+    try:
+        assert _wait_for(bundle / "answer.txt") == "hello /v1/hello"
+        old_pid, old_url = fleet.pid("ssh0"), fleet.server_url("ssh0")
+        for child in _children(sshd.proc.pid):  # the per-connection sshd: the link "drops"
+            os.kill(child, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while fleet.connected("ssh0") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not fleet.connected("ssh0")
+        (bundle / "answer.txt").unlink()
+        new_pid = fleet.restart("ssh0")
+        assert fleet.connected("ssh0") and new_pid != old_pid
+        assert fleet.server_url("ssh0") != old_url  # a new device-side port
+        assert _wait_for(bundle / "answer.txt") == "hello /v1/hello"  # through the new tunnel
+        assert not Path(f"/proc/{old_pid}").exists() or "Z" in \
+            Path(f"/proc/{old_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     finally:
         fleet.stop_all()
     assert _pgrep(str(bundle)) == []

@@ -154,12 +154,40 @@ class AgentFleet:
             return False
         return _group(agent.session, agent.pid, "check") == "alive"
 
-    def restart(self, name: str) -> int:
-        """Stop `name`'s agent if it runs and start it again (log appended); returns the pid."""
+    def connected(self, name: str) -> bool:
+        """Whether `name`'s SSH session (and so its tunnel) is still up."""
         agent = self._agents[name]
+        return agent.session.transport is None or agent.session.transport.is_active()
+
+    def restart(self, name: str) -> int:
+        """Stop `name`'s agent if it runs and start it again (log appended); returns the pid.
+
+        When the SSH session dropped (device rebooted, network gone) the tunnel went with it and
+        the old agent dials a dead port: a fresh session and tunnel are opened first, then the
+        agent is replaced by one that dials the new tunnel.
+        """
+        agent = self._agents[name]
+        if not self.connected(name):
+            self._reconnect(agent)
         if agent.pid is not None:
             _group(agent.session, agent.pid, str(STOP_GRACE_S))
         return _launch(agent, log_mode="ab")
+
+    def _reconnect(self, agent: _Agent) -> None:
+        log.info("%s: SSH session lost; reconnecting", agent.device.name)
+        if agent.tunnel is not None:
+            agent.tunnel.close()
+        agent.session.close()
+        session = connect(agent.device, self.opts)
+        direct = None if agent.tunnel is not None or session.transport is None else \
+            agent.url.removeprefix("http://")
+        fresh = _open(agent.device, session, agent.bundle, self._server_port(agent), direct)
+        agent.session, agent.tunnel, agent.url = fresh.session, fresh.tunnel, fresh.url
+
+    @staticmethod
+    def _server_port(agent: _Agent) -> int:
+        return agent.tunnel.local_port if agent.tunnel is not None else \
+            int(agent.url.rsplit(":", 1)[1])
 
     def stop(self, name: str) -> None:
         """Kill one agent's process group (the tunnel and session stay for a restart)."""
