@@ -162,7 +162,7 @@ def data_shape(recipe: Recipe) -> tuple[tuple[int, ...], int]:
     known = DATA_SHAPES.get(recipe.data.dataset)
     if known is not None:
         return known
-    from ftte_cli.engine.data import load_federated  # type: ignore[attr-defined]
+    from ftte_cli.engine.data import load_federated
 
     data = load_federated(recipe.data, 1, recipe.seed)
     return tuple(data.input_shape), int(data.num_classes)
