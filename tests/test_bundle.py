@@ -187,3 +187,27 @@ def test_agent_loads_its_bundle_and_trains_from_the_pyz_alone(
     helped = subprocess.run([sys.executable, str(path / "ftte-agent.pyz"), "--help"],
                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert helped.returncode == 0 and "--bundle" in helped.stdout
+
+
+def test_shards_follow_inventory_order_and_ftte_data_devices_get_none(
+        recipe: Recipe, tmp_path: Path) -> None:
+    from ftte_cli.engine.data import load_federated
+
+    small = replace(recipe, data=replace(recipe.data, windows=1200, subjects=6))
+    devices = [Device(name=f"d{i}", host="localhost", connection="local") for i in range(3)]
+    devices[1] = replace(devices[1], data="/data/har.safetensors")
+    built = build_bundles(small, devices, _head_plan(recipe), root=tmp_path)
+    fed = load_federated(small.data, 3, small.seed)
+    for i in (0, 2):
+        shard = load_file(str(built[f"d{i}"].path / "data.safetensors"))
+        client = fed.clients[i]
+        assert torch.equal(shard["train_x"], client.train.x)
+        assert torch.equal(shard["test_y"], client.test.y)
+        server = json.loads((built[f"d{i}"].path / "server.json").read_text())
+        assert server["client_index"] == i and "data_path" not in server
+    assert "data.safetensors" not in built["d1"].files
+    assert json.loads((built["d1"].path / "server.json").read_text())["data_path"] == \
+        "/data/har.safetensors"
+    model = load_file(str(built["d0"].path / "model.safetensors"))
+    expected = initial_params(small, fed.input_shape, fed.num_classes)
+    assert all(torch.equal(model[k], expected[k]) for k in expected)
