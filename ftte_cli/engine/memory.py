@@ -92,39 +92,98 @@ def conv_workspace(module: nn.Module, inputs: object, output: object) -> int:
     return max(sizes, default=0)
 
 
-def measure_forward(model: nn.Module, plan: Plan, batch_size: int,
-                    input_shape: Tuple[int, ...]) -> Tuple[int, int]:
-    """(saved activation bytes, forward buffer bytes) of one training forward under `plan`."""
+@dataclass(frozen=True)
+class _Event:
+    """One leaf module's forward, as the memory trace sees it."""
+
+    layer: int  # index (forward order) of the parameter-owning layer this module belongs to
+    saved_so_far: int  # bytes saved by autograd up to and including this module
+    live: int  # its input + output bytes
+    unsaved: int  # the part of `live` autograd did not save
+    scratch: int  # a convolution's extra copy
+    grad_flows: bool  # whether the backward pass goes through this module
+
+
+@dataclass(frozen=True)
+class ForwardTrace:
+    """Saved tensors and per-module events of one training forward (see measure_forward)."""
+
+    saved: Tuple[Tuple[int, int], ...]  # (last layer saving it, bytes) per distinct storage
+    events: Tuple[_Event, ...]
+    input_bytes: int
+    input_saved: bool
+
+    def cost(self) -> Tuple[int, int]:
+        """(saved activation bytes, forward buffer bytes) of the traced plan."""
+        activations = sum(b for _, b in self.saved)
+        peaks = [0]
+        for e in self.events:
+            peaks.append(e.saved_so_far + e.unsaved + e.scratch)
+            if e.grad_flows:
+                # backward through this module: what was saved up to here is still held (later
+                # tensors are freed), plus grad_in + grad_out and, for a conv, their scratch copies
+                peaks.append(e.saved_so_far + (2 * e.live if e.scratch else e.live))
+        extra = 0 if self.input_saved else self.input_bytes
+        return activations, extra + max(0, max(peaks) - activations)
+
+    def cost_from(self, d: int) -> Tuple[int, int]:
+        """cost() estimated for a plan whose earliest trainable layer is `d`, from a dense trace.
+
+        Layers before d save nothing and only hold their input and output; layers from d on are
+        taken to save what they saved in the dense trace (the search's estimate; the chosen plan
+        is then measured exactly).
+        """
+        before = sum(b for layer, b in self.saved if layer < d)
+        activations = sum(b for _, b in self.saved) - before
+        peaks = [0]
+        for e in self.events:
+            if e.layer < d:
+                peaks.append(e.live + e.scratch)
+                continue
+            held = e.saved_so_far - before
+            peaks.append(held + e.unsaved + e.scratch)
+            peaks.append(held + (2 * e.live if e.scratch else e.live))
+        extra = self.input_bytes if d > 0 or not self.input_saved else 0
+        return activations, extra + max(0, max(peaks) - activations)
+
+
+def trace_forward(model: nn.Module, plan: Plan, batch_size: int,
+                  input_shape: Tuple[int, ...]) -> ForwardTrace:
+    """Run one training forward (random batch) under saved_tensors_hooks and record its memory."""
     frozen = {k: v.detach() for k, v in model.named_parameters()}
     trainable = {k: v.clone().requires_grad_(True)
                  for k, v in sparse.extract(frozen, plan).items()}
     param_keys: Set[Tuple[int, int]] = {_storage_key(t) for t in frozen.values()}
     param_keys |= {_storage_key(t) for t in trainable.values()}
-    saved: Dict[Tuple[int, int], int] = {}
-    forward_peak: List[int] = [0]  # at each layer: saved so far + live unsaved tensors + scratch
-    backward_peak: List[int] = [0]  # the same moment seen from the backward pass
+    saved: Dict[Tuple[int, int], Tuple[int, int]] = {}  # storage -> (layer, bytes)
+    events: List[_Event] = []
+    current = [0]
 
     def pack(t: Tensor) -> Tensor:
         key = _storage_key(t)
-        if key not in param_keys:
-            saved[key] = key[1]
+        if key not in param_keys:  # attributed to the last layer saving it: saved from there on
+            saved[key] = (current[0], key[1])
         return t
 
     def on_forward(module: nn.Module, inputs: object, output: object) -> None:
-        live = {_storage_key(t): t.requires_grad for t in (*_tensors(inputs), *_tensors(output))}
-        unsaved = sum(size for (ptr, size) in live if (ptr, size) not in saved)
-        extra = conv_workspace(module, inputs, output)
-        so_far = sum(saved.values())
-        forward_peak.append(so_far + unsaved + extra)
-        if any(live.values()):
-            # backward through this layer: what was saved up to here is still held (later
-            # layers' tensors are already freed), plus grad_in + grad_out and the scratch copy
-            backward_peak.append(so_far + 2 * sum(size for _, size in live) if extra
-                                 else so_far + sum(size for _, size in live))
+        tensors = {_storage_key(t): t.requires_grad for t in (*_tensors(inputs), *_tensors(output))}
+        events.append(_Event(
+            layer=current[0],
+            saved_so_far=sum(b for _, b in saved.values()),
+            live=sum(size for _, size in tensors),
+            unsaved=sum(key[1] for key in tensors if key not in saved),
+            scratch=conv_workspace(module, inputs, output),
+            grad_flows=any(tensors.values()),
+        ))
 
+    hooks = []
+    owners = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+    for index, module in enumerate(owners):
+        hooks.append(module.register_forward_pre_hook(
+            lambda _m, _i, index=index: current.__setitem__(0, index)))
+    hooks += [m.register_forward_hook(on_forward) for m in model.modules()
+              if next(m.children(), None) is None]
     x = torch.randn((batch_size, *input_shape), dtype=torch.float32)
-    hooks = [m.register_forward_hook(on_forward) for m in model.modules()
-             if next(m.children(), None) is None]
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             logits = functional_call(model, sparse.materialize(frozen, plan, trainable), (x,))
@@ -132,7 +191,11 @@ def measure_forward(model: nn.Module, plan: Plan, batch_size: int,
     finally:
         for h in hooks:
             h.remove()
-    activations = sum(saved.values())
-    input_bytes = 0 if _storage_key(x) in saved else x.numel() * x.element_size()
-    transient = max(0, max(*forward_peak, *backward_peak) - activations)
-    return activations, input_bytes + transient
+    return ForwardTrace(tuple(saved.values()), tuple(events), x.numel() * x.element_size(),
+                        _storage_key(x) in saved)
+
+
+def measure_forward(model: nn.Module, plan: Plan, batch_size: int,
+                    input_shape: Tuple[int, ...]) -> Tuple[int, int]:
+    """(saved activation bytes, forward buffer bytes) of one training forward under `plan`."""
+    return trace_forward(model, plan, batch_size, input_shape).cost()
