@@ -38,8 +38,9 @@ def test_agents_train_and_exit_cleanly_when_the_run_ends(tmp_path: Path) -> None
         procs = {n: start_agent(bundles[n], st.url) for n in names}
         try:
             _wait(lambda: server.snapshot().version >= 6, 90, "6 versions")
+            # 10 classes: chance is 0.1; the head and a few channels learn the patterns
+            _wait(lambda: (server.snapshot().best_accuracy or 0) >= 0.4, 90, "accuracy 0.4")
             snap = server.snapshot()
-            assert snap.last_accuracy is not None and snap.best_accuracy > 0.3  # 10 classes
             assert all(d.accepted > 0 and d.peak_memory and d.peak_memory > 50 * 2**20
                        for d in snap.devices)  # torch alone is tens of MiB
             assert all((bundles[n] / "agent.pid").read_text().strip() == str(p.pid)
