@@ -119,6 +119,14 @@ def test_hostile_updates_rejected_with_reason_in_events_jsonl(tmp_path: Path) ->
         assert reason in reasons, reason
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _checkpoint_versions(run_dir: Path) -> list[int]:
     folder = run_dir / "checkpoints"
     if not folder.exists():
@@ -164,10 +172,12 @@ def test_interrupted_run_stops_every_agent(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, target=0.99)
     inventory = write_inventory(tmp_path, DEVICES[:2])
     run_dir = tmp_path / "run"
+    port = _free_port()  # --direct: the agents dial the bound address, no tunnels
     proc = start_train(tmp_path, "--recipe", str(recipe), "--inventory", str(inventory),
-                       "--run-dir", str(run_dir))
+                       "--run-dir", str(run_dir), "--direct", f"127.0.0.1:{port}")
     try:
         wait_for(lambda: any(m["version"] >= 2 for m in metrics(run_dir)), 150, "version 2")
+        assert json.loads((run_dir / "manifest.json").read_text())["direct"] == f"127.0.0.1:{port}"
         pids = agent_pids(run_dir)
         assert pids and all(pid_alive(p) for p in pids)
         os.kill(proc.pid, signal.SIGINT)  # Ctrl-C

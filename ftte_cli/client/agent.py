@@ -72,7 +72,7 @@ class AgentOptions:
     heartbeat: float = 2.0
     backoff_start: float = 0.5
     backoff_max: float = 10.0
-    give_up_after: Optional[float] = None  # stop retrying after this long unreachable
+    give_up_after: Optional[float] = 300.0  # exit 1 after this long unreachable (no orphans)
     threads: Optional[int] = None  # torch threads; default from the CPU quota
 
 
@@ -370,8 +370,8 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--wait", type=float, default=20.0, help="long-poll seconds")
     p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between heartbeats")
     p.add_argument("--backoff-max", type=float, default=10.0, help="cap on retry delay")
-    p.add_argument("--give-up-after", type=float, default=None,
-                   help="exit 1 after this many seconds without reaching the server")
+    p.add_argument("--give-up-after", type=float, default=300.0,
+                   help="exit 1 after this many seconds without reaching the server (0: never)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: CPU quota)")
     return p.parse_args(argv)
 
@@ -394,7 +394,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         opts = AgentOptions(wait=args.wait, heartbeat=args.heartbeat, backoff_max=args.backoff_max,
-                            give_up_after=args.give_up_after, threads=args.threads)
+                            give_up_after=args.give_up_after or None, threads=args.threads)
         torch.set_num_threads(opts.threads or default_threads())
         try:
             bundle = load_bundle(args.bundle)

@@ -369,6 +369,9 @@ def run_training(opts: TrainOptions) -> TrainResult:
     run = _resumed(opts) if opts.resume is not None else _fresh(opts)
     if opts.resume is not None:
         _stop_previous_agents(run, opts)
+        if opts.direct is None:  # a resumed run keeps how its devices reached the server
+            opts = replace(opts, direct=run.manifest.get("direct"))
+        run.manifest["direct"] = opts.direct
     remote, tokens = _deploy(run, opts)
     run.rundir.write_manifest(run.manifest)
     server = _server(run, tokens, opts)
@@ -451,4 +454,4 @@ def _asdict(obj: Any) -> dict[str, Any]:
     return to_jsonable(obj)
 
 
-__all__ = ["TrainOptions", "TrainResult", "run_training", "stop_rule", "replace"]
+__all__ = ["TrainOptions", "TrainResult", "run_training", "stop_rule"]
