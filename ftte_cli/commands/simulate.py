@@ -1,12 +1,101 @@
-"""`ftte simulate`."""
+"""`ftte simulate`: every strategy on the same simulated fleet and data, on a virtual clock.
+
+Thin: parse flags, call `sim.runner.simulate`, write the run directory (`sim/rundir.py`), render
+the side-by-side table or JSON from the same rows. Progress goes to stderr, only on a terminal
+and never in JSON mode.
+"""
 
 from __future__ import annotations
 
-from ftte_cli.errors import FtteError
-from ftte_cli.output import handle_errors
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ftte_cli.config.recipe import load_recipe
+from ftte_cli.errors import ConfigError
+from ftte_cli.output import Format, console, err_console, handle_errors, print_json, table
+from ftte_cli.sim.rundir import COLUMNS, RunWriter, summary_doc, table_rows
+from ftte_cli.sim.runner import SimSettings
+from ftte_cli.sim.runner import simulate as run_simulation
+from ftte_cli.store import new_run_dir
 
 
-def simulate() -> None:
-    """Not implemented yet."""
-    with handle_errors():
-        raise FtteError("ftte simulate: not implemented yet")
+def _strategies(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not names:
+        raise ConfigError("--strategies: give at least one strategy, e.g. ftte,fedbuff,fedavg")
+    return names
+
+
+def _progress(enabled: bool) -> Any:
+    """A Rich progress bar on stderr (a no-op context when disabled)."""
+    if not enabled:
+        return nullcontext(None)
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.fields[info]}"), console=err_console, transient=True)
+
+
+def simulate(
+    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Recipe YAML.")],
+    clients: Annotated[Optional[int], typer.Option(min=1, help="Simulated clients.")] = None,
+    stragglers: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="Fraction of clients slowed by U(5, 20).")] = None,
+    strategies: Annotated[str, typer.Option(
+        help="Comma-separated: ftte, fedbuff, fedasync, fedavg.")] = "ftte,fedbuff,fedavg",
+    seed: Annotated[Optional[int], typer.Option(help="Seed (default: the recipe's).")] = None,
+    fleet: Annotated[Optional[Path], typer.Option(
+        help="Profiles JSON to replay (see sim/devices.py) instead of the recipe's sim section.")
+    ] = None,
+    budget_fraction: Annotated[Optional[float], typer.Option(
+        min=0.0, help="FTTE memory budget as a fraction of full training memory "
+                      "(default: recipe plan.memory_budget, else the smallest client).")] = None,
+    until: Annotated[str, typer.Option(
+        help="target: stop each strategy at the target accuracy; limit: run to "
+             "stop.max_versions / stop.time_limit.")] = "target",
+    eval_samples: Annotated[int, typer.Option(
+        min=0, help="Global test samples per evaluation (0: all).")] = 1000,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/sim-<time>).")
+                   ] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
+) -> None:
+    """Compare strategies on a simulated fleet: time to target, accuracy, memory, payload."""
+    with handle_errors(fmt):
+        if until not in ("target", "limit"):
+            raise ConfigError(f"--until: expected target or limit, got {until!r}")
+        settings = SimSettings(
+            recipe=load_recipe(recipe), strategies=_strategies(strategies), clients=clients,
+            stragglers=stragglers, seed=seed, fleet=fleet, budget_fraction=budget_fraction,
+            stop_at_target=until == "target", eval_samples=eval_samples or None)
+        folder = out if out is not None else new_run_dir(Path("runs"), "sim")
+        folder.mkdir(parents=True, exist_ok=True)
+        writer = RunWriter(folder)
+        show = fmt == Format.table and sys.stderr.isatty()
+        with _progress(show) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(name: str, now: float, version: int, acc: Optional[float]) -> None:
+                if bar is None:
+                    return
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=settings.recipe.stop.max_versions,
+                                               info="")
+                info = f"v{version}  t={now:.0f}s  acc={acc:.3f}" if acc is not None else ""
+                bar.update(tasks[name], completed=version, info=info)
+
+            result = run_simulation(settings, progress, writer.on_eval)
+        writer.finish(settings, result)
+        doc = {**summary_doc(result), "run_dir": str(folder)}
+        if fmt == Format.json:
+            print_json(doc)
+            return
+        title = (f"{result.clients} clients, {result.stragglers:.0%} stragglers, seed "
+                 f"{result.seed}, target {result.target_accuracy:.2f}")
+        console.print(table(title, COLUMNS, table_rows(doc)))
+        for note in result.notes:
+            console.print(f"note: {note}", highlight=False)
+        console.print(f"run directory: {folder}", highlight=False)

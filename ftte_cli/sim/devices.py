@@ -1,0 +1,175 @@
+"""Simulated devices (FTTE.md section 6): compute speed, bandwidth, latency, memory, stragglers.
+
+A fleet comes from the recipe's `sim` distribution (`make_fleet`) or replays measured profiles
+(`load_profiles`, the `--fleet profiles.json` of `ftte simulate`). Accepted profiles file: a JSON
+list of objects, or an object with that list under "devices" (or "profiles"); each object has
+
+    name                  str, optional
+    usable_memory_bytes   int  (or mem_available_bytes): memory a job may use
+    sec_per_sample_fwd    float: forward pass of the full model, seconds per sample
+    sec_per_sample_bwd    float: backward pass of the full model (all layers trained), s/sample
+    bandwidth_bps         float: bits per second (both directions)
+    rtt_s                 float: round-trip time, charged once per job as its latency
+
+Profiles are cycled to reach the requested number of clients (client i gets profile i mod P).
+Stragglers are applied on top in both cases: a fraction p of clients, fixed at start by the seed,
+has its compute slowed by a factor drawn from U(lo, hi) (communication is not slowed).
+
+Job time = latency + bytes_down / bandwidth + compute + bytes_up / bandwidth, where compute is
+samples x epochs x (forward of every layer + backward of the layers from the earliest trained one,
+with weight gradients only for the trained fraction), see `engine/flops.training_flops`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ftte_cli.config.recipe import SimConfig
+from ftte_cli.engine.flops import forward_flops, training_flops
+from ftte_cli.engine.plan import MaskKind, Plan, module_of
+from ftte_cli.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """One simulated client device."""
+
+    name: str
+    memory_bytes: int  # usable training memory M_i
+    bandwidth_bps: float  # bits per second, both directions
+    latency_s: float  # charged once per job
+    flops_per_s: Optional[float] = None  # effective speed (distribution fleets)
+    sec_per_sample_fwd: Optional[float] = None  # measured full forward (profile fleets)
+    sec_per_sample_bwd: Optional[float] = None  # measured full backward (profile fleets)
+    slowdown: float = 1.0  # straggler factor on compute; 1.0 for a normal client
+
+    @property
+    def straggler(self) -> bool:
+        """Whether this client was made a straggler."""
+        return self.slowdown > 1.0
+
+
+@dataclass(frozen=True)
+class ComputeCost:
+    """Per-sample cost of a job under one plan, from the model's layer FLOPs."""
+
+    forward_flops: int  # one sample's forward
+    train_flops: int  # forward + partial backward under the plan
+    full_train_flops: int  # forward + full backward (dense plan)
+
+    @property
+    def backward_share(self) -> float:
+        """This plan's backward FLOPs as a fraction of the dense backward."""
+        full_bwd = self.full_train_flops - self.forward_flops
+        return (self.train_flops - self.forward_flops) / full_bwd if full_bwd > 0 else 0.0
+
+
+def trained_fractions(plan: Plan) -> Dict[str, float]:
+    """layer -> fraction of its weight trained (a bias-only layer counts as barely trained)."""
+    out: Dict[str, float] = {}
+    for name, mask in plan.masks.items():
+        if not mask.trainable:
+            continue
+        layer = module_of(name)
+        frac = 1.0
+        if mask.kind == MaskKind.channels:
+            frac = len(mask.channels) / plan.shapes[name][1]
+        elif not name.endswith("weight") or len(plan.shapes[name]) < 2:
+            frac = 1e-6  # bias / norm affine: negligible FLOPs, but backward must reach it
+        out[layer] = max(out.get(layer, 0.0), frac)
+    return out
+
+
+def compute_cost(layer_flops: Dict[str, int], plan: Plan) -> ComputeCost:
+    """Per-sample FLOPs of a job under `plan` (layer_flops from engine/flops.layer_flops)."""
+    dense = {name: 1.0 for name in layer_flops}
+    return ComputeCost(forward_flops(layer_flops),
+                       training_flops(layer_flops, trained_fractions(plan)),
+                       training_flops(layer_flops, dense))
+
+
+def compute_seconds(device: DeviceModel, cost: ComputeCost, samples: int) -> float:
+    """Seconds of local training over `samples` sample passes (epochs x n_i), with slowdown."""
+    if device.flops_per_s is not None:
+        per_sample = cost.train_flops / device.flops_per_s
+    else:
+        fwd = device.sec_per_sample_fwd or 0.0
+        per_sample = fwd + (device.sec_per_sample_bwd or 0.0) * cost.backward_share
+    return per_sample * samples * device.slowdown
+
+
+def job_seconds(device: DeviceModel, cost: ComputeCost, samples: int, bytes_down: int,
+                bytes_up: int) -> float:
+    """latency + bytes_down / bandwidth + compute + bytes_up / bandwidth."""
+    transfer = 8.0 * (bytes_down + bytes_up) / device.bandwidth_bps
+    return device.latency_s + transfer + compute_seconds(device, cost, samples)
+
+
+def _uniform(rng: random.Random, pair: Sequence[float]) -> float:
+    return rng.uniform(float(pair[0]), float(pair[1]))
+
+
+def make_fleet(cfg: SimConfig, clients: int, seed: int) -> List[DeviceModel]:
+    """`clients` devices drawn from the recipe's distribution (before stragglers)."""
+    rng = random.Random(f"fleet:{seed}")
+    return [
+        DeviceModel(
+            name=f"sim-{i:04d}",
+            memory_bytes=int(_uniform(rng, cfg.memory_mb) * 2**20),
+            bandwidth_bps=_uniform(rng, cfg.bandwidth_mbps) * 1e6,
+            latency_s=_uniform(rng, cfg.latency_ms) / 1000.0,
+            flops_per_s=_uniform(rng, cfg.device_gflops) * 1e9,
+        )
+        for i in range(clients)
+    ]
+
+
+def with_stragglers(fleet: List[DeviceModel], fraction: float, slowdown: Sequence[float],
+                    seed: int) -> List[DeviceModel]:
+    """The same fleet with round(fraction x N) clients, chosen by the seed, slowed U(lo, hi)."""
+    rng = random.Random(f"stragglers:{seed}")
+    count = int(round(fraction * len(fleet)))
+    chosen = set(rng.sample(range(len(fleet)), count))
+    return [replace(d, slowdown=_uniform(rng, slowdown)) if i in chosen else d
+            for i, d in enumerate(fleet)]
+
+
+def load_profiles(path: Path, clients: int) -> List[DeviceModel]:
+    """Devices replayed from a profiles file (format in the module docstring), cycled to N."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+    except ValueError as err:
+        raise ConfigError(f"{path}: not JSON: {err}") from None
+    if isinstance(raw, dict):
+        raw = raw.get("devices", raw.get("profiles"))
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{path}: expected a non-empty list of device profiles")
+    profiles = [_profile(path, i, entry) for i, entry in enumerate(raw)]
+    return [replace(profiles[i % len(profiles)], name=f"{profiles[i % len(profiles)].name}#{i}")
+            for i in range(clients)]
+
+
+def _profile(path: Path, i: int, entry: Any) -> DeviceModel:
+    where = f"{path}: [{i}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected an object")
+    memory = entry.get("usable_memory_bytes", entry.get("mem_available_bytes"))
+    fields = {"usable_memory_bytes": memory, **{k: entry.get(k) for k in (
+        "sec_per_sample_fwd", "sec_per_sample_bwd", "bandwidth_bps", "rtt_s")}}
+    for key, value in fields.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{where}.{key}: expected a number >= 0, got {value!r}")
+    if fields["bandwidth_bps"] <= 0:
+        raise ConfigError(f"{where}.bandwidth_bps: must be > 0")
+    return DeviceModel(
+        name=str(entry.get("name", f"profile{i}")), memory_bytes=int(memory),
+        bandwidth_bps=float(fields["bandwidth_bps"]), latency_s=float(fields["rtt_s"]),
+        sec_per_sample_fwd=float(fields["sec_per_sample_fwd"]),
+        sec_per_sample_bwd=float(fields["sec_per_sample_bwd"]),
+    )

@@ -1,0 +1,393 @@
+"""`ftte simulate`'s engine: every strategy on the same clients, data and devices, virtual time.
+
+Lifecycle: `prepare(settings)` loads the data, builds the initial model, the fleet, the dense plan
+and the FTTE plan once; `run_strategy(world, name)` drives a fresh `Coordinator` on a
+`VirtualClock`; `simulate(settings)` does both for every strategy and returns a `SimResult`.
+Local training is real (`engine/train.train_job`); only time is virtual. The same seed gives the
+same result bit for bit: every chance decision draws from seeded generators, events tie-break in
+scheduling order, and each job trains with its own seed.
+
+The FTTE memory budget, in this order: the recipe's `plan.memory_budget`; else
+`budget_fraction` x the dense plan's training memory when given (the paper's setting: the budget
+of the most constrained device, ~20% of full training; benchmarks use it); else the smallest
+usable memory over the simulated clients. When the budget holds full training, FTTE trains the
+dense model (it then differs from FedBuff only by its variance weight); the result notes say so.
+Baselines train the dense model; under `baseline_memory: strict` clients whose memory cannot hold
+full training are left out of the dense strategies, under `lenient` they are assumed to fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ftte_cli.config.recipe import Recipe
+from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig, Job, Update
+from ftte_cli.engine.data.dataset import Dataset, FederatedData
+from ftte_cli.engine.flops import layer_flops
+from ftte_cli.engine.memory import training_memory
+from ftte_cli.engine.metrics import EvalPoint, RunMetrics, RunSummary, summarize
+from ftte_cli.engine.models import build_model
+from ftte_cli.engine.plan import Plan, dense_plan
+from ftte_cli.engine.strategies import STRATEGIES, make_strategy
+from ftte_cli.engine.strategies.aggregate import nbytes
+from ftte_cli.engine.train import evaluate, train_job
+from ftte_cli.errors import ConfigError, RunError
+from ftte_cli.sim.clock import VirtualClock
+from ftte_cli.sim.devices import (
+    ComputeCost,
+    DeviceModel,
+    compute_cost,
+    job_seconds,
+    load_profiles,
+    make_fleet,
+    with_stragglers,
+)
+from ftte_cli.units import parse_size
+
+log = logging.getLogger(__name__)
+Tensors = Dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """What to simulate (flags override the recipe's `sim` section)."""
+
+    recipe: Recipe
+    strategies: Tuple[str, ...] = ("ftte", "fedbuff", "fedavg")
+    clients: Optional[int] = None  # default: recipe.sim.clients
+    stragglers: Optional[float] = None  # default: recipe.sim.stragglers
+    seed: Optional[int] = None  # default: recipe.seed
+    fleet: Optional[Path] = None  # profiles JSON to replay instead of the distribution
+    budget_fraction: Optional[float] = None  # FTTE budget as a fraction of full training memory
+    stop_at_target: bool = True  # end each strategy once it reaches the target accuracy
+    eval_samples: Optional[int] = 1000  # global test samples per evaluation (seeded subset)
+
+
+@dataclass(frozen=True)
+class PlanInfo:
+    """The figures of one plan a strategy trained with."""
+
+    method: str
+    trainable_params: int
+    total_params: int
+    estimated_bytes: int  # training memory per device
+    payload_bytes: int  # per job, down + up
+    earliest_layer: Optional[str]
+    units: List[str]
+
+
+@dataclass(frozen=True)
+class StrategyResult:
+    """One strategy's run."""
+
+    name: str
+    summary: RunSummary
+    metrics: RunMetrics
+    plan: PlanInfo
+    clients: int  # clients that took part
+    excluded: int  # left out under baseline_memory strict
+    wall_s: float
+    cpu_s: float  # process CPU of the whole run
+    train_cpu_s: float  # process CPU inside train_job
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """Every strategy's result and the shared set-up."""
+
+    seed: int
+    clients: int
+    stragglers: float
+    budget_bytes: int
+    budget_source: str
+    full_training_bytes: int
+    target_accuracy: float
+    results: List[StrategyResult]
+    notes: List[str] = field(default_factory=list)
+
+
+@dataclass
+class World:
+    """Everything the strategies share: data, initial model, fleet, plans, costs."""
+
+    settings: SimSettings
+    recipe: Recipe
+    seed: int
+    data: FederatedData
+    model: nn.Module
+    params: Tensors
+    fleet: List[DeviceModel]
+    dense: Plan
+    ftte: Plan
+    costs: Dict[str, ComputeCost]  # plan method key ("dense" / "ftte") -> per-sample cost
+    budget_bytes: int
+    budget_source: str
+    notes: List[str]
+
+
+Progress = Callable[[str, float, int, Optional[float]], None]  # strategy, time, version, acc
+
+
+def _load_federated(recipe: Recipe, clients: int, seed: int) -> FederatedData:
+    from ftte_cli.engine.data import load_federated  # noqa: PLC0415  (engine-core contract)
+
+    return load_federated(replace(recipe.data, clients=clients), clients, seed)
+
+
+def _initial_model(recipe: Recipe, data: FederatedData) -> nn.Module:
+    """The run's initial model, seeded by the recipe (global RNG state untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        return build_model(recipe.model, data.input_shape, data.num_classes)
+
+
+def _fleet(settings: SimSettings, clients: int, seed: int) -> List[DeviceModel]:
+    cfg = settings.recipe.sim
+    base = (load_profiles(settings.fleet, clients) if settings.fleet is not None
+            else make_fleet(cfg, clients, seed))
+    fraction = cfg.stragglers if settings.stragglers is None else settings.stragglers
+    return with_stragglers(base, fraction, cfg.slowdown, seed)
+
+
+def _with_memory(model: nn.Module, plan: Plan, recipe: Recipe, input_shape: Tuple[int, ...]
+                 ) -> Plan:
+    est = training_memory(model, plan, recipe.train.batch_size, input_shape,
+                          recipe.train.momentum).total
+    return replace(plan, estimated_bytes=est, full_training_bytes=plan.full_training_bytes or est)
+
+
+def _budget(settings: SimSettings, fleet: List[DeviceModel], full: int) -> Tuple[int, str]:
+    raw = settings.recipe.plan.memory_budget
+    if raw is not None:
+        return parse_size(raw, "plan.memory_budget"), "recipe plan.memory_budget"
+    if settings.budget_fraction is not None:
+        return (int(settings.budget_fraction * full),
+                f"{settings.budget_fraction:.0%} of full training memory")
+    return min(d.memory_bytes for d in fleet), "most constrained simulated client"
+
+
+def _ftte_plan(model: nn.Module, recipe: Recipe, data: FederatedData, budget: int, dense: Plan,
+               notes: List[str]) -> Plan:
+    assert dense.estimated_bytes is not None
+    if budget >= dense.estimated_bytes:
+        notes.append(f"budget {budget} B holds full training ({dense.estimated_bytes} B): "
+                     "FTTE trains the dense model")
+        return replace(dense, budget_bytes=budget)
+    from ftte_cli.engine.selection import make_plan  # noqa: PLC0415  (engine-core contract)
+
+    plan = make_plan(model, recipe, data, budget, data.input_shape, data.num_classes)
+    if plan.estimated_bytes is None:
+        plan = _with_memory(model, plan, recipe, data.input_shape)
+    return replace(plan, full_training_bytes=dense.estimated_bytes)
+
+
+def prepare(settings: SimSettings) -> World:
+    """Load data, build the initial model, fleet and plans (shared by every strategy)."""
+    recipe = settings.recipe
+    for name in settings.strategies:
+        if name not in STRATEGIES:
+            raise ConfigError(f"--strategies: unknown {name!r} (known: {', '.join(STRATEGIES)})")
+    clients = settings.clients or recipe.sim.clients
+    seed = recipe.seed if settings.seed is None else settings.seed
+    data = _load_federated(recipe, clients, seed)
+    model = _initial_model(recipe, data)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    fleet = _fleet(settings, len(data.clients), seed)
+    dense = _with_memory(model, dense_plan(model, recipe.model.name), recipe, data.input_shape)
+    assert dense.estimated_bytes is not None
+    budget, source = _budget(settings, fleet, dense.estimated_bytes)
+    notes: List[str] = [f"FTTE memory budget {budget} B: {source}"]
+    ftte = _ftte_plan(model, recipe, data, budget, dense, notes)
+    flops = layer_flops(model, data.input_shape)
+    costs = {"dense": compute_cost(flops, dense), "ftte": compute_cost(flops, ftte)}
+    return World(settings, recipe, seed, data, model, params, fleet, dense, ftte, costs, budget,
+                 source, notes)
+
+
+@dataclass(frozen=True)
+class _Arrive:
+    job: Job
+    device: int
+
+
+@dataclass(frozen=True)
+class _Offline:
+    client: str
+    job_id: str
+
+
+@dataclass(frozen=True)
+class _Online:
+    client: str
+
+
+Event = Union[_Arrive, _Offline, _Online]
+
+
+class _Run:
+    """One strategy driven on a virtual clock."""
+
+    def __init__(self, world: World, name: str, progress: Optional[Progress],
+                 on_eval: Optional[Callable[[EvalPoint], None]]) -> None:
+        self.world = world
+        self.name = name
+        recipe = world.recipe.with_strategy(name)
+        self.recipe = recipe
+        self.strategy = make_strategy(recipe.strategy)
+        dense = self.strategy.dense
+        self.plan = world.dense if dense else world.ftte
+        self.cost = world.costs["dense" if dense else "ftte"]
+        self.progress = progress
+        self.on_eval = on_eval
+        full = world.dense.estimated_bytes or 0
+        strict = dense and recipe.strategy.baseline_memory == "strict"
+        self.members = [i for i, d in enumerate(world.fleet)
+                        if not strict or d.memory_bytes >= full]
+        self.excluded = len(world.fleet) - len(self.members)
+        if not self.members:
+            raise RunError(f"{name}: no simulated client can hold full training ({full} B) "
+                           "under baseline_memory strict; use lenient")
+        self.test = _eval_set(world)
+        self.train_cpu = 0.0
+        self.rng = random.Random(f"availability:{world.seed}:{name}")
+        self.clock: VirtualClock[Event] = VirtualClock()
+        self.frozen = world.params
+        self.coord = Coordinator(
+            world.params, self.plan, self.strategy,
+            {self._cid(i): len(world.data.clients[i].train) for i in self.members},
+            CoordinatorConfig(strategy=recipe.strategy, eval_every=recipe.stop.eval_every),
+            seed=world.seed, evaluate=self._evaluate)
+
+    @staticmethod
+    def _cid(i: int) -> str:
+        return f"c{i:04d}"
+
+    def _evaluate(self, params: Tensors) -> Tuple[float, float]:
+        return evaluate(self.world.model, params, self.test)
+
+    def _dispatch(self, now: float) -> None:
+        cfg = self.recipe.sim
+        for job in self.coord.next_jobs(now):
+            i = int(job.client_id[1:])
+            n = len(self.world.data.clients[i].train)
+            samples = n * self.recipe.train.epochs
+            if self.recipe.train.max_steps is not None:
+                samples = min(samples, self.recipe.train.max_steps * self.recipe.train.batch_size)
+            size = nbytes(job.subset)
+            duration = job_seconds(self.world.fleet[i], self.cost, samples, size, size)
+            if cfg.dropout_rate > 0 and self.rng.random() < cfg.dropout_rate:
+                self.clock.schedule(now + self.rng.random() * duration,
+                                    _Offline(job.client_id, job.job_id))
+            else:
+                self.clock.schedule(now + duration, _Arrive(job, i))
+
+    def _arrive(self, ev: _Arrive, now: float) -> None:
+        start = time.process_time()
+        res = train_job(self.world.model, self.frozen, self.plan, ev.job.subset,
+                        self.world.data.clients[ev.device].train, self.recipe.train, ev.job.seed)
+        self.train_cpu += time.process_time() - start
+        self.coord.submit(Update(ev.job.job_id, ev.job.client_id, ev.job.version, res.delta,
+                                 res.num_samples, res.grad_variance, res.peak_memory), now)
+
+    def _handle(self, ev: Event, now: float) -> None:
+        if isinstance(ev, _Arrive):
+            self._arrive(ev, now)
+        elif isinstance(ev, _Offline):
+            self.coord.client_offline(ev.client, now)
+            back = self.rng.expovariate(1.0 / max(self.recipe.sim.return_after, 1e-9))
+            self.clock.schedule(now + back, _Online(ev.client))
+        else:
+            self.coord.client_online(ev.client)
+
+    def _done(self, now: float) -> bool:
+        stop = self.recipe.stop
+        if self.coord.version >= stop.max_versions or now > stop.time_limit:
+            return True
+        evals = self.coord.metrics.evals
+        return (self.world.settings.stop_at_target and bool(evals)
+                and evals[-1].accuracy >= stop.target_accuracy)
+
+    def run(self) -> StrategyResult:
+        wall, cpu = time.perf_counter(), time.process_time()
+        seen = 0
+        self.coord.evaluate_now(0.0)
+        now = 0.0
+        while True:
+            seen = self._report(seen, now)
+            if self._done(now):
+                break
+            self._dispatch(now)
+            if not len(self.clock) or (self.clock.peek_time() or 0.0) > self.recipe.stop.time_limit:
+                now = min(self.clock.peek_time() or now, self.recipe.stop.time_limit)
+                break
+            now, ev = self.clock.pop()
+            self._handle(ev, now)
+        self.coord.evaluate_now(now)
+        self._report(seen, now)
+        return self._result(now, time.perf_counter() - wall, time.process_time() - cpu)
+
+    def _report(self, seen: int, now: float) -> int:
+        evals = self.coord.metrics.evals
+        for point in evals[seen:]:
+            if self.on_eval is not None:
+                self.on_eval(point)
+        if self.progress is not None and len(evals) > seen:
+            self.progress(self.name, now, self.coord.version, evals[-1].accuracy)
+        return len(evals)
+
+    def _result(self, now: float, wall: float, cpu: float) -> StrategyResult:
+        plan = self.plan
+        summary = summarize(self.coord.metrics, strategy=self.name,
+                            target=self.recipe.stop.target_accuracy, duration=now,
+                            versions=self.coord.version, memory_per_device=plan.estimated_bytes,
+                            bundle_bytes=4 * plan.total_params)
+        info = PlanInfo(plan.method, plan.trainable_params, plan.total_params,
+                        plan.estimated_bytes or 0, plan.payload_bytes, plan.earliest_layer,
+                        list(plan.units))
+        return StrategyResult(self.name, summary, self.coord.metrics, info, len(self.members),
+                              self.excluded, wall, cpu, self.train_cpu)
+
+
+def _eval_set(world: World) -> Dataset:
+    """The global test set, or a seeded random subset of `eval_samples` of it (cheap evals)."""
+    test, cap = world.data.test, world.settings.eval_samples
+    if cap is None or len(test) <= cap:
+        return test
+    gen = torch.Generator().manual_seed(world.seed)
+    return test.subset(torch.randperm(len(test), generator=gen)[:cap].sort().values)
+
+
+def run_strategy(world: World, name: str, progress: Optional[Progress] = None,
+                 on_eval: Optional[Callable[[EvalPoint], None]] = None) -> StrategyResult:
+    """Run one strategy on the shared world (a fresh coordinator, clock and RNGs)."""
+    return _Run(world, name, progress, on_eval).run()
+
+
+def simulate(settings: SimSettings, progress: Optional[Progress] = None,
+             on_eval: Optional[Callable[[str, EvalPoint], None]] = None) -> SimResult:
+    """Every strategy of `settings` on the same world, one after the other."""
+    world = prepare(settings)
+    results = []
+    for name in settings.strategies:
+        hook = None if on_eval is None else (lambda p, n=name: on_eval(n, p))
+        results.append(run_strategy(world, name, progress, hook))
+    stragglers = sum(d.straggler for d in world.fleet) / max(len(world.fleet), 1)
+    return SimResult(world.seed, len(world.fleet), stragglers, world.budget_bytes,
+                     world.budget_source, world.dense.estimated_bytes or 0,
+                     world.recipe.stop.target_accuracy, results, world.notes)
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    """a / b, None when either is missing or b is 0 (e.g. a target never reached)."""
+    if a is None or b is None or b == 0 or math.isnan(b):
+        return None
+    return a / b

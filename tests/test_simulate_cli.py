@@ -1,0 +1,79 @@
+"""`ftte simulate` end to end on a tiny recipe: exit codes, parsed JSON, the run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from test_sim import TINY
+from typer.testing import CliRunner
+
+from ftte_cli.cli import app
+from ftte_cli.commands import simulate as simulate_cmd
+from ftte_cli.errors import ExitCode
+from ftte_cli.store import read_jsonl
+
+runner = CliRunner()
+
+
+def _recipe(tmp_path: Path, budget: str = "1GB") -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY % (budget, 0.0))
+    return path
+
+
+def test_json_summary_and_run_directory(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["simulate", "--recipe", str(_recipe(tmp_path)), "--clients", "6",
+                              "--stragglers", "0.5", "--strategies", "fedbuff,fedavg",
+                              "--seed", "2", "--until", "limit", "--out", str(out),
+                              "--format", "json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [s["strategy"] for s in doc["strategies"]] == ["fedbuff", "fedavg"]
+    assert doc["clients"] == 6 and doc["stragglers"] == 0.5 and doc["seed"] == 2
+    fedbuff = doc["strategies"][0]
+    assert fedbuff["versions"] == 6 and 0 <= fedbuff["final_accuracy"] <= 1
+    assert fedbuff["memory_per_device"] == doc["full_training_bytes"]
+    assert fedbuff["staleness_max"] >= 0 and fedbuff["dropped_total"] == 0
+    assert (out / "manifest.json").exists() and (out / "accuracy.png").stat().st_size > 1000
+    assert json.loads((out / "summary.json").read_text())["strategies"][1]["strategy"] == "fedavg"
+    lines = read_jsonl(out / "fedbuff" / "metrics.jsonl")
+    assert lines[0]["version"] == 0 and lines[-1]["version"] == 6
+    assert [ln["time"] for ln in lines] == sorted(ln["time"] for ln in lines)
+
+
+def test_table_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(simulate_cmd, "console", Console(width=200, no_color=True))
+    res = runner.invoke(app, ["simulate", "--recipe", str(_recipe(tmp_path)), "--clients", "4",
+                              "--strategies", "fedasync", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert any("to target" in ln and "payload to target" in ln for ln in lines)
+    row = next(ln for ln in lines if "fedasync" in ln)
+    assert "MiB" in row and "not reached" in row  # tiny recipe: target 0.99 is out of reach
+    assert f"run directory: {tmp_path / 'r'}" in res.stdout
+
+
+def test_bad_strategy_is_a_usage_error_in_json(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["simulate", "--recipe", str(_recipe(tmp_path)), "--strategies",
+                              "ftte,sgd", "--out", str(tmp_path / "r"), "--format", "json"])
+    assert res.exit_code == ExitCode.USAGE
+    assert "sgd" in json.loads(res.stdout)["error"]
+
+
+def test_missing_recipe_names_the_file(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["simulate", "--recipe", str(tmp_path / "nope.yaml"),
+                              "--out", str(tmp_path / "r")])
+    assert res.exit_code == ExitCode.USAGE
+    assert "nope.yaml" in res.output
+
+
+def test_infeasible_budget_exits_3(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["simulate", "--recipe", str(_recipe(tmp_path, "1KB")),
+                              "--strategies", "ftte", "--out", str(tmp_path / "r"),
+                              "--format", "json"])
+    assert res.exit_code == ExitCode.INFEASIBLE, res.output
+    assert "budget" in json.loads(res.stdout)["error"]
