@@ -69,3 +69,56 @@ def test_strict_fedavg_refuses_when_no_device_can_hold_full_training(tmp_path: P
     error = last_json(tmp_path)
     assert "strict FedAvg excludes every device" in error["error"]
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("agent.pid"))
+
+
+def test_cli_errors_are_one_line_json_with_exit_codes(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ftte_cli.cli import app
+
+    def ftte(*args: str) -> tuple[int, dict]:
+        done = CliRunner().invoke(app, ["train", *args, "--format", "json"])
+        return done.exit_code, json.loads(done.stdout)
+
+    recipe = write_recipe(tmp_path)
+    inventory = write_inventory(tmp_path, DEVICES)
+    code, doc = ftte("--recipe", str(recipe))
+    assert code == 2 and "--inventory" in doc["error"]
+    code, doc = ftte("--recipe", str(recipe), "--inventory", str(inventory), "--strategy", "sgd")
+    assert code == 2 and "sgd" in doc["error"]
+    code, doc = ftte("--recipe", str(recipe), "--inventory", str(inventory), "--limit", "nope")
+    assert code == 2 and "nope" in doc["error"]
+    code, doc = ftte("--resume", str(tmp_path))
+    assert code == 1 and "manifest.json" in doc["error"]
+    code, doc = ftte("--recipe", str(recipe), "--inventory", str(inventory), "--direct", "x")
+    assert code == 2 and "HOST:PORT" in doc["error"]
+
+
+def test_stop_rules() -> None:
+    from ftte_cli.config.recipe import Recipe, StopConfig
+    from ftte_cli.server.snapshot import (
+        AccuracyPoint,
+        DeviceRow,
+        DeviceStatus,
+        RunSnapshot,
+        RunState,
+        StopReason,
+    )
+    from ftte_cli.train.run import stop_rule
+
+    recipe = Recipe(stop=StopConfig(target_accuracy=0.8, max_versions=10, time_limit=60))
+
+    def snap(**kw: object) -> RunSnapshot:
+        base: dict = dict(run_id="r", strategy="ftte", state=RunState.running, elapsed=1.0,
+                          version=1, buffer_fill=0, buffer_size=2, updates_per_min=0.0,
+                          staleness_mean=None, staleness_max=None, accepted=0,
+                          devices=(DeviceRow("a", DeviceStatus.idle),))
+        return RunSnapshot(**{**base, **kw})
+
+    assert stop_rule(snap(), recipe) is None
+    assert stop_rule(snap(accuracy=(AccuracyPoint(1, 1, 0.81),)), recipe) == StopReason.target
+    assert stop_rule(snap(version=10), recipe) == StopReason.max_versions
+    assert stop_rule(snap(elapsed=61.0), recipe) == StopReason.time_limit
+    failed = (DeviceRow("a", DeviceStatus.failed),)
+    assert stop_rule(snap(devices=failed), recipe) == StopReason.no_devices
+    assert stop_rule(snap(stop_reason=StopReason.target), recipe) == StopReason.target
