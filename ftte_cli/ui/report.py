@@ -331,6 +331,8 @@ def _accuracy_plot(plt: Any, report: RunReport, path: Path, by: str) -> Path:
                    label=f"target {100 * report.target:.0f}%")
     clock = {"simulate": "virtual time (s)", "train": "wall time (s)"}.get(report.kind, "time (s)")
     ax.set_xlabel(clock if by == "time" else "model version")
+    if by == "version":
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("global test accuracy (%)")
     ax.set_title(f"Accuracy vs {'time' if by == 'time' else 'version'} - {report.path.name}")
     ax.grid(alpha=0.3)
@@ -350,6 +352,7 @@ def _staleness_plot(plt: Any, report: RunReport, path: Path) -> Path:
         ax.text(0.5, 0.5, "no accepted updates recorded", ha="center", va="center",
                 transform=ax.transAxes)
     ax.set_xlabel("staleness tau (versions behind on arrival)")
+    ax.set_xticks(taus)
     ax.set_ylabel("accepted updates")
     ax.set_title(f"Staleness of accepted updates - {report.path.name}")
     ax.grid(alpha=0.3, axis="y")
