@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,27 @@ def test_device_without_torch_fails_before_copying(recipe: Recipe, sshd: SshServ
     assert NO_TORCH_PYTHON in results["local0"].detail
     assert not Path(bad.workdir).exists()  # nothing was copied
     assert results.exit_code() == 8  # DEVICE_FAILED; the good device still deployed
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs (CI runs as root, as the testbed needs)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_too_little_disk_fails_before_copying(recipe: Recipe, sshd: SshServer, tmp_path: Path,
+                                              tiny_disk: Path) -> None:
+    device = replace(_fleet(sshd, tmp_path)[0], workdir=str(tiny_disk / "ftte"))
+    results = ship_bundles([device], _bundles(recipe, [device], tmp_path), OPTS)
+    assert results["ssh0"].outcome == Outcome.failed
+    assert f"not enough free disk in {tiny_disk}/ftte" in results["ssh0"].detail
+    assert list(tiny_disk.iterdir()) == []  # not even the work dir was made
 
 
 def test_missing_python_and_small_disk_fail_with_their_reason(
