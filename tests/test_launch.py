@@ -206,3 +206,14 @@ def test_restart_after_the_ssh_session_dropped_opens_a_new_tunnel(
     finally:
         fleet.stop_all()
     assert _pgrep(str(bundle)) == []
+
+
+def test_sshd_without_forwarding_fails_with_a_hint(tmp_path: Path) -> None:
+    with running_sshd(tmp_path / "sshd", extra_config="AllowTcpForwarding no\n") as srv:
+        dev = _ssh_device(srv, "strict", tmp_path / "w0")
+        fleet = start_agents([dev], {"strict": str(_bundle(tmp_path / "w0"))}, 1, OPTS,
+                             tmp_path / "run")
+        fleet.stop_all()
+    result = fleet.results["strict"]
+    assert result.outcome == Outcome.failed and fleet.names == []
+    assert "refused the reverse tunnel" in result.detail and "--direct" in result.detail

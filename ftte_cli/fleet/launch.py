@@ -26,6 +26,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
 
+import paramiko
+
 from ftte_cli.config.inventory import Device
 from ftte_cli.fleet.ssh import (
     DeviceResult,
@@ -97,6 +99,10 @@ if sys.argv[2] != "check" and members():
         deadline = time.time() + 5
 print("alive" if members() else "gone")
 """
+
+
+class TunnelRefused(Exception):
+    """The device's sshd would not forward a port back to us (AllowTcpForwarding no)."""
 
 
 class AgentState(str, Enum):
@@ -291,7 +297,11 @@ def _open(device: Device, session: Session, bundle: str, server_port: int,
         return _Agent(device, session, bundle, f"http://127.0.0.1:{server_port}")
     session.transport.set_keepalive(KEEPALIVE_S)
     tunnel = ReverseTunnel(session.transport, server_port)
-    remote_port = tunnel.open()
+    try:
+        remote_port = tunnel.open()
+    except paramiko.SSHException as err:
+        raise TunnelRefused(f"{device.host}: sshd refused the reverse tunnel ({err}); allow "
+                            "it (AllowTcpForwarding yes) or use --direct HOST:PORT") from None
     return _Agent(device, session, bundle, f"http://127.0.0.1:{remote_port}", tunnel)
 
 
