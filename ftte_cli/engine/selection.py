@@ -397,3 +397,17 @@ def _proxy_and_fallback(data: object) -> Tuple[Optional[Dataset], Optional[Datas
     clients = getattr(data, "clients", None) or []
     first = clients[0].train if clients else None
     return None, first if first is not None and len(first) > 0 else None
+
+
+def plan_for_recipe(recipe: Recipe, budget_bytes: int,
+                    num_clients: Optional[int] = None) -> Selection:
+    """Load the recipe's data and initial model (seeded by the recipe) and select its plan."""
+    from ftte_cli.engine.data import load_federated
+    from ftte_cli.engine.models import build_model
+
+    clients = num_clients or recipe.data.clients or recipe.sim.clients
+    data = load_federated(recipe.data, clients, recipe.seed)
+    with torch.random.fork_rng(devices=[]):  # the same bytes as every other initial model
+        torch.manual_seed(recipe.seed)
+        model = build_model(recipe.model, data.input_shape, data.num_classes)
+    return select(model, recipe, data, budget_bytes, data.input_shape, data.num_classes)
