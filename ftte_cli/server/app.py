@@ -105,6 +105,7 @@ class FtteServer:
         self._buffer_fill = 0
         self._state = RunState.running
         self._stop_reason: Optional[StopReason] = None
+        self._announced = False
         self._waiters: dict[str, asyncio.Event] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._monitor: Optional[asyncio.Task[None]] = None
@@ -166,10 +167,23 @@ class FtteServer:
 
     def finish(self, reason: StopReason) -> None:
         """End the run: every endpoint answers 410 from now on and waiting long-polls return."""
+        if self._end(reason):
+            self._announce_end()
+
+    def _end(self, reason: StopReason) -> bool:
+        """Mark the run done (nothing is applied after this); False if it already was."""
         with self._lock:
             if self._state == RunState.done:
-                return
+                return False
             self._state, self._stop_reason = RunState.done, reason
+            return True
+
+    def _announce_end(self) -> None:
+        with self._lock:
+            reason, already = self._stop_reason, self._announced
+            self._announced = True
+        if reason is None or already:
+            return
         self.event("run_finished", detail=reason.value, reason=reason.value)
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake_all)
@@ -274,11 +288,12 @@ class FtteServer:
         """Target accuracy and max versions end the run at the version that met them."""
         c = self.coordinator
         last = c.metrics.evals[-1] if c.metrics.evals else None
+        # The handler announces the end after recording the update that caused it.
         if (self._target is not None and last is not None and last.version == c.version
                 and last.accuracy >= self._target):
-            self.finish(StopReason.target)
+            self._end(StopReason.target)
         elif self._max_versions is not None and c.version >= self._max_versions:
-            self.finish(StopReason.max_versions)
+            self._end(StopReason.max_versions)
 
     # ---- event loop side ---------------------------------------------------------------------
 
@@ -448,6 +463,8 @@ class FtteServer:
         if result is None:
             raise web.HTTPGone(text="run over")
         self._record(device, msg, result)
+        if result.advanced and self.done:
+            self._announce_end()
         self._wake(list(self._pending))
         reason = None if result.reason is None else RejectReason(result.reason).value
         return self._update_reply(result.accepted, reason, result.version)
