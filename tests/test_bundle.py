@@ -211,3 +211,22 @@ def test_shards_follow_inventory_order_and_ftte_data_devices_get_none(
     model = load_file(str(built["d0"].path / "model.safetensors"))
     expected = initial_params(small, fed.input_shape, fed.num_classes)
     assert all(torch.equal(model[k], expected[k]) for k in expected)
+
+
+def test_runtime_sources_parse_as_python_3_9() -> None:
+    """Devices may run Python 3.9: no `match`, and `X | Y` only under postponed annotations."""
+    import ast
+
+    archive = zipfile.ZipFile(io.BytesIO(build_runtime().data))
+    for name in archive.namelist():
+        source = archive.read(name).decode()
+        tree = ast.parse(source, filename=name, feature_version=(3, 9))
+        postponed = any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
+                        and any(a.name == "annotations" for a in n.names) for n in tree.body)
+        annotations = [n.annotation for n in ast.walk(tree)
+                       if isinstance(n, (ast.arg, ast.AnnAssign)) and n.annotation is not None]
+        annotations += [n.returns for n in ast.walk(tree)
+                        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.returns]
+        unions = [a for a in annotations for b in ast.walk(a)
+                  if isinstance(b, ast.BinOp) and isinstance(b.op, ast.BitOr)]
+        assert postponed or not unions, f"{name}: `X | Y` annotation needs __future__ import"
