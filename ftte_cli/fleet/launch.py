@@ -154,7 +154,11 @@ class AgentFleet:
         return self._agents[name].pid
 
     def alive(self, name: str) -> bool:
-        """Whether `name`'s agent process group still has a live process."""
+        """Whether `name`'s agent process group still has a live process.
+
+        Raises the SSH layer's exception when the device cannot be asked (see `connected`);
+        `restart` then reconnects.
+        """
         agent = self._agents[name]
         if agent.pid is None:
             return False
