@@ -184,3 +184,16 @@ def test_contribution_analysis_picks_units_that_help() -> None:
     assert all(sel.scores[u] > 0 for u in chosen)
     assert max(sel.scores.values()) > 0 and len(sel.scores) == len(enumerate_units(model, (
         0.125, 0.25, 0.5, 1.0)))
+
+
+def test_mobilenet_at_20_percent_of_full_trains_more_than_the_head() -> None:
+    torch.manual_seed(0)
+    shape = (3, 32, 32)
+    model = build_model(ModelConfig("mobilenet_v2", 0.5), shape, 10)
+    recipe = Recipe(model=ModelConfig("mobilenet_v2", 0.5), plan=PlanConfig(method="gradnorm"),
+                    train=TrainConfig(batch_size=16))
+    full = training_memory(model, dense_plan(model), 16, shape).total
+    plan = make_plan(model, recipe, None, int(0.2 * full), shape, 10)
+    head_params = sum(p.numel() for n, p in model.named_parameters() if n.startswith("head."))
+    assert plan.estimated_bytes is not None and plan.estimated_bytes <= 0.2 * full
+    assert len(plan.units) >= 3 and plan.trainable_params > 5 * head_params

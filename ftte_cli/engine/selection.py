@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EVAL_CAP = 512  # proxy samples used to score a unit (scoring cost grows with it)
+EVAL_CAP = 256  # proxy samples used to score a unit (scoring cost grows with it)
 GRADNORM_BATCHES = 4
 
 
@@ -340,8 +340,13 @@ def fit_to_budget(model: nn.Module, chosen: List[Unit], scores: Mapping[str, flo
 
 
 def select(model: nn.Module, recipe: Recipe, data: object, budget_bytes: int,
-           input_shape: Tuple[int, ...], num_classes: int) -> Selection:
-    """Choose the plan for `model` under `budget_bytes` (see the module docstring)."""
+           input_shape: Tuple[int, ...], num_classes: int,
+           reuse: Optional[Selection] = None) -> Selection:
+    """Choose the plan for `model` under `budget_bytes` (see the module docstring).
+
+    `reuse`: a Selection of the same model and recipe whose unit scores are taken as they are
+    (another budget, no second contribution analysis).
+    """
     cfg, batch, momentum = recipe.train, recipe.train.batch_size, recipe.train.momentum
     shape = tuple(input_shape)
     name = recipe.model.name
@@ -356,7 +361,9 @@ def select(model: nn.Module, recipe: Recipe, data: object, budget_bytes: int,
     units = enumerate_units(model, recipe.plan.ratios)
     proxy, fallback_data = _proxy_and_fallback(data)
     notes: List[str] = []
-    if recipe.plan.method == "contribution" and proxy is not None:
+    if reuse is not None:
+        method, scores, notes = reuse.plan.method, dict(reuse.scores), list(reuse.plan.notes)
+    elif recipe.plan.method == "contribution" and proxy is not None:
         method = "contribution"
         scores = contribution_scores(model, units, proxy, cfg, recipe.plan.proxy_steps, recipe.seed)
         notes.append(f"contribution: proxy-loss drop after {recipe.plan.proxy_steps} steps per "
