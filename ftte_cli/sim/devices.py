@@ -159,17 +159,21 @@ def _profile(path: Path, i: int, entry: Any) -> DeviceModel:
     where = f"{path}: [{i}]"
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected an object")
-    memory = entry.get("usable_memory_bytes", entry.get("mem_available_bytes"))
-    fields = {"usable_memory_bytes": memory, **{k: entry.get(k) for k in (
-        "sec_per_sample_fwd", "sec_per_sample_bwd", "bandwidth_bps", "rtt_s")}}
-    for key, value in fields.items():
+    raw = {"usable_memory_bytes": entry.get("usable_memory_bytes",
+                                            entry.get("mem_available_bytes")),
+           **{k: entry.get(k) for k in ("sec_per_sample_fwd", "sec_per_sample_bwd",
+                                        "bandwidth_bps", "rtt_s")}}
+    fields: Dict[str, float] = {}
+    for key, value in raw.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{where}.{key}: expected a number >= 0, got {value!r}")
+        fields[key] = float(value)
     if fields["bandwidth_bps"] <= 0:
         raise ConfigError(f"{where}.bandwidth_bps: must be > 0")
     return DeviceModel(
-        name=str(entry.get("name", f"profile{i}")), memory_bytes=int(memory),
-        bandwidth_bps=float(fields["bandwidth_bps"]), latency_s=float(fields["rtt_s"]),
-        sec_per_sample_fwd=float(fields["sec_per_sample_fwd"]),
-        sec_per_sample_bwd=float(fields["sec_per_sample_bwd"]),
+        name=str(entry.get("name", f"profile{i}")),
+        memory_bytes=int(fields["usable_memory_bytes"]),
+        bandwidth_bps=fields["bandwidth_bps"], latency_s=fields["rtt_s"],
+        sec_per_sample_fwd=fields["sec_per_sample_fwd"],
+        sec_per_sample_bwd=fields["sec_per_sample_bwd"],
     )
