@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -24,7 +26,7 @@ from ftte_cli.commands.options import (
 from ftte_cli.config.inventory import Device
 from ftte_cli.config.recipe import Recipe, load_recipe
 from ftte_cli.fleet.ssh import FleetResults, SshOptions
-from ftte_cli.output import Format, handle_errors
+from ftte_cli.output import Format, err_console, handle_errors
 
 if TYPE_CHECKING:
     import torch  # noqa: F401 (annotations only: keep `ftte --help` fast)
@@ -58,11 +60,22 @@ def deploy(
         opts = ssh_options(forks=forks, accept_new_host_keys=accept_new_host_keys,
                            known_hosts=known_hosts, connect_timeout=connect_timeout,
                            command_timeout=command_timeout)
-        results = plan_and_deploy(rec, inventory, list(inv.devices.values()), selected, opts,
-                                  dry_run=dry_run)
+        with _status(fmt) as say:
+            results = plan_and_deploy(rec, inventory, list(inv.devices.values()), selected,
+                                      opts, dry_run=dry_run, say=say)
     render_recap(results, fmt, title="Deploy (dry run)" if dry_run else "Deploy",
                  with_values=True)
     exit_with(results)
+
+
+@contextmanager
+def _status(fmt: Format) -> Iterator[Callable[[str], None]]:
+    """A spinner line on stderr for people; silence for scripts."""
+    if fmt == Format.json or not err_console.is_terminal:
+        yield lambda _message: None
+        return
+    with err_console.status("deploy") as status:
+        yield lambda message: status.update(message)
 
 
 @dataclass(frozen=True)
@@ -98,20 +111,25 @@ def fleet_plan(recipe: Recipe, inventory: Path, devices: list[Device], selected:
 
 def plan_and_deploy(recipe: Recipe, inventory: Path, devices: list[Device],
                     selected: list[Device], opts: SshOptions, *, dry_run: bool = False,
-                    root: Optional[Path] = None, planned: Optional[FleetPlan] = None
-                    ) -> FleetResults:
+                    root: Optional[Path] = None, planned: Optional[FleetPlan] = None,
+                    say: Callable[[str], None] = lambda _message: None) -> FleetResults:
     """Pre-check, `fleet_plan` for the devices that passed (unless given), build every bundle,
     ship them; devices that failed the pre-check keep their result (nothing was copied)."""
     from ftte_cli.fleet.bundle import DEFAULT_ROOT, build_bundles
     from ftte_cli.fleet.deploy import precheck_fleet, ship_bundles
 
+    say(f"checking {len(selected)} devices (python, torch, safetensors)")
     checks = precheck_fleet(selected, opts)
     ready = [d for d in selected if checks[d.name].outcome.succeeded]
     if not ready:
         return checks
-    planned = planned or fleet_plan(recipe, inventory, devices, ready, opts)
+    if planned is None:
+        say("profiles -> memory budget -> plan (profiling devices without a cached profile)")
+        planned = fleet_plan(recipe, inventory, devices, ready, opts)
+    say(f"building {len(devices)} bundles")
     bundles = build_bundles(recipe, devices, planned.choice.plan, fed=planned.fed,
                             params=planned.params, root=root or DEFAULT_ROOT)
+    say(f"{'checking' if dry_run else 'shipping'} bundles on {len(ready)} devices")
     shipped = ship_bundles(ready, bundles, opts, dry_run=dry_run)
     return FleetResults({d.name: shipped.results.get(d.name) or checks[d.name]
                          for d in selected})
