@@ -14,7 +14,11 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
+
+try:
+    from torch.func import functional_call
+except ImportError:  # torch < 2.0, as still found on some Jetson images
+    from torch.nn.utils.stateless import functional_call  # type: ignore[no-redef]
 
 from ftte_cli.engine.plan import Plan
 from ftte_cli.engine.sparse import channel_index, materialize
