@@ -263,6 +263,7 @@ def test_inventory_budget_from_cached_profiles(tmp_path: Path) -> None:
     fb = bud.inventory_budget(inv, recipe)
     assert fb.bound_by == "pi" and fb.m_min == 96 * MiB  # 300 - 200 - 4 MiB margin
     assert bud.inventory_budget(inv, recipe, limit="jet").m_min == 696 * MiB
+    assert bud.inventory_budget(inv, recipe, override="1MiB").m_min == MiB
     rows = bud.headroom_rows(fb, bud.headroom(fb, 10 * MiB, 500 * MiB))
     assert [r[0] for r in rows] == ["pi", "jet"]
     assert [r[-1] for r in rows] == ["EXCLUDED", "included"]

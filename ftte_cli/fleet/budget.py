@@ -138,24 +138,25 @@ def headroom(budget: FleetBudget, ftte_bytes: int, full_bytes: int) -> list[Head
             for d in budget.devices]
 
 
-def inventory_budget(inventory: Union[str, Path], recipe: Recipe,
-                     limit: Optional[str] = None) -> FleetBudget:
+def inventory_budget(inventory: Union[str, Path], recipe: Recipe, limit: Optional[str] = None,
+                     override: Union[int, str, None] = None) -> FleetBudget:
     """The fleet-aware budget of `ftte plan --inventory`: cached profiles of the chosen devices.
 
-    With `plan.memory_budget` set, M_min is that value and profiles only feed the headroom table
-    (none needed). Without it every chosen device needs a cached profile.
+    An override (`--budget`, else the recipe's `plan.memory_budget`) sets M_min; profiles then
+    only feed the headroom table (devices without one are left out). Without an override every
+    chosen device needs a cached profile.
     """
     from ftte_cli.config.inventory import load_inventory
 
     names = [d.name for d in load_inventory(Path(inventory)).select(limit)]
     path = profiles_path(inventory)
     records = load_profiles(path)
-    if recipe.plan.memory_budget is not None:
+    fixed = override if override is not None else recipe.plan.memory_budget
+    if fixed is not None:
         names = [n for n in names if n in records]
     elif not records:
         raise ConfigError(f"{path}: no profiles yet (run `ftte profile -i {inventory}` first)")
-    return recipe_budget(records, recipe.plan.safety_margin, recipe.plan.memory_budget, names,
-                         where=str(path))
+    return recipe_budget(records, recipe.plan.safety_margin, fixed, names, where=str(path))
 
 
 HEADROOM_COLUMNS = ("device", "usable M_i", "limited by", "FTTE plan", "FTTE headroom",
