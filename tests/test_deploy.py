@@ -30,6 +30,7 @@ from ftte_cli.fleet.deploy import (
     DeployInfo,
     DeviceCheck,
     _require,
+    deploy_fleet,
     install_archive,
     precheck,
     ship_bundles,
@@ -118,10 +119,15 @@ def test_deploy_twice_then_changed_plan(recipe: Recipe, sshd: SshServer, tmp_pat
 
 def test_dry_run_copies_nothing(recipe: Recipe, sshd: SshServer, tmp_path: Path) -> None:
     devices = _fleet(sshd, tmp_path)
-    results = ship_bundles(devices, _bundles(recipe, devices, tmp_path), OPTS, dry_run=True)
+    results = deploy_fleet(recipe, devices, _plan(recipe), OPTS, dry_run=True,
+                           params=initial_params(recipe, SHAPE, CLASSES), root=tmp_path / ".f")
     assert _outcomes(results) == {"ssh0": Outcome.ok, "local0": Outcome.ok}
     assert all(r.detail.startswith("would install") for r in results)
     assert not any(Path(d.workdir).exists() for d in devices)
+    only = deploy_fleet(recipe, devices, _plan(recipe), OPTS, targets=["local0"],
+                        params=initial_params(recipe, SHAPE, CLASSES), root=tmp_path / ".f")
+    assert _outcomes(only) == {"local0": Outcome.changed}
+    assert not Path(devices[0].workdir).exists() and Path(devices[1].workdir).exists()
 
 
 def test_device_without_torch_fails_before_copying(recipe: Recipe, sshd: SshServer,

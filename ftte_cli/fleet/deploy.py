@@ -38,8 +38,11 @@ from ftte_cli.fleet.ssh import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from ftte_cli.config.inventory import Device
     from ftte_cli.config.recipe import Recipe
+    from ftte_cli.engine.data import FederatedData
     from ftte_cli.engine.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -169,14 +172,17 @@ def deploy_fleet(
     targets: Optional[Sequence[str]] = None,
     dry_run: bool = False,
     root: Path = DEFAULT_ROOT,
+    fed: Optional[FederatedData] = None,
+    params: Optional[dict[str, torch.Tensor]] = None,
     on_done: Optional[Callable[[DeviceResult], None]] = None,
 ) -> FleetResults:
     """Build every device's bundle (`devices` = whole inventory, in order), ship it to `targets`.
 
     Values of the returned results are DeployInfo (also for ok and dry-run devices whose checks
-    passed). `targets` are device names (default: every device).
+    passed). `targets` are device names (default: every device); `fed` and `params` as in
+    `build_bundles`.
     """
-    bundles = build_bundles(recipe, devices, plan, root=root)
+    bundles = build_bundles(recipe, devices, plan, fed=fed, params=params, root=root)
     chosen = [d for d in devices if targets is None or d.name in set(targets)]
     return ship_bundles(chosen, bundles, opts, dry_run=dry_run, on_done=on_done)
 
