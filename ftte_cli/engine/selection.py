@@ -162,13 +162,13 @@ def contribution_scores(model: nn.Module, units: Sequence[Unit], proxy: Dataset,
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     job_cfg = replace(cfg, epochs=max(1, math.ceil(steps * cfg.batch_size / max(1, len(proxy)))),
                       max_steps=steps, device="cpu")
-    evalset = _head(proxy, EVAL_CAP)
+    evalset = _sample(proxy, EVAL_CAP, seed)
 
     def loss_after(masks: Dict[str, ParamMask]) -> float:
         plan = build_plan(model, masks)
-        res = train_job(model, params, plan, sparse.extract(params, plan), proxy, job_cfg, seed)
-        trained = sparse.insert(params, plan, {k: sparse.extract(params, plan)[k] + d
-                                               for k, d in res.delta.items()})
+        start = sparse.extract(params, plan)
+        res = train_job(model, params, plan, start, proxy, job_cfg, seed)
+        trained = sparse.insert(params, plan, {k: start[k] + d for k, d in res.delta.items()})
         return evaluate(model, trained, evalset)[1]
 
     base = loss_after(head_masks(model))
@@ -208,8 +208,12 @@ def _batch(data: Optional[Dataset], input_shape: Tuple[int, ...], num_classes: i
     return x, torch.randint(num_classes, (batch_size,), generator=gen)
 
 
-def _head(data: Dataset, n: int) -> Dataset:
-    return data if len(data) <= n else type(data)(data.x[:n], data.y[:n])
+def _sample(data: Dataset, n: int, seed: int) -> Dataset:
+    """At most n samples of `data`, drawn without replacement by a seeded generator."""
+    if len(data) <= n:
+        return data
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+    return type(data)(data.x[idx], data.y[idx])
 
 
 # ---------------------------------------------------------------------------------------------
