@@ -67,6 +67,35 @@ def test_killed_agent_goes_offline_run_goes_on_and_it_rejoins(tmp_path: Path) ->
                     p.kill()
 
 
+def test_ftte_train_restarts_a_killed_agent_and_the_device_rejoins(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, target=0.99, max_versions=1000)
+    inventory = write_inventory(tmp_path, DEVICES)
+    run_dir = tmp_path / "run"
+    proc = start_train(tmp_path, "--recipe", str(recipe), "--inventory", str(inventory),
+                       "--run-dir", str(run_dir), "--offline-after", "3")
+    try:
+        wait_for(lambda: any(m["version"] >= 2 for m in metrics(run_dir)), 150, "version 2")
+        victim = json.loads((run_dir / "manifest.json").read_text())["agent_pids"]["d2"]
+        os.kill(victim, signal.SIGKILL)
+        rejoined = wait_for(lambda: [e for e in events(run_dir) if e["device"] == "d2" and
+                                     e["kind"] == "device_rejoined"], 120, "d2 to rejoin")
+        kinds = [e["kind"] for e in events(run_dir) if e["device"] == "d2"]
+        assert kinds.index("device_offline") < kinds.index("agent_restarted") \
+            < kinds.index("device_rejoined")
+        wait_for(lambda: [e for e in events(run_dir, "update_accepted") if e["device"] == "d2"
+                          and e["t"] > rejoined[0]["t"]], 120, "d2's update after rejoining")
+        offline = next(e["t"] for e in events(run_dir, "device_offline") if e["device"] == "d2")
+        assert any(offline < e["t"] < rejoined[0]["t"] for e in events(run_dir, "update_accepted")
+                   if e["device"] != "d2")  # the run went on without d2
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not pid_alive(victim)
+    assert group_members(agent_pids(run_dir) | {victim}) == []
+
+
 def _bad_delta(job: wire.JobMessage, kind: str) -> dict[str, torch.Tensor]:
     delta = {k: torch.full_like(v, 0.01) for k, v in job.subset.items()}
     if kind == "shape":

@@ -6,7 +6,14 @@ import json
 from pathlib import Path
 
 from testbed_fixture import Testbed, testbed  # noqa: F401 - the session fixture
-from trainkit import agent_pids, group_members, last_json, start_train, write_recipe
+from trainkit import (
+    agent_pids,
+    group_members,
+    last_json,
+    start_train,
+    wait_for,
+    write_recipe,
+)
 
 
 def test_train_over_testbed_reaches_target_under_every_cap(tmp_path: Path,
@@ -46,8 +53,11 @@ def _inventory_with_data(testbed: Testbed, folder: Path, host: str, data: Path) 
 
 def test_lenient_fedavg_capped_device_fails_visibly(tmp_path: Path,
                                                     testbed: Testbed) -> None:  # noqa: F811
-    """Full training at a large batch cannot fit the Pi Zero 2's cap: its agent is OOM-killed
-    and shows failed, the other device carries the synchronous rounds."""
+    """Full training at a large batch cannot fit the Pi Zero 2's cap: its agent is OOM-killed,
+    restarted once, killed again and shown failed; the other device carries the rounds."""
+    import os
+    import signal
+
     import torch
 
     from ftte_cli.engine.serialize import save_tensors
@@ -62,8 +72,8 @@ def test_lenient_fedavg_capped_device_fails_visibly(tmp_path: Path,
     save_tensors(data, {"train_x": torch.randn(n, 9, 128, generator=gen),
                         "train_y": torch.randint(0, 6, (n,), generator=gen)})
     inventory = _inventory_with_data(testbed, tmp_path, small, data)
-    recipe = write_recipe(tmp_path, strategy="fedavg", target=0.99, max_versions=2,
-                          time_limit=200.0)
+    recipe = write_recipe(tmp_path, strategy="fedavg", target=0.99, max_versions=1000,
+                          time_limit=300.0)
     text = recipe.read_text().replace("batch_size: 32", "batch_size: 8192")
     text = text.replace("strategy: {name: fedavg,", "strategy: {name: fedavg, "
                         "baseline_memory: lenient,")
@@ -72,17 +82,24 @@ def test_lenient_fedavg_capped_device_fails_visibly(tmp_path: Path,
     proc = start_train(tmp_path, "--recipe", str(recipe), "--inventory", str(inventory),
                        "--limit", f"{small},{big}", "--run-dir", str(run_dir),
                        "--offline-after", "5")
-    assert proc.wait(timeout=400) == 0, (tmp_path / "train.err").read_text()[-3000:]
-    result = last_json(tmp_path)
-    rows = {d["name"]: d for d in result["devices"]}
+    try:
+        wait_for(lambda: [e for e in _events(run_dir) if e["kind"] == "device_failed"], 300,
+                 "the capped device to fail")
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = {d["name"]: d for d in summary["devices"]}
     assert rows[small]["status"] == "failed" and rows[small]["accepted"] == 0
-    assert rows[big]["accepted"] >= 1 and result["version"] == 2
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert any("lenient" in note for note in manifest["plan_notes"]) or manifest["plan_notes"] == []
-    failed = [e for e in _events(run_dir) if e["kind"] == "device_failed"]
-    assert [e["device"] for e in failed] == [small]
+    assert rows[big]["accepted"] >= 1 and summary["versions"] >= 1
+    kinds = [(e["kind"], e["device"]) for e in _events(run_dir)]
+    assert ("agent_restarted", small) in kinds  # restarted once after the first OOM kill
+    assert [d for k, d in kinds if k == "device_failed"] == [small]
     assert group_members(agent_pids(run_dir)) == []
 
 
 def _events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    path = run_dir / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

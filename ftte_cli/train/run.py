@@ -323,8 +323,9 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _drive(run: _Run, server: FtteServer, agents: Any, dashboard: Dashboard) -> StopReason:
-    """Watch the run until a stop rule fires; devices whose agent died are marked failed."""
+def _drive(run: _Run, server: FtteServer, watch: Optional[_AgentWatch],
+           dashboard: Dashboard) -> StopReason:
+    """Watch the run until a stop rule fires; dead agents are restarted once, then failed."""
     next_check = time.monotonic() + FAILURE_CHECK_S
     offline: set[str] = set()
     while True:
@@ -334,23 +335,43 @@ def _drive(run: _Run, server: FtteServer, agents: Any, dashboard: Dashboard) -> 
             return reason
         dashboard.tick()
         now_offline = {d.name for d in snap.devices if d.status == DeviceStatus.offline}
-        if agents is not None and (now_offline - offline or time.monotonic() >= next_check):
-            _mark_dead_agents(server, agents, snap)
+        if watch is not None and (now_offline - offline or time.monotonic() >= next_check):
+            watch.check(snap, restart=True)
             next_check = time.monotonic() + FAILURE_CHECK_S
         offline = now_offline
         time.sleep(POLL_S)
 
 
-def _mark_dead_agents(server: FtteServer, agents: Any, snap: RunSnapshot) -> None:
-    for row in snap.devices:
-        if row.status == DeviceStatus.offline and row.name in agents.names:
-            try:
-                alive = agents.alive(row.name)
-            except Exception as err:  # noqa: BLE001 - unreachable device: keep it offline
-                log.info("%s: liveness check failed: %s", row.name, err)
-                continue
-            if not alive:
-                server.mark_failed(row.name, "agent process exited (killed or out of memory)")
+class _AgentWatch:
+    """Offline devices whose agent process is gone: restart it (the device rejoins) up to
+    `max_restarts` times, after that show the device as failed (e.g. OOM-killed every job)."""
+
+    def __init__(self, run: _Run, server: FtteServer, agents: Any, max_restarts: int = 1) -> None:
+        self.run, self.server, self.agents = run, server, agents
+        self.max_restarts = max_restarts
+        self.restarts: dict[str, int] = {}
+
+    def check(self, snap: RunSnapshot, restart: bool) -> None:
+        """Look at every offline device once."""
+        for row in snap.devices:
+            if row.status == DeviceStatus.offline and row.name in self.agents.names:
+                self._check_one(row.name, restart)
+
+    def _check_one(self, name: str, restart: bool) -> None:
+        try:
+            if self.agents.alive(name):
+                return
+            if restart and self.restarts.get(name, 0) < self.max_restarts:
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                pid = self.agents.restart(name)
+                self.server.event("agent_restarted", name, f"agent process was gone; pid {pid}")
+                self.run.manifest.setdefault("agent_pids", {})[name] = pid
+                self.run.rundir.write_manifest(self.run.manifest)
+                return
+        except Exception as err:  # noqa: BLE001 - unreachable device: it stays offline
+            log.info("%s: agent check failed: %s", name, err)
+            return
+        self.server.mark_failed(name, "agent process exited (killed or out of memory)")
 
 
 def _wait_agents_left(server: FtteServer, agents: Any, names: list[str]) -> None:
@@ -381,16 +402,17 @@ def run_training(opts: TrainOptions) -> TrainResult:
     with ServerThread(server, host, port) as st, _sigterm_interrupts():
         try:
             agents = _start_agents(run, remote, st.port, opts)
+            watch = _AgentWatch(run, server, agents)
             with Dashboard(server.snapshot, live=opts.dashboard) as dashboard:
                 try:
-                    reason = _drive(run, server, agents, dashboard)
+                    reason = _drive(run, server, watch, dashboard)
                 except (KeyboardInterrupt, _Interrupted):
                     reason = StopReason.interrupted
                 finally:
                     server.finish(reason)
             if agents is not None:
                 _wait_agents_left(server, agents, agents.names)
-                _mark_dead_agents(server, agents, server.snapshot())  # died near the end
+                watch.check(server.snapshot(), restart=False)  # died near the end
         finally:
             if agents is not None:
                 agents.stop_all()
