@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
@@ -210,3 +212,26 @@ def test_save_tensors_is_atomic_and_names_file(tmp_path: Path) -> None:
         load_tensors_with_metadata(tmp_path / "missing.safetensors")
     with pytest.raises(PayloadTooLarge, match="m.safetensors"):
         load_tensors_with_metadata(path, max_bytes=10)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_masks_round_trip(tmp_path: Path, data: st.DataObject) -> None:
+    """Property: any valid mask survives save_plan/load_plan exactly, as do the figures."""
+    model = Tiny()
+    masks = {}
+    for name, p in model.named_parameters():
+        kinds = ["full", "frozen"] + (["channels"] if p.dim() > 1 else [])
+        kind = data.draw(st.sampled_from(kinds), label=name)
+        if kind == "channels":
+            chans = data.draw(st.sets(st.integers(0, p.shape[1] - 1), min_size=1), label="ch")
+            masks[name] = ParamMask(MaskKind.channels, tuple(sorted(chans)))
+        else:
+            masks[name] = ParamMask(MaskKind(kind))
+    budget = data.draw(st.one_of(st.none(), st.integers(0, 2**40)))
+    plan = build_plan(model, masks, budget_bytes=budget, units=["u"], notes=["n \u00e9"])
+    target = tmp_path / f"p{data.draw(st.integers(0, 10**9))}"
+    save_plan(plan, target)
+    loaded = load_plan(target)
+    assert loaded == plan and loaded.subset_shapes() == plan.subset_shapes()
