@@ -460,8 +460,8 @@ class FtteServer:
                         delta=msg.delta, num_samples=msg.num_samples,
                         grad_variance=msg.grad_variance, peak_memory=msg.peak_memory)
         result = await self._in_worker(self._submit, update, self.now())
-        if result is None:
-            raise web.HTTPGone(text="run over")
+        if result is None:  # the run ended while this update waited for the coordinator
+            self._check_running(device)
         self._record(device, msg, result)
         if result.advanced and self.done:
             self._announce_end()
