@@ -73,13 +73,13 @@ def test_sparkline_scales_and_clips() -> None:
 
 def test_plain_mode_prints_a_line_per_change() -> None:
     out = io.StringIO()
-    snaps = [_snapshot(), _snapshot(), _snapshot(version=8)]
+    snaps = [_snapshot(), _snapshot(accepted=26), _snapshot(version=8)]
     clock = iter([0.0, 1.0, 2.0, 3.0])
     with Dashboard(lambda: snaps[0], live=False, stream=out, line_every=60,
                    get_time=lambda: next(clock)) as dash:
         dash.tick()
         snaps.pop(0)
-        dash.tick()  # unchanged: no line
+        dash.tick()  # one more accepted update, same version: no line
         snaps.pop(0)
         dash.tick()  # new version: a line
     lines = out.getvalue().splitlines()

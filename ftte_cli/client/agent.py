@@ -331,7 +331,9 @@ class Agent:
             update = self._train(job)
         finally:
             self.state = "idle"
-        self._upload(update)
+        # A short outage should not waste the job: retry the upload; a restarted server
+        # answers 409 instead and the loop registers again (the stale job is dropped).
+        self._retry(lambda: self._upload(update))
 
     def _train(self, job: wire.JobMessage) -> wire.UpdateMessage:
         b = self.bundle

@@ -125,6 +125,13 @@ def progress_line(snapshot: RunSnapshot) -> str:
             f"dropped {dropped} devices {online}/{len(snapshot.devices)} online")
 
 
+def _milestone(snapshot: RunSnapshot) -> tuple:
+    """What deserves a new plain line: a new version, state, device status or drop count
+    (single accepted updates do not, so long runs do not flood a log)."""
+    return (snapshot.state, snapshot.version, sum(snapshot.dropped.values()),
+            tuple(d.status for d in snapshot.devices))
+
+
 class Dashboard:
     """Shows a run while it lasts: Rich Live on a terminal, plain progress lines otherwise.
 
@@ -143,7 +150,7 @@ class Dashboard:
         self._line_every = line_every
         self._get_time = get_time
         self._live: Optional[Live] = None
-        self._last_line = ""
+        self._last_key: tuple = ()
         self._last_line_at = -float("inf")
 
     def __enter__(self) -> Dashboard:
@@ -158,12 +165,11 @@ class Dashboard:
         if self._live is not None:
             return
         snap = self._get_snapshot()
-        line = progress_line(snap)
         now = self._get_time()
-        changed = line.split("] ", 1)[-1] != self._last_line.split("] ", 1)[-1]
-        if changed or now - self._last_line_at >= self._line_every:
-            self._write(line)
-            self._last_line, self._last_line_at = line, now
+        key = _milestone(snap)
+        if key != self._last_key or now - self._last_line_at >= self._line_every:
+            self._write(progress_line(snap))
+            self._last_key, self._last_line_at = key, now
 
     def _write(self, line: str) -> None:
         if self._stream is not None:
