@@ -70,8 +70,8 @@ class ThroughputRow:
     versions: int
 
 
-def plans(recipe: Recipe) -> dict[str, tuple[torch.nn.Module, Plan]]:
-    """The FTTE plan at 20% of full training memory, and the dense plan."""
+def plans(recipe: Recipe, fraction: float) -> dict[str, tuple[torch.nn.Module, Plan]]:
+    """The FTTE plan at `fraction` of full training memory, and the dense plan."""
     from ftte_cli.engine.data import load_federated
     from ftte_cli.engine.selection import make_plan
 
@@ -83,9 +83,9 @@ def plans(recipe: Recipe) -> dict[str, tuple[torch.nn.Module, Plan]]:
     full = training_memory(model, dense, recipe.train.batch_size, shape).total
     quick = replace(recipe, plan=replace(recipe.plan, method="gradnorm"))
     try:
-        sparse = make_plan(model, quick, fed, full // 5, shape, fed.num_classes)
-    except BudgetInfeasible as err:  # 20% cannot hold the head: 20% of the way from head-only
-        budget = err.smallest_bytes + (full - err.smallest_bytes) // 5
+        sparse = make_plan(model, quick, fed, int(full * fraction), shape, fed.num_classes)
+    except BudgetInfeasible as err:  # cannot hold the head: that far from head-only to full
+        budget = err.smallest_bytes + int((full - err.smallest_bytes) * fraction)
         sparse = make_plan(model, quick, fed, budget, shape, fed.num_classes)
     return {"ftte (sparse)": (model, sparse), "fedavg (dense)": (model, dense)}
 
@@ -178,6 +178,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=Path("recipes/har.yaml"))
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--budget-fraction", type=float, default=0.2,
+                        help="FTTE budget as a fraction of full training memory")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--max-updates", type=int, default=3000)
     parser.add_argument("--format", choices=("table", "json"), default="table")
@@ -188,7 +190,7 @@ def main() -> int:
         return 0
     torch.set_num_threads(1)
     recipe = load_recipe(args.recipe)
-    chosen = plans(recipe)
+    chosen = plans(recipe, args.budget_fraction)
     wire_rows = [bytes_per_job(name, m, p) for name, (m, p) in chosen.items()]
     thr_rows = [throughput(name, m, p, args.clients, args.seconds, args.max_updates)
                 for name, (m, p) in chosen.items()]
