@@ -77,3 +77,27 @@ def test_infeasible_budget_exits_3(tmp_path: Path) -> None:
                               "--format", "json"])
     assert res.exit_code == ExitCode.INFEASIBLE, res.output
     assert "budget" in json.loads(res.stdout)["error"]
+
+
+def test_fleet_profiles_replay(tmp_path: Path) -> None:
+    fleet = tmp_path / "profiles.json"
+    slow = {"name": "pi3", "usable_memory_bytes": 200_000_000, "sec_per_sample_fwd": 0.01,
+            "sec_per_sample_bwd": 0.02, "bandwidth_bps": 1e6, "rtt_s": 0.05}
+    fleet.write_text(json.dumps([slow, {**slow, "name": "pi5", "sec_per_sample_fwd": 0.001}]))
+    out = tmp_path / "r"
+    res = runner.invoke(app, ["simulate", "--recipe", str(_recipe(tmp_path, "null")),
+                              "--clients", "4", "--stragglers", "0", "--strategies", "fedbuff",
+                              "--fleet",
+                              str(fleet), "--until", "limit", "--out", str(out),
+                              "--format", "json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["clients"] == 4 and doc["strategies"][0]["versions"] == 6
+    # the budget comes from the smallest profile memory, which holds full training here
+    assert doc["budget_bytes"] == 200_000_000
+    assert json.loads((out / "manifest.json").read_text())["fleet"] == str(fleet)
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    res = runner.invoke(app, ["simulate", "--recipe", str(_recipe(tmp_path)), "--fleet", str(bad),
+                              "--out", str(out), "--format", "json"])
+    assert res.exit_code == ExitCode.USAGE and "bad.json" in json.loads(res.stdout)["error"]
