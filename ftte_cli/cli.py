@@ -17,6 +17,7 @@ from ftte_cli.commands import (
     profile,
     report,
     simulate,
+    sweep,
     testbed,
     train,
 )
@@ -35,6 +36,7 @@ app.command("train")(train.train)
 app.command("simulate")(simulate.simulate)
 app.command("report")(report.report)
 app.command("demo")(demo.demo)
+app.command("sweep")(sweep.sweep)
 app.add_typer(inventory.app, name="inventory")
 app.add_typer(testbed.app, name="testbed")
 

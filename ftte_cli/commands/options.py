@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ftte_cli.config.inventory import Device, Inventory, load_inventory
+from ftte_cli.config.inventory import Device, Inventory
 from ftte_cli.fleet.ssh import SshOptions
 from ftte_cli.output import Format
 
@@ -56,8 +56,9 @@ FormatOpt = Annotated[
 
 def select_devices(inventory: Path, limit: Optional[str]) -> tuple[Inventory, list[Device]]:
     """Load the inventory and apply `--limit` (an unknown name is a ConfigError)."""
-    inv = load_inventory(inventory)
-    return inv, inv.select(limit)
+    from ftte_cli import api
+
+    return api.select_devices(inventory, limit)
 
 
 def ssh_options(

@@ -65,6 +65,7 @@ class TrainOptions:
     resume: Optional[Path] = None
     ssh: SshOptions = field(default_factory=SshOptions)
     dashboard: Optional[bool] = None  # None: live on a terminal, lines otherwise
+    quiet: bool = False  # print nothing at all (the Python API, sweeps)
     offline_after: float = 10.0
     bundle_root: Path = Path(".ftte")
     checkpoint_every: int = 1
@@ -403,7 +404,7 @@ def run_training(opts: TrainOptions) -> TrainResult:
         try:
             agents = _start_agents(run, remote, st.port, opts)
             watch = _AgentWatch(run, server, agents)
-            with Dashboard(server.snapshot, live=opts.dashboard) as dashboard:
+            with _dashboard(server, opts) as dashboard:
                 try:
                     reason = _drive(run, server, watch, dashboard)
                 except (KeyboardInterrupt, _Interrupted):
@@ -423,6 +424,15 @@ def run_training(opts: TrainOptions) -> TrainResult:
     if reason == StopReason.interrupted:
         raise KeyboardInterrupt
     return result
+
+
+def _dashboard(server: FtteServer, opts: TrainOptions) -> Dashboard:
+    """The live view, or a silent one when the caller asked for quiet."""
+    if opts.quiet:
+        import io
+
+        return Dashboard(server.snapshot, live=False, stream=io.StringIO())
+    return Dashboard(server.snapshot, live=opts.dashboard)
 
 
 def _bind_address(direct: Optional[str]) -> tuple[str, int]:

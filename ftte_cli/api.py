@@ -1,0 +1,331 @@
+"""The public Python API of ftte: what the `ftte` commands are built on, for scripting testbeds.
+
+    from pathlib import Path
+    from ftte_cli import api
+
+    inv = api.load_inventory(Path("testbed/inventory.yaml"))
+    profiles = api.profile(inv.path)                   # FleetResults, values DeviceProfile
+    chosen = api.plan(Path("recipes/har.yaml"), budget="2MB")
+    result = api.train(Path("recipes/har.yaml"), inv.path, strategy="fedbuff")
+    sweep = api.sweep(api.SweepOptions(out=Path("runs/sweep"), recipe=..., inventory=...,
+                                       grid=api.grid("ftte,fedbuff", "1,2")))
+
+Every function returns typed records (the same data the command prints with `--format json`),
+raises the documented errors of `ftte_cli.errors` (`ConfigError` for a bad file or argument,
+`BudgetInfeasible`, `RunError`, ...) and prints nothing. Fleet calls report per device in a
+`FleetResults` (`.succeeded`, `.failed`, `.exit_code()`) instead of raising for one bad device.
+
+Names whose modules import torch are loaded on first use, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from ftte_cli.config.inventory import Device, Inventory, load_inventory
+from ftte_cli.config.recipe import Recipe, load_recipe
+from ftte_cli.errors import (
+    BudgetInfeasible,
+    ConfigError,
+    DataError,
+    ExitCode,
+    FleetError,
+    FtteError,
+    RunError,
+)
+from ftte_cli.fleet.ssh import DeviceResult, FleetResults, Outcome, SshOptions
+
+if TYPE_CHECKING:
+    import torch
+
+    from ftte_cli.engine.plan import Plan
+    from ftte_cli.fleet.deploy import DeployInfo
+    from ftte_cli.fleet.profile import DeviceProfile
+    from ftte_cli.sim.runner import SimResult, SimSettings, StrategyResult
+    from ftte_cli.sweep.compare import Comparison, GroupStats
+    from ftte_cli.sweep.grid import GridSpec, RunSpec
+    from ftte_cli.sweep.runner import RunRecord, RunStatus, SweepOptions, SweepResult
+    from ftte_cli.train.run import TrainOptions, TrainResult
+    from ftte_cli.ui.report import RunReport
+
+PathLike = Union[str, Path]
+
+# Public names defined in modules that import torch: resolved on first attribute access.
+_LAZY = {
+    "Plan": "ftte_cli.engine.plan",
+    "DeviceProfile": "ftte_cli.fleet.profile",
+    "DeployInfo": "ftte_cli.fleet.deploy",
+    "TrainOptions": "ftte_cli.train.run",
+    "TrainResult": "ftte_cli.train.run",
+    "SimSettings": "ftte_cli.sim.runner",
+    "SimResult": "ftte_cli.sim.runner",
+    "StrategyResult": "ftte_cli.sim.runner",
+    "RunReport": "ftte_cli.ui.report",
+    "GridSpec": "ftte_cli.sweep.grid",
+    "RunSpec": "ftte_cli.sweep.grid",
+    "SweepOptions": "ftte_cli.sweep.runner",
+    "SweepResult": "ftte_cli.sweep.runner",
+    "RunRecord": "ftte_cli.sweep.runner",
+    "RunStatus": "ftte_cli.sweep.runner",
+    "GroupStats": "ftte_cli.sweep.compare",
+    "Comparison": "ftte_cli.sweep.compare",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+# ---- inventory and recipe -------------------------------------------------------------------
+
+
+def select_devices(inventory: PathLike, limit: Optional[str] = None
+                   ) -> tuple[Inventory, list[Device]]:
+    """Load the inventory and apply a `--limit`-style filter (unknown name: ConfigError)."""
+    inv = load_inventory(Path(inventory))
+    return inv, inv.select(limit)
+
+
+# ---- profile and plan -----------------------------------------------------------------------
+
+
+def profile(inventory: PathLike, *, limit: Optional[str] = None,
+            recipe: Optional[PathLike] = None, benchmark: bool = False,
+            max_age: Optional[float] = None, ssh: Optional[SshOptions] = None) -> FleetResults:
+    """Profile the devices (values: `DeviceProfile`) and update the inventory's profile cache.
+
+    `benchmark` also times training steps of the recipe's model, the RTT and the upload; cached
+    profiles younger than `max_age` seconds are reused."""
+    from ftte_cli.fleet import budget
+    from ftte_cli.fleet import profile as prof
+
+    if benchmark and recipe is None:
+        raise ConfigError("profile: benchmark needs a recipe (the model to time)")
+    _inv, devices = select_devices(inventory, limit)
+    request = prof.ProfileRequest(recipe=load_recipe(recipe) if recipe else None,
+                                  benchmark=benchmark)
+    cache = budget.profiles_path(Path(inventory))
+    results = prof.profile_fleet(devices, ssh or SshOptions(), request,
+                                 budget.load_profiles(cache), max_age)
+    prof.save_profiles(cache, results)
+    return results
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A chosen plan, the budget it fits and the report `ftte plan --format json` prints."""
+
+    plan: Plan
+    budget_bytes: int
+    budget_source: str
+    scores: dict[str, float]
+    report: dict[str, Any]
+
+
+def plan(recipe: Union[PathLike, Recipe], *, budget: Optional[str] = None) -> PlanResult:
+    """The sparse plan for `recipe` under `budget` (else its plan.memory_budget).
+
+    Raises ConfigError without a budget and BudgetInfeasible when not even the head fits."""
+    from ftte_cli.commands.plan import plan_report, resolve_budget
+    from ftte_cli.engine.selection import plan_for_recipe
+
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    chosen = resolve_budget(rec, budget)
+    sel = plan_for_recipe(rec, chosen.bytes)
+    return PlanResult(sel.plan, chosen.bytes, chosen.source, dict(sel.scores),
+                      plan_report(sel, chosen))
+
+
+# ---- deploy ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    """What deploying needs besides the devices: the data split, the plan and the start model."""
+
+    fed: Any  # engine.data.FederatedData, one client per inventory device
+    choice: Any  # train.planning.PlanChoice: the plan and who trains it
+    params: dict[str, torch.Tensor]  # initial model (fleet.bundle.initial_params)
+
+
+def fleet_plan(recipe: Recipe, inventory: Path, devices: list[Device], selected: list[Device],
+               opts: SshOptions) -> FleetPlan:
+    """Profiles -> fleet budget -> plan, as `ftte train` does (profiles missing ones first).
+
+    `devices` is the whole inventory (shards follow inventory order). Devices without a profile
+    (e.g. no torch yet) are left out of the budget; deploying still pre-checks them and says
+    what is missing before anything is copied.
+    """
+    from ftte_cli.engine.data import load_federated
+    from ftte_cli.fleet.bundle import initial_model, initial_params
+    from ftte_cli.train.planning import check_devices, choose_plan, load_or_profile
+
+    check_devices(selected)
+    fed = load_federated(recipe.data, len(devices), recipe.seed)
+    records = load_or_profile(inventory, selected, recipe, opts)
+    profiled = [d for d in selected if d.name in records] or selected
+    model = initial_model(recipe, fed.input_shape, fed.num_classes)
+    choice = choose_plan(recipe, model, profiled, fed.input_shape, fed.num_classes, fed.proxy,
+                         records)
+    return FleetPlan(fed, choice, initial_params(recipe, fed.input_shape, fed.num_classes))
+
+
+def plan_and_deploy(recipe: Recipe, inventory: Path, devices: list[Device],
+                    selected: list[Device], opts: SshOptions, *, dry_run: bool = False,
+                    root: Optional[Path] = None, planned: Optional[FleetPlan] = None,
+                    say: Callable[[str], None] = lambda _message: None) -> FleetResults:
+    """Pre-check, `fleet_plan` for the devices that passed (unless given), build every bundle,
+    ship them; devices that failed the pre-check keep their result (nothing was copied)."""
+    from ftte_cli.fleet.bundle import DEFAULT_ROOT, build_bundles
+    from ftte_cli.fleet.deploy import precheck_fleet, ship_bundles
+
+    say(f"checking {len(selected)} devices (python, torch, safetensors)")
+    checks = precheck_fleet(selected, opts)
+    ready = [d for d in selected if checks[d.name].outcome.succeeded]
+    if not ready:
+        return checks
+    if planned is None:
+        say("profiles -> memory budget -> plan (profiling devices without a cached profile)")
+        planned = fleet_plan(recipe, inventory, devices, ready, opts)
+    say(f"building {len(devices)} bundles")
+    bundles = build_bundles(recipe, devices, planned.choice.plan, fed=planned.fed,
+                            params=planned.params, root=root or DEFAULT_ROOT)
+    say(f"{'checking' if dry_run else 'shipping'} bundles on {len(ready)} devices")
+    shipped = ship_bundles(ready, bundles, opts, dry_run=dry_run)
+    return FleetResults({d.name: shipped.results.get(d.name) or checks[d.name]
+                         for d in selected})
+
+
+def deploy(recipe: Union[PathLike, Recipe], inventory: PathLike, *, limit: Optional[str] = None,
+           dry_run: bool = False, ssh: Optional[SshOptions] = None, root: Optional[Path] = None,
+           say: Callable[[str], None] = lambda _message: None) -> FleetResults:
+    """Build every device's bundle and ship it (values: `DeployInfo`; `ok` = already there)."""
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    inv, selected = select_devices(inventory, limit)
+    return plan_and_deploy(rec, Path(inventory), list(inv.devices.values()), selected,
+                           ssh or SshOptions(), dry_run=dry_run, root=root, say=say)
+
+
+# ---- train, simulate, read a run --------------------------------------------------------------
+
+
+def train(recipe: Optional[PathLike] = None, inventory: Optional[PathLike] = None, *,
+          strategy: Optional[str] = None, limit: Optional[str] = None,
+          run_dir: Optional[PathLike] = None, resume: Optional[PathLike] = None,
+          direct: Optional[str] = None, ssh: Optional[SshOptions] = None,
+          offline_after: float = 10.0, bundle_root: PathLike = ".ftte",
+          quiet: bool = True) -> TrainResult:
+    """One training run on the fleet (as `ftte train`); `quiet=False` shows progress lines.
+
+    Raises ConfigError / BudgetInfeasible / RunError before or while starting; a run that
+    starts always returns, with its `stop_reason`, after stopping every agent it started."""
+    from ftte_cli.train.run import TrainOptions, run_training
+
+    return run_training(TrainOptions(
+        recipe=_opt_path(recipe), inventory=_opt_path(inventory), strategy=strategy,
+        limit=limit, direct=direct, run_dir=_opt_path(run_dir), resume=_opt_path(resume),
+        ssh=ssh or SshOptions(connect_timeout=20.0, command_timeout=300.0),
+        dashboard=False, quiet=quiet, offline_after=offline_after,
+        bundle_root=Path(bundle_root)))
+
+
+def simulate(recipe: Union[PathLike, Recipe], *, strategies: tuple[str, ...] = (
+                 "ftte", "fedbuff", "fedavg"),
+             clients: Optional[int] = None, stragglers: Optional[float] = None,
+             seed: Optional[int] = None, fleet: Optional[PathLike] = None,
+             budget_fraction: Optional[float] = None, until_target: bool = True,
+             out: Optional[PathLike] = None) -> SimResult:
+    """Every strategy on one simulated fleet (as `ftte simulate`); `out` also writes the run
+    directory (metrics, summary, plots) that `read_run` and `ftte report` read."""
+    from ftte_cli.sim.rundir import RunWriter
+    from ftte_cli.sim.runner import SimSettings
+    from ftte_cli.sim.runner import simulate as run_simulation
+
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    settings = SimSettings(recipe=rec, strategies=tuple(strategies), clients=clients,
+                           stragglers=stragglers, seed=seed, fleet=_opt_path(fleet),
+                           budget_fraction=budget_fraction, stop_at_target=until_target)
+    writer = RunWriter(Path(out)) if out is not None else None
+    result = run_simulation(settings, None, writer.on_eval if writer else None)
+    if writer is not None:
+        writer.finish(settings, result)
+    return result
+
+
+def read_run(path: PathLike) -> RunReport:
+    """A train or simulate run directory as series of points and summaries (ConfigError if
+    it holds no metrics)."""
+    from ftte_cli.ui.report import load_run
+
+    return load_run(Path(path))
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """`ftte report RUN_DIR`: the run, its summary rows (the JSON document) and the PNGs."""
+
+    run: RunReport
+    rows: list[dict[str, Any]]
+    plots: list[Path]
+
+
+def report(path: PathLike, out_dir: Optional[PathLike] = None) -> ReportResult:
+    """Read a run, write its PNGs (into RUN_DIR/report/ unless `out_dir`) and its rows."""
+    from ftte_cli.ui.report import render_plots, report_rows
+
+    run = read_run(path)
+    plots = render_plots(run, _opt_path(out_dir))
+    return ReportResult(run, report_rows(run), plots)
+
+
+def compare_runs(a: PathLike, b: PathLike) -> Comparison:
+    """Two sweeps (or runs) side by side: per strategy, simulated / measured time to target."""
+    from ftte_cli.sweep.compare import compare_runs as compare
+
+    return compare(Path(a), Path(b))
+
+
+# ---- sweeps ---------------------------------------------------------------------------------
+
+
+def grid(strategies: str, seeds: str, sets: tuple[str, ...] = ()) -> GridSpec:
+    """A sweep grid from the command's spellings: "ftte,fedbuff", "1,2,3",
+    ("strategy.buffer_size=5,10",)."""
+    from ftte_cli.sweep.grid import make_spec
+
+    return make_spec(strategies, seeds, list(sets))
+
+
+def sweep(opts: SweepOptions, on_run: Optional[Callable[..., None]] = None) -> SweepResult:
+    """Run a sweep's missing runs one at a time (fleet or `opts.simulate`), then compare."""
+    from ftte_cli.sweep.runner import run_sweep
+
+    return run_sweep(opts, on_run)
+
+
+def _opt_path(p: Optional[PathLike]) -> Optional[Path]:
+    return None if p is None else Path(p)
+
+
+__all__ = [
+    # records and options
+    "Comparison", "DeployInfo", "Device", "DeviceProfile", "DeviceResult", "FleetPlan",
+    "FleetResults", "GridSpec", "GroupStats", "Inventory", "Outcome", "Plan", "PlanResult",
+    "Recipe", "ReportResult", "RunRecord", "RunReport", "RunSpec", "RunStatus", "SimResult",
+    "SimSettings", "SshOptions", "StrategyResult", "SweepOptions", "SweepResult",
+    "TrainOptions", "TrainResult",
+    # errors
+    "BudgetInfeasible", "ConfigError", "DataError", "ExitCode", "FleetError", "FtteError",
+    "RunError",
+    # functions
+    "compare_runs", "deploy", "fleet_plan", "grid", "load_inventory", "load_recipe",
+    "plan", "plan_and_deploy", "profile", "read_run", "report", "select_devices", "simulate",
+    "sweep", "train",
+]
