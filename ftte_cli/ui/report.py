@@ -269,6 +269,20 @@ def summary_table(report: RunReport, rows: list[dict[str, Any]]) -> Table:
     return table(f"Run {report.path} ({report.kind})", header, lines)
 
 
+def compare_table(comparison: Any) -> Table:
+    """`--compare`: time to target of both sides per strategy and their ratio."""
+    a, b = comparison.a, comparison.b
+
+    def side(s: Any, name: str) -> str:
+        return f"{name}: {'simulated' if s.simulated else 'measured'}"
+
+    rows = [[r.group, _secs(r.a_time_to_target), _secs(r.b_time_to_target),
+             "-" if r.ratio is None else f"{r.ratio:.2f}x"] for r in comparison.rows]
+    return table(f"A = {a.path}, B = {b.path}", ("strategy", side(a, "A time to target"),
+                                                   side(b, "B time to target"),
+                                                   comparison.ratio_label), rows)
+
+
 def device_tables(report: RunReport) -> list[Table]:
     """Per-device figures of every series that recorded them (train runs)."""
     out = []
