@@ -51,9 +51,9 @@ def test_table_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                               "--strategies", "fedasync", "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
-    assert any("to target" in ln and "payload to target" in ln for ln in lines)
-    row = next(ln for ln in lines if "fedasync" in ln)
-    assert "MiB" in row and "not reached" in row  # tiny recipe: target 0.99 is out of reach
+    assert any("to target" in ln and "payload" in ln and "stale" in ln for ln in lines)
+    row = next(ln for ln in lines if "fedasync" in ln).split("│")
+    assert "MiB" in row[5] and row[2].strip() == "-"  # tiny recipe: target 0.99 out of reach
     assert f"run directory: {tmp_path / 'r'}" in res.stdout
 
 

@@ -94,8 +94,14 @@ def simulate(
             print_json(doc)
             return
         title = (f"{result.clients} clients, {result.stragglers:.0%} stragglers, seed "
-                 f"{result.seed}, target {result.target_accuracy:.2f}")
+                 f"{result.seed}: virtual time and bytes (down + up) to accuracy "
+                 f"{result.target_accuracy:.2f}; memory = training memory per device")
         console.print(table(title, COLUMNS, table_rows(doc)))
+        for s in doc["strategies"]:
+            if s["excluded_clients"]:
+                console.print(f"note: {s['strategy']}: {s['excluded_clients']} clients cannot "
+                              "hold full training and were left out (baseline_memory strict)",
+                              highlight=False)
         for note in result.notes:
             console.print(f"note: {note}", highlight=False)
         console.print(f"run directory: {folder}", highlight=False)

@@ -18,8 +18,9 @@ from ftte_cli.sim.runner import SimResult, SimSettings
 from ftte_cli.store import JsonlWriter, write_json
 from ftte_cli.units import format_size
 
-COLUMNS = ("strategy", "to target", "final acc", "best acc", "memory/device",
-           "payload to target", "staleness avg/max", "dropped", "versions", "clients")
+# the human table fits 80 columns; versions, clients and more are in the JSON / summary.json
+COLUMNS = ("strategy", "to target", "final", "best", "memory", "payload", "stale",
+           "dropped")
 
 
 class RunWriter:
@@ -109,10 +110,8 @@ def table_rows(doc: Dict[str, Any]) -> List[List[str]]:
             s["strategy"], _fmt(s["time_to_target"], ".1f", " s"),
             _fmt(s["final_accuracy"], ".3f"), _fmt(s["best_accuracy"], ".3f"),
             format_size(mem) if mem is not None else "-",
-            format_size(payload) if payload is not None else "not reached",
-            f"{_fmt(s['staleness_mean'], '.2f')} / {_fmt(s['staleness_max'], 'd')}",
-            str(s["dropped_total"]), str(s["versions"]),
-            f"{s['clients']}" + (f" ({s['excluded_clients']} excluded)"
-                                 if s["excluded_clients"] else ""),
+            format_size(payload) if payload is not None else "-",
+            f"{_fmt(s['staleness_mean'], '.1f')}/{_fmt(s['staleness_max'], 'd')}",
+            str(s["dropped_total"]),
         ])
     return rows
