@@ -264,12 +264,12 @@ def test_inventory_budget_from_cached_profiles(tmp_path: Path) -> None:
     assert fb.bound_by == "pi" and fb.m_min == 96 * MiB  # 300 - 200 - 4 MiB margin
     assert bud.inventory_budget(inv, recipe, limit="jet").m_min == 696 * MiB
     assert bud.inventory_budget(inv, recipe, override="1MiB").m_min == MiB
-    rows = bud.headroom_rows(fb, bud.headroom(fb, 10 * MiB, 500 * MiB))
+    data = bud.headroom_json(fb, bud.headroom(fb, 10 * MiB, 500 * MiB))
+    assert data["devices"][0]["fits_full"] is False and data["m_min_bytes"] == 96 * MiB
+    rows = bud.headroom_rows(data)
     assert [r[0] for r in rows] == ["pi", "jet"]
     assert [r[-1] for r in rows] == ["EXCLUDED", "included"]
     assert rows[0][2] == "inventory_cap" and rows[0][4].startswith("+")
-    data = bud.headroom_json(fb, bud.headroom(fb, 10 * MiB, 500 * MiB))
-    assert data["devices"][0]["fits_full"] is False and data["m_min_bytes"] == 96 * MiB
 
 
 def test_table_output_from_cache(testbed: Testbed, profiled: dict[str, Any]) -> None:  # noqa: F811

@@ -163,24 +163,26 @@ HEADROOM_COLUMNS = ("device", "usable M_i", "limited by", "FTTE plan", "FTTE hea
                     "full training", "full headroom", "full FedAvg")
 
 
-def headroom_rows(budget: FleetBudget, rows: list[Headroom]) -> list[list[str]]:
-    """Table rows for `ftte plan --inventory`: who fits FTTE's plan, who full FedAvg excludes."""
-    limits = {d.name: d.limited_by.value for d in budget.devices}
-    return [[h.name, format_size(h.usable_bytes), limits.get(h.name, "-"),
-             format_size(h.ftte_bytes), _signed(h.ftte_headroom), format_size(h.full_bytes),
-             _signed(h.full_headroom), "included" if h.fits_full else "EXCLUDED"]
-            for h in rows]
-
-
 def headroom_json(budget: FleetBudget, rows: list[Headroom]) -> dict[str, Any]:
-    """The same as JSON: M_min, its source, and one object per device."""
+    """M_min, its source, and one object per device (what the headroom table is drawn from)."""
+    limits = {d.name: d.limited_by.value for d in budget.devices}
     return {"m_min_bytes": budget.m_min, "bound_by": budget.bound_by,
             "overridden": budget.overridden,
             "devices": [{"name": h.name, "usable_bytes": h.usable_bytes,
-                         "ftte_bytes": h.ftte_bytes, "ftte_headroom_bytes": h.ftte_headroom,
-                         "fits_ftte": h.fits_ftte, "full_bytes": h.full_bytes,
-                         "full_headroom_bytes": h.full_headroom, "fits_full": h.fits_full}
+                         "limited_by": limits.get(h.name), "ftte_bytes": h.ftte_bytes,
+                         "ftte_headroom_bytes": h.ftte_headroom, "fits_ftte": h.fits_ftte,
+                         "full_bytes": h.full_bytes, "full_headroom_bytes": h.full_headroom,
+                         "fits_full": h.fits_full}
                         for h in rows]}
+
+
+def headroom_rows(data: dict[str, Any]) -> list[list[str]]:
+    """Table rows (HEADROOM_COLUMNS) from `headroom_json`: who fits, who full FedAvg excludes."""
+    return [[d["name"], format_size(d["usable_bytes"]), d["limited_by"] or "-",
+             format_size(d["ftte_bytes"]), _signed(d["ftte_headroom_bytes"]),
+             format_size(d["full_bytes"]), _signed(d["full_headroom_bytes"]),
+             "included" if d["fits_full"] else "EXCLUDED"]
+            for d in data["devices"]]
 
 
 def _signed(n: int) -> str:
