@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import torch
 
     from ftte_cli.engine.plan import Plan
+    from ftte_cli.fleet.budget import FleetBudget
     from ftte_cli.fleet.deploy import DeployInfo
     from ftte_cli.fleet.profile import DeviceProfile
     from ftte_cli.sim.runner import SimResult, SimSettings, StrategyResult
@@ -59,6 +60,7 @@ _LAZY = {
     "Plan": "ftte_cli.engine.plan",
     "DeviceProfile": "ftte_cli.fleet.profile",
     "DeployInfo": "ftte_cli.fleet.deploy",
+    "FleetBudget": "ftte_cli.fleet.budget",
     "TrainOptions": "ftte_cli.train.run",
     "TrainResult": "ftte_cli.train.run",
     "SimSettings": "ftte_cli.sim.runner",
@@ -118,6 +120,19 @@ def profile(inventory: PathLike, *, limit: Optional[str] = None,
     return results
 
 
+def memory_budget(recipe: Union[PathLike, Recipe], profiles: FleetResults) -> FleetBudget:
+    """M_min of the profiled devices for the recipe (its safety margin; its plan.memory_budget,
+    when set, overrides), with every device's usable memory M_i."""
+    from ftte_cli.fleet.budget import recipe_budget
+    from ftte_cli.fleet.profile import profile_record
+
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    records = {n: profile_record(r.value) for n, r in profiles.succeeded.items()}
+    if not records and rec.plan.memory_budget is None:
+        raise RunError("memory budget: no device could be profiled")
+    return recipe_budget(records, rec.plan.safety_margin, rec.plan.memory_budget)
+
+
 @dataclass(frozen=True)
 class PlanResult:
     """A chosen plan, the budget it fits and the report `ftte plan --format json` prints."""
@@ -129,7 +144,8 @@ class PlanResult:
     report: dict[str, Any]
 
 
-def plan(recipe: Union[PathLike, Recipe], *, budget: Optional[str] = None) -> PlanResult:
+def plan(recipe: Union[PathLike, Recipe], *, budget: Union[str, int, None] = None
+         ) -> PlanResult:
     """The sparse plan for `recipe` under `budget` (else its plan.memory_budget).
 
     Raises ConfigError without a budget and BudgetInfeasible when not even the head fits."""
@@ -137,7 +153,7 @@ def plan(recipe: Union[PathLike, Recipe], *, budget: Optional[str] = None) -> Pl
     from ftte_cli.engine.selection import plan_for_recipe
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    chosen = resolve_budget(rec, budget)
+    chosen = resolve_budget(rec, None if budget is None else str(budget))
     sel = plan_for_recipe(rec, chosen.bytes)
     return PlanResult(sel.plan, chosen.bytes, chosen.source, dict(sel.scores),
                       plan_report(sel, chosen))
@@ -316,7 +332,8 @@ def _opt_path(p: Optional[PathLike]) -> Optional[Path]:
 
 __all__ = [
     # records and options
-    "Comparison", "DeployInfo", "Device", "DeviceProfile", "DeviceResult", "FleetPlan",
+    "Comparison", "DeployInfo", "Device", "DeviceProfile", "DeviceResult", "FleetBudget",
+    "FleetPlan",
     "FleetResults", "GridSpec", "GroupStats", "Inventory", "Outcome", "Plan", "PlanResult",
     "Recipe", "ReportResult", "RunRecord", "RunReport", "RunSpec", "RunStatus", "SimResult",
     "SimSettings", "SshOptions", "StrategyResult", "SweepOptions", "SweepResult",
@@ -326,6 +343,7 @@ __all__ = [
     "RunError",
     # functions
     "compare_runs", "deploy", "fleet_plan", "grid", "load_inventory", "load_recipe",
+    "memory_budget",
     "plan", "plan_and_deploy", "profile", "read_run", "report", "select_devices", "simulate",
     "sweep", "train",
 ]

@@ -1,0 +1,158 @@
+"""`ftte sweep` and `ftte report --compare`: the grid, pooling over seeds, usage errors, and a
+2-strategy x 2-seed sweep on a 3-device emulated testbed that is SIGKILLed after its first run,
+resumed (only the missing runs run), and compared with its --simulate twin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testbed_fixture import Testbed, testbed  # noqa: F401 - the session fixture
+from trainkit import FTTE, env, kill_group, wait_for, write_recipe
+
+from ftte_cli.config.recipe import load_recipe
+from ftte_cli.errors import ConfigError
+from ftte_cli.sweep.compare import compare, compare_runs, stat
+from ftte_cli.sweep.grid import apply, expand, make_spec, parse_axis
+from ftte_cli.sweep.runner import RunRecord, RunStatus
+
+# ---- grid and pooling -----------------------------------------------------------------------
+
+
+def test_grid_expands_strategies_axes_and_seeds_in_a_stable_order() -> None:
+    spec = make_spec("ftte,fedbuff", "1,2", ["strategy.buffer_size=2,3"])
+    ids = [r.run_id for r in expand(spec)]
+    assert ids == ["ftte-buffer_size_2-seed1", "ftte-buffer_size_2-seed2",
+                   "ftte-buffer_size_3-seed1", "ftte-buffer_size_3-seed2",
+                   "fedbuff-buffer_size_2-seed1", "fedbuff-buffer_size_2-seed2",
+                   "fedbuff-buffer_size_3-seed1", "fedbuff-buffer_size_3-seed2"]
+
+
+def test_apply_sets_strategy_seed_and_overrides(tmp_path: Path) -> None:
+    recipe = load_recipe(write_recipe(tmp_path))
+    run = expand(make_spec("fedbuff", "7", ["strategy.buffer_size=3", "train.lr=0.1"]))[0]
+    out = apply(recipe, run)
+    assert (out.strategy.name, out.seed, out.strategy.buffer_size, out.train.lr) == \
+        ("fedbuff", 7, 3, 0.1)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("strategy.buffer_size", "expected SECTION.KEY=V1,V2"),
+    ("seed=1,2", "expected SECTION.KEY"),
+    ("strategy.name=ftte", "use --strategies"),
+])
+def test_bad_set_options_name_the_option(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_axis(text)
+
+
+def test_unknown_key_and_bad_value_name_the_key(tmp_path: Path) -> None:
+    recipe = load_recipe(write_recipe(tmp_path))
+    with pytest.raises(ConfigError, match="strategy.bufer_size: unknown key 'bufer_size'"):
+        apply(recipe, expand(make_spec("ftte", "1", ["strategy.bufer_size=2"]))[0])
+    with pytest.raises(ConfigError, match="buffer_size"):
+        apply(recipe, expand(make_spec("ftte", "1", ["strategy.buffer_size=0"]))[0])
+
+
+def _record(seed: int, t: float | None, status: RunStatus = RunStatus.ok, **kw: Any) -> RunRecord:
+    return RunRecord(run_id=f"ftte-seed{seed}", group="ftte", strategy="ftte", seed=seed,
+                     overrides={}, status=status, run_dir="x", time_to_target=t, **kw)
+
+
+def test_compare_pools_seeds_and_counts_failures_and_misses() -> None:
+    rows = compare([_record(1, 10.0, final_accuracy=0.8, peak_memory_by_class={"pi4": 100}),
+                    _record(2, 14.0, final_accuracy=0.9, peak_memory_by_class={"pi4": 300}),
+                    _record(3, None, final_accuracy=0.5),
+                    _record(4, None, RunStatus.failed, error="boom")])
+    (row,) = rows
+    assert (row.runs, row.failed, row.reached) == (4, 1, 2)
+    assert row.time_to_target.mean == pytest.approx(12.0)
+    assert row.time_to_target.spread == pytest.approx(2 ** 0.5 * 2)  # sample sd of 10, 14
+    assert row.final_accuracy.n == 3
+    assert row.peak_memory_by_class["pi4"].mean == pytest.approx(200)
+    assert stat([None]).mean is None
+
+
+# ---- CLI usage errors -----------------------------------------------------------------------
+
+
+def _ftte(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FTTE, *args], cwd=cwd, env=env(), capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_usage_errors_are_json_with_exit_code_2(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path)
+    cases = [("--strategies", "ftte,fedsgd"), ("--seeds", "one"), ("--set", "nokey")]
+    for flag, value in cases:
+        proc = _ftte("sweep", "-r", str(recipe), "--simulate", flag, value, "--format", "json",
+                     cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert flag in json.loads(proc.stdout)["error"]
+    proc = _ftte("sweep", "--resume", str(tmp_path), "--format", "json", cwd=tmp_path)
+    assert proc.returncode == 2 and "not a sweep directory" in json.loads(proc.stdout)["error"]
+
+
+# ---- a real sweep on the testbed ------------------------------------------------------------
+
+
+def _sweep(folder: Path, *args: str) -> subprocess.Popen[bytes]:
+    out = open(folder / "sweep.out", "wb")  # noqa: SIM115 - closed with the process
+    err = open(folder / "sweep.err", "ab")  # noqa: SIM115
+    return subprocess.Popen([*FTTE, "sweep", *args, "--format", "json"], cwd=folder, env=env(),
+                            stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _finished(sweep_dir: Path) -> list[str]:
+    return sorted(p.parent.name for p in (sweep_dir / "runs").glob("*/record.json"))
+
+
+def test_fleet_sweep_killed_resumed_and_compared_with_its_simulation(
+        tmp_path: Path, testbed: Testbed) -> None:  # noqa: F811
+    recipe = write_recipe(tmp_path, target=0.5, max_versions=12, time_limit=90.0)
+    names = ",".join(testbed.by_class(c).name for c in ("pi4", "jetson-nano", "phone"))
+    fleet, sim = tmp_path / "fleet", tmp_path / "sim"
+    grid = ["--strategies", "ftte,fedbuff", "--seeds", "1,2"]
+    common = ["-r", str(recipe), "-i", str(testbed.inventory), "--limit", names, *grid]
+
+    proc = _sweep(tmp_path, *common, "--out", str(fleet), "--offline-after", "20")
+    first = wait_for(lambda: _finished(fleet), 300, "the first run of the sweep")
+    kill_group(proc)  # SIGKILL midway: no chance to clean up
+    proc.wait(timeout=30)
+    assert first == ["ftte-seed1"], first
+
+    proc = _sweep(tmp_path, "--resume", str(fleet))
+    assert proc.wait(timeout=500) == 0, (tmp_path / "sweep.err").read_text()[-3000:]
+    doc = json.loads((tmp_path / "sweep.out").read_text())
+    assert doc["skipped"] == ["ftte-seed1"]
+    assert doc["ran"] == ["ftte-seed2", "fedbuff-seed1", "fedbuff-seed2"]
+    assert [r["status"] for r in doc["runs"]] == ["ok"] * 4, doc["runs"]
+    groups = {g["group"]: g for g in doc["comparison"]}
+    assert set(groups) == {"ftte", "fedbuff"}
+    for g in groups.values():
+        assert g["reached"] >= 1, g
+        assert g["time_to_target"]["mean"] > 0
+        assert set(g["peak_memory_by_class"]) == {"pi4", "jetson-nano", "phone"}
+    for plot in doc["plots"]:
+        assert Path(plot).stat().st_size > 1000
+
+    proc = _sweep(tmp_path, *common, "--simulate", "--out", str(sim))
+    assert proc.wait(timeout=300) == 0, (tmp_path / "sweep.err").read_text()[-3000:]
+    result = compare_runs(fleet, sim)
+    assert result.ratio_label == "simulated / measured"
+    assert [r.group for r in result.rows] == ["ftte", "fedbuff"]
+    for r in result.rows:
+        assert r.a_time_to_target is not None and r.b_time_to_target is not None
+        assert r.ratio == pytest.approx(r.b_time_to_target / r.a_time_to_target)
+    cmp = subprocess.run([*FTTE, "report", "--compare", str(fleet), str(sim)], cwd=tmp_path,
+                         env={**env(), "COLUMNS": "200"}, capture_output=True, text=True,
+                         timeout=120)
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    assert "simulated / measured" in cmp.stdout
+    for r in result.rows:  # one printed line per strategy with its ratio
+        line = next(x for x in cmp.stdout.splitlines() if f" {r.group} " in x)
+        assert f"{r.ratio:.2f}x" in line, cmp.stdout
