@@ -28,7 +28,8 @@ def main() -> None:
     for name, res in profiles.failed.items():
         print(f"{name}: not profiled ({res.outcome.value}: {res.detail})")
     budget = api.memory_budget(args.recipe, profiles)
-    chosen = api.plan(args.recipe, budget=budget.m_min)
+    devices = len(api.load_inventory(args.inventory).devices)  # one data shard per device
+    chosen = api.plan(args.recipe, budget=budget.m_min, num_clients=devices)
     plan = chosen.plan
     print(f"budget M_min = {format_size(budget.m_min)} (bound by {budget.bound_by or 'recipe'})")
     print(f"plan: {plan.trainable_params:,} of {plan.total_params:,} parameters, "

@@ -144,9 +144,10 @@ class PlanResult:
     report: dict[str, Any]
 
 
-def plan(recipe: Union[PathLike, Recipe], *, budget: Union[str, int, None] = None
-         ) -> PlanResult:
-    """The sparse plan for `recipe` under `budget` (else its plan.memory_budget).
+def plan(recipe: Union[PathLike, Recipe], *, budget: Union[str, int, None] = None,
+         num_clients: Optional[int] = None) -> PlanResult:
+    """The sparse plan for `recipe` under `budget` (else its plan.memory_budget), on the data
+    split into `num_clients` (a fleet: its device count; default the recipe's sim.clients).
 
     Raises ConfigError without a budget and BudgetInfeasible when not even the head fits."""
     from ftte_cli.commands.plan import plan_report, resolve_budget
@@ -154,7 +155,7 @@ def plan(recipe: Union[PathLike, Recipe], *, budget: Union[str, int, None] = Non
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     chosen = resolve_budget(rec, None if budget is None else str(budget))
-    sel = plan_for_recipe(rec, chosen.bytes)
+    sel = plan_for_recipe(rec, chosen.bytes, num_clients)
     return PlanResult(sel.plan, chosen.bytes, chosen.source, dict(sel.scores),
                       plan_report(sel, chosen))
 
