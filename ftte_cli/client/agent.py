@@ -36,7 +36,7 @@ from ftte_cli.engine.data.dataset import Dataset
 from ftte_cli.engine.models import build_model
 from ftte_cli.engine.plan import Plan, load_plan
 from ftte_cli.engine.serialize import load_tensors
-from ftte_cli.engine.train import peak_rss, train_job
+from ftte_cli.engine.train import DeviceUnavailable, peak_rss, resolve_device, train_job
 from ftte_cli.errors import ConfigError
 
 log = logging.getLogger("ftte.agent")
@@ -90,6 +90,7 @@ class Bundle:
     plan: Plan
     train_x: torch.Tensor
     train_y: torch.Tensor
+    threads: Optional[int] = None  # torch threads from the inventory (ftte_train), if set
 
     @property
     def update_bound(self) -> int:
@@ -160,6 +161,7 @@ def load_bundle(path: Path) -> Bundle:
         seed=int(recipe.get("seed", 1)),
         train_cfg=_config(TrainConfig, recipe.get("train", {}), f"{path}/recipe.json: train"),
         model=model, frozen=frozen, plan=plan, train_x=train_x, train_y=train_y,
+        threads=int(settings["threads"]) if settings.get("threads") else None,
     )
 
 
@@ -403,9 +405,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         except BundleError as err:
             log.error("bad bundle: %s", err)
             return EXIT_BAD_BUNDLE
-        log.info("device %s, %d samples, %d torch threads, plan %s (%d trainable params)",
-                 bundle.device, int(bundle.train_y.shape[0]), torch.get_num_threads(),
-                 bundle.plan.method, bundle.plan.trainable_params)
+        if bundle.threads and not opts.threads and not os.environ.get("FTTE_AGENT_THREADS"):
+            torch.set_num_threads(bundle.threads)  # the inventory's ftte_train threads
+        try:
+            where = resolve_device(bundle.train_cfg.device)
+        except DeviceUnavailable as err:
+            log.error("bad bundle: %s", err)
+            return EXIT_BAD_BUNDLE
+        log.info("device %s, %d samples, %d torch threads, trains on %s, plan %s "
+                 "(%d trainable params)", bundle.device, int(bundle.train_y.shape[0]),
+                 torch.get_num_threads(), where, bundle.plan.method,
+                 bundle.plan.trainable_params)
         return Agent(bundle, args.server, opts).run()
     except KeyboardInterrupt:
         return 130

@@ -11,7 +11,9 @@ Understood keys: ansible_host, ansible_port, ansible_user (and their old ansible
 ansible_connection (ssh | local), ansible_ssh_private_key_file, ansible_python_interpreter, and
 ftte_device_class, ftte_mem_cap_mb, ftte_workdir, ftte_data, ftte_known_hosts,
 ftte_password_env (NAME of an environment variable holding the key passphrase),
-ftte_proxy_jump ("[user@]host[:port]" or an inventory host; one hop). Relative key and
+ftte_proxy_jump ("[user@]host[:port]" or an inventory host; one hop), ftte_train (per device
+class overrides of the recipe's train section: batch_size, epochs, max_steps, lr, device, and
+the agent's torch threads; a host's ftte_train replaces its groups' as a whole). Relative key and
 known_hosts paths resolve against the inventory file's folder.
 
 Decisions: an unknown `ftte_*` key is an error (a typo would silently change a run). Ansible keys
@@ -29,10 +31,11 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
+from ftte_cli.config.recipe import TrainConfig
 from ftte_cli.config.sshconfig import SshConfig, load_ssh_config
 from ftte_cli.errors import ConfigError
 
@@ -45,7 +48,10 @@ STR_KEYS = (
     "ftte_device_class", "ftte_workdir", "ftte_data", "ftte_known_hosts", "ftte_proxy_jump",
 )
 INT_KEYS = ("ansible_port", "ftte_mem_cap_mb")
-KNOWN_KEYS = (*STR_KEYS, *INT_KEYS, "ansible_connection", "ftte_password_env")
+KNOWN_KEYS = (*STR_KEYS, *INT_KEYS, "ansible_connection", "ftte_password_env", "ftte_train")
+# ftte_train: per device (class) overrides of the recipe's train section, plus torch threads.
+TRAIN_INT_KEYS = ("batch_size", "epochs", "max_steps", "threads")
+TRAIN_KEYS = (*TRAIN_INT_KEYS, "lr", "device")
 ALIASES = {
     "ansible_ssh_host": "ansible_host",
     "ansible_ssh_port": "ansible_port",
@@ -86,6 +92,7 @@ class Device:
     proxy_jump: Optional[str] = None  # "[user@]host[:port]" of one jump host
     groups: tuple[str, ...] = ()  # every group the host belongs to, outermost first
     vars: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    train: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # ftte_train
 
 
 @dataclass(frozen=True)
@@ -185,7 +192,35 @@ def _coerce(key: str, value: Any, at: str) -> Any:
         raise ConfigError(f"{at}: unknown connection {value!r} (use ssh or local)")
     if key == "ftte_password_env" and not (isinstance(value, str) and _ENV_NAME.match(value)):
         raise ConfigError(f"{at}: expected an environment variable NAME, got {value!r}")
+    if key == "ftte_train":
+        return _train_overrides(value, at)
     return value
+
+
+def _train_overrides(value: Any, at: str) -> dict[str, Any]:
+    """ftte_train: {batch_size, epochs, max_steps, threads: int > 0; lr: > 0; device}."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{at}: expected a mapping like {{batch_size: 8, epochs: 1}}")
+    for k, v in value.items():
+        where = f"{at}.{k}"
+        if k not in TRAIN_KEYS:
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(TRAIN_KEYS)})")
+        if k in TRAIN_INT_KEYS and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise ConfigError(f"{where}: expected an integer > 0, got {v!r}")
+        if k == "lr" and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+            raise ConfigError(f"{where}: expected a number > 0, got {v!r}")
+        if k == "device" and v not in ("cpu", "cuda", "auto"):
+            raise ConfigError(f"{where}: must be cpu, cuda or auto, got {v!r}")
+    return dict(value)
+
+
+def device_train(train: TrainConfig, device: Device) -> TrainConfig:
+    """The recipe's train section with the device's ftte_train overrides (threads excluded: it
+    is not a training setting but the agent's torch threads)."""
+    changes = {k: v for k, v in device.train.items() if k != "threads"}
+    if "lr" in changes:
+        changes["lr"] = float(changes["lr"])
+    return replace(train, **changes) if changes else train
 
 
 def _check_vars(data: Any, where: str) -> dict[str, Any]:
@@ -419,6 +454,7 @@ def resolve_device(
         proxy_jump=_resolve_jump(str(jump), ssh, hostvars or {}, at) if jump else None,
         groups=tuple(g for g in groups if g != "all"),
         vars=v,
+        train=dict(v.get("ftte_train") or {}),
     )
 
 

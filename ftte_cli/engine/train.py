@@ -65,11 +65,35 @@ def peak_rss() -> Optional[int]:
     return None
 
 
+class DeviceUnavailable(RuntimeError):
+    """The recipe asks for an accelerator this torch cannot use; the message says why."""
+
+
 def resolve_device(name: str) -> torch.device:
-    """cpu | cuda | auto -> a torch.device (auto picks cuda when available)."""
+    """cpu | cuda | auto -> a torch.device. auto picks CUDA (a Jetson's GPU), then Apple's MPS,
+    then the CPU; cuda without a usable CUDA device raises DeviceUnavailable."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)  # absent on old (Jetson) torch builds
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        why = ("this torch was built without CUDA" if torch.version.cuda is None
+               else "no CUDA device is visible")
+        raise DeviceUnavailable(f"train.device: cuda requested but {why} (torch "
+                                f"{torch.__version__}); use device: auto or cpu")
     return torch.device(name)
+
+
+def _reset_accelerator_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _accelerator_peak(device: torch.device) -> int:
+    """Bytes the job held on the accelerator. Counted on top of RSS: on a Jetson CPU and GPU
+    share one DRAM, so both come out of the same memory budget."""
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0
 
 
 def _batches(n: int, batch_size: int, epochs: int, max_steps: Optional[int],
@@ -111,6 +135,7 @@ def train_job(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
     """Train w* = `subset` for cfg.epochs (or cfg.max_steps) with SGD; frozen is never touched."""
     device = resolve_device(cfg.device)
     measured = reset_peak_rss()
+    _reset_accelerator_peak(device)
     names = list(plan.subset_shapes())
     if not names:
         raise ValueError(f"plan for {plan.model} has no trainable parameters")
@@ -143,8 +168,13 @@ def train_job(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
     return JobResult(
         delta=delta, num_samples=n, grad_variance=stats.variance(), steps=len(batches),
         loss=total_loss / len(batches) if batches else 0.0,
-        peak_memory=peak_rss() if measured else None,
+        peak_memory=_peak(measured, device),
     )
+
+
+def _peak(measured: bool, device: torch.device) -> Optional[int]:
+    rss = peak_rss() if measured else None
+    return None if rss is None else rss + _accelerator_peak(device)
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ import os
 import secrets
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save as st_save
 from torch import nn
 
+from ftte_cli.config.inventory import device_train
 from ftte_cli.config.recipe import Recipe, recipe_to_dict
 from ftte_cli.errors import ConfigError
 from ftte_cli.fleet.runtime import RUNTIME_NAME, Runtime, build_runtime
@@ -115,6 +116,9 @@ def build_bundles(
         if device.data is None:
             assert fed is not None
             files[DATA] = _shard_bytes(fed, index)
+        if device.train:  # ftte_train: this device class trains with its own settings
+            files[RECIPE] = _json_bytes(recipe_to_dict(
+                replace(recipe, train=device_train(recipe.train, device))))
         files[SERVER] = _json_bytes(_server_settings(recipe, device, index))
         out[device.name] = _write_bundle(bundles_dir(recipe.name, root) / device.name,
                                          device.name, files)
@@ -207,6 +211,8 @@ def _server_settings(recipe: Recipe, device: Device, index: int) -> dict[str, An
     settings: dict[str, Any] = {"device": device.name, "run": recipe.name, "client_index": index}
     if device.data is not None:
         settings["data_path"] = device.data
+    if device.train.get("threads"):
+        settings["threads"] = int(device.train["threads"])
     return settings
 
 

@@ -287,6 +287,19 @@ def benchmark(torch: Any, model: Any, cfg: Dict[str, Any]) -> Dict[str, Any]:
             "bench_threads": threads, "bench_batch": batch}
 
 
+def accelerator(torch: Any) -> Optional[str]:
+    """"cuda:<GPU name>" or "mps" when this torch can train there, else None."""
+    try:
+        if torch.cuda.is_available():
+            return "cuda:" + str(torch.cuda.get_device_name(0))
+        mps = getattr(torch.backends, "mps", None)  # absent on old torch builds
+        if mps is not None and mps.is_available():
+            return "mps"
+    except Exception:  # a broken driver means no accelerator, not a failed probe
+        pass
+    return None
+
+
 def with_torch(cfg: Dict[str, Any], out: Dict[str, Any]) -> None:
     """Torch version, runtime baseline and (if asked) the benchmark, added to `out`."""
     try:
@@ -295,6 +308,7 @@ def with_torch(cfg: Dict[str, Any], out: Dict[str, Any]) -> None:
         out.update(torch_version=None, baseline_note="torch not installed")
         return
     out["torch_version"] = torch.__version__.split("+")[0]
+    out["accelerator"] = accelerator(torch)
     model, note = build(cfg)
     out.update(baseline_rss_bytes=rss_bytes(), baseline_note=note)
     if cfg.get("benchmark") and model is not None:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -118,6 +119,8 @@ class DeviceProfile:
     bandwidth_bps: Optional[float] = None  # upload, bits per second
     probe_seconds: Optional[float] = None
     temperatures_c: dict[str, float] = field(default_factory=dict)
+    accelerator: Optional[str] = None  # "cuda:<name>" / "mps" when torch can train there
+    memory_counted: str = "cpu"  # MemoryCounted: which memory M_i stands for
 
     @property
     def benchmarked(self) -> bool:
@@ -244,12 +247,33 @@ def build_profile(device: Device, raw: Mapping[str, Any], margin: int,
                          inventory_cap_bytes=cap, safety_margin_bytes=margin, **values)
     if link is not None:
         prof = replace(prof, rtt_s=link[0], bandwidth_bps=link[1])
+    prof = replace(prof, memory_counted=memory_counted(prof).value)
     if prof.mem_available_bytes is not None:
         b = bud.device_budget(device.name, prof.mem_available_bytes,
                               prof.cgroup_mem_limit_bytes, cap,
                               prof.baseline_rss_bytes or 0, margin)
         prof = replace(prof, usable_memory_bytes=b.usable_bytes, limited_by=b.limited_by.value)
     return prof
+
+
+class MemoryCounted(str, Enum):
+    """Which memory a device's budget M_i counts (the profile says so)."""
+
+    cpu = "cpu"  # no accelerator: process memory
+    shared = "shared_cpu_gpu"  # Jetson: CPU and GPU allocate from one DRAM, both counted
+    cpu_only = "cpu_only"  # a discrete GPU: its own memory is not part of M_i
+
+
+def memory_counted(prof: DeviceProfile) -> MemoryCounted:
+    """Jetsons (L4T release or a Jetson board) share memory between CPU and GPU."""
+    jetson = prof.jetson_release is not None or "jetson" in (prof.board_model or "").lower()
+    if jetson:
+        return MemoryCounted.shared
+    if prof.accelerator and prof.accelerator.startswith("cuda"):
+        return MemoryCounted.cpu_only
+    if prof.accelerator == "mps":  # Apple silicon: unified memory
+        return MemoryCounted.shared
+    return MemoryCounted.cpu
 
 
 def profile_device(session: Session, request: ProfileRequest, shared: Mapping[str, Any],

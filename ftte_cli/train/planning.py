@@ -72,10 +72,9 @@ def choose_plan(recipe: Recipe, model: nn.Module, devices: list[Device], input_s
     """The plan for the recipe's strategy and the devices that can train it."""
     budget = fleet_budget_for(recipe, records, devices)
     if recipe.strategy.name == "ftte":
-        from ftte_cli.engine.selection import make_plan
-
-        plan = make_plan(model, recipe, proxy, budget.m_min, input_shape, num_classes)
-        return PlanChoice(plan, devices, budget=budget, profiles=records)
+        plan, notes = _plan_fitting_each_device(recipe, model, devices, input_shape, num_classes,
+                                                proxy, budget)
+        return PlanChoice(plan, devices, budget=budget, profiles=records, notes=notes)
     full = training_memory(model, dense_plan(model, recipe.model.name), recipe.train.batch_size,
                            input_shape, recipe.train.momentum).total
     plan = dense_plan(model, recipe.model.name)
@@ -83,6 +82,45 @@ def choose_plan(recipe: Recipe, model: nn.Module, devices: list[Device], input_s
     if recipe.strategy.name != "fedavg":
         return PlanChoice(plan, devices, budget=budget, profiles=records)
     return _fedavg_members(recipe, plan, devices, budget, records, full)
+
+
+def _usable(budget: fleet_budget.FleetBudget) -> dict[str, int]:
+    """Device -> the memory its training may use (the recipe's budget, when set, for all)."""
+    if budget.overridden:
+        return {}
+    return {d.name: d.usable_bytes for d in budget.devices}
+
+
+def _plan_fitting_each_device(recipe: Recipe, model: nn.Module, devices: list[Device],
+                              input_shape: tuple, num_classes: int, proxy: Any,
+                              budget: fleet_budget.FleetBudget) -> tuple[Plan, list[str]]:
+    """The FTTE plan under M_min, checked on every device at its own batch size (inventory
+    ftte_train): a device whose larger batch overflows its memory lowers the budget by the
+    overflow and the plan is chosen again (a few rounds; BudgetInfeasible if it never fits)."""
+    from ftte_cli.config.inventory import device_train
+    from ftte_cli.engine.selection import make_plan
+
+    usable = _usable(budget)
+    own = {d.name: device_train(recipe.train, d) for d in devices if d.train}
+    target, notes = budget.m_min, []
+    for _ in range(4):
+        plan = make_plan(model, recipe, proxy, target, input_shape, num_classes)
+        over = {name: training_memory(model, plan, cfg.batch_size, input_shape,
+                                      cfg.momentum).total - usable.get(name, budget.m_min)
+                for name, cfg in own.items()}
+        worst = max(over, key=lambda n: over[n], default=None)
+        if worst is None or over[worst] <= 0:
+            notes += [f"{n}: batch size {c.batch_size} checked against its own memory"
+                      for n, c in own.items() if c.batch_size != recipe.train.batch_size]
+            return plan, notes
+        notes.append(f"{worst}: batch size {own[worst].batch_size} needs "
+                     f"{format_size(over[worst])} more than it has; plan budget lowered")
+        target -= over[worst]
+        if target <= 0:
+            break
+    raise BudgetInfeasible(
+        "inventory: ftte_train batch sizes leave no plan that fits every device "
+        f"({'; '.join(notes)})", budget.m_min)
 
 
 def _with_memory(plan: Plan, full: int) -> Plan:
