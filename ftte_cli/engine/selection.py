@@ -366,7 +366,7 @@ def select(model: nn.Module, recipe: Recipe, data: object, budget_bytes: int,
     proxy, fallback_data = _proxy_and_fallback(data)
     notes: List[str] = []
     if reuse is not None:
-        method, scores, notes = reuse.plan.method, dict(reuse.scores), list(reuse.plan.notes)
+        method, scores, notes = reuse.plan.method, dict(reuse.scores), reuse.plan.notes[:1]
     elif recipe.plan.method == "contribution" and proxy is not None:
         method = "contribution"
         scores = contribution_scores(model, units, proxy, cfg, recipe.plan.proxy_steps, recipe.seed)
