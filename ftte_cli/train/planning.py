@@ -95,32 +95,48 @@ def _plan_fitting_each_device(recipe: Recipe, model: nn.Module, devices: list[De
                               input_shape: tuple, num_classes: int, proxy: Any,
                               budget: fleet_budget.FleetBudget) -> tuple[Plan, list[str]]:
     """The FTTE plan under M_min, checked on every device at its own batch size (inventory
-    ftte_train): a device whose larger batch overflows its memory lowers the budget by the
-    overflow and the plan is chosen again (a few rounds; BudgetInfeasible if it never fits)."""
+    ftte_train). When a larger batch overflows a device, the plan's budget (at the recipe's
+    batch) is bisected down to the largest one whose plan fits every device; the unit scores
+    are computed once. BudgetInfeasible when not even the head fits some device."""
     from ftte_cli.config.inventory import device_train
-    from ftte_cli.engine.selection import make_plan
+    from ftte_cli.engine.selection import select
 
     usable = _usable(budget)
     own = {d.name: device_train(recipe.train, d) for d in devices if d.train}
-    target, notes = budget.m_min, []
-    for _ in range(4):
-        plan = make_plan(model, recipe, proxy, target, input_shape, num_classes)
-        over = {name: training_memory(model, plan, cfg.batch_size, input_shape,
+
+    def overflow(plan: Plan) -> dict[str, int]:
+        return {name: training_memory(model, plan, cfg.batch_size, input_shape,
                                       cfg.momentum).total - usable.get(name, budget.m_min)
                 for name, cfg in own.items()}
-        worst = max(over, key=lambda n: over[n], default=None)
-        if worst is None or over[worst] <= 0:
-            notes += [f"{n}: batch size {c.batch_size} checked against its own memory"
-                      for n, c in own.items() if c.batch_size != recipe.train.batch_size]
-            return plan, notes
-        notes.append(f"{worst}: batch size {own[worst].batch_size} needs "
-                     f"{format_size(over[worst])} more than it has; plan budget lowered")
-        target -= over[worst]
-        if target <= 0:
-            break
-    raise BudgetInfeasible(
-        "inventory: ftte_train batch sizes leave no plan that fits every device "
-        f"({'; '.join(notes)})", budget.m_min)
+
+    first = select(model, recipe, proxy, budget.m_min, input_shape, num_classes)
+    over = overflow(first.plan)
+    notes = [f"{n}: batch size {c.batch_size} checked against its own memory"
+             for n, c in own.items() if c.batch_size != recipe.train.batch_size]
+    if all(v <= 0 for v in over.values()):
+        return first.plan, notes
+    worst = max(over, key=lambda n: over[n])
+    lo, hi, best = 0, budget.m_min, None
+    for _ in range(10):
+        mid = (lo + hi) // 2
+        try:
+            plan = select(model, recipe, proxy, mid, input_shape, num_classes, reuse=first).plan
+        except BudgetInfeasible:
+            lo = mid
+            continue
+        if all(v <= 0 for v in overflow(plan).values()):
+            best, lo = plan, mid
+        else:
+            hi = mid
+    if best is None:
+        raise BudgetInfeasible(
+            f"inventory: {worst}: ftte_train batch size {own[worst].batch_size} leaves no plan "
+            f"that fits its memory ({format_size(usable.get(worst, budget.m_min))})",
+            budget.m_min)
+    notes.append(f"{worst}: batch size {own[worst].batch_size} needed "
+                 f"{format_size(over[worst])} more than it has; plan chosen under "
+                 f"{format_size(lo)} at the recipe's batch size instead")
+    return best, notes
 
 
 def _with_memory(plan: Plan, full: int) -> Plan:
