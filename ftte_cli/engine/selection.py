@@ -400,14 +400,16 @@ def make_plan(model: nn.Module, recipe: Recipe, data_or_proxy: object, budget_by
 
 def _proxy_and_fallback(data: object) -> Tuple[Optional[Dataset], Optional[Dataset]]:
     """(proxy for contribution analysis, data for the gradnorm fallback), either may be None."""
-    if data is None:
-        return None, None
-    proxy = getattr(data, "proxy", data if hasattr(data, "x") else None)
-    if proxy is not None and len(proxy) > 0:
-        return proxy, proxy
-    clients = getattr(data, "clients", None) or []
-    first = clients[0].train if clients else None
-    return None, first if first is not None and len(first) > 0 else None
+    from ftte_cli.engine.data import Dataset, FederatedData
+
+    if isinstance(data, FederatedData):
+        if len(data.proxy) > 0:
+            return data.proxy, data.proxy
+        first = next((c.train for c in data.clients if len(c.train) > 0), None)
+        return None, first
+    if isinstance(data, Dataset) and len(data) > 0:
+        return data, data
+    return None, None
 
 
 def plan_for_recipe(recipe: Recipe, budget_bytes: int,

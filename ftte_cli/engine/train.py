@@ -18,7 +18,7 @@ from torch import Tensor, nn
 try:
     from torch.func import functional_call
 except ImportError:  # torch < 2.0, as still found on some Jetson images
-    from torch.nn.utils.stateless import functional_call  # type: ignore[no-redef]
+    from torch.nn.utils.stateless import functional_call  # type: ignore[no-redef,assignment]
 
 from ftte_cli.engine.plan import Plan
 from ftte_cli.engine.sparse import channel_index, materialize
