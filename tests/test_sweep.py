@@ -13,6 +13,7 @@ import pytest
 from testbed_fixture import Testbed, testbed  # noqa: F401 - the session fixture
 from trainkit import FTTE, env, kill_group, wait_for, write_recipe
 
+from ftte_cli import api
 from ftte_cli.config.recipe import load_recipe
 from ftte_cli.errors import ConfigError
 from ftte_cli.sweep.compare import compare, compare_runs, stat
@@ -79,21 +80,23 @@ def test_compare_pools_seeds_and_counts_failures_and_misses() -> None:
 # ---- CLI usage errors -----------------------------------------------------------------------
 
 
-def _ftte(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FTTE, *args], cwd=cwd, env=env(), capture_output=True, text=True,
-                          timeout=120)
-
-
 def test_usage_errors_are_json_with_exit_code_2(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ftte_cli.cli import app
+
     recipe = write_recipe(tmp_path)
+    runner = CliRunner()
     cases = [("--strategies", "ftte,fedsgd"), ("--seeds", "one"), ("--set", "nokey")]
     for flag, value in cases:
-        proc = _ftte("sweep", "-r", str(recipe), "--simulate", flag, value, "--format", "json",
-                     cwd=tmp_path)
-        assert proc.returncode == 2, proc.stderr
-        assert flag in json.loads(proc.stdout)["error"]
-    proc = _ftte("sweep", "--resume", str(tmp_path), "--format", "json", cwd=tmp_path)
-    assert proc.returncode == 2 and "not a sweep directory" in json.loads(proc.stdout)["error"]
+        res = runner.invoke(app, ["sweep", "-r", str(recipe), "--simulate", flag, value,
+                                  "--out", str(tmp_path / "s"), "--format", "json"])
+        assert res.exit_code == 2, res.output
+        assert flag in json.loads(res.stdout)["error"]
+    res = runner.invoke(app, ["sweep", "--resume", str(tmp_path), "--format", "json"])
+    assert res.exit_code == 2 and "not a sweep directory" in json.loads(res.stdout)["error"]
+    res = runner.invoke(app, ["report", "--format", "json"])
+    assert res.exit_code == 2 and "--compare" in json.loads(res.stdout)["error"]
 
 
 # ---- a real sweep on the testbed ------------------------------------------------------------
@@ -140,8 +143,10 @@ def test_fleet_sweep_killed_resumed_and_compared_with_its_simulation(
     for plot in doc["plots"]:
         assert Path(plot).stat().st_size > 1000
 
-    proc = _sweep(tmp_path, *common, "--simulate", "--out", str(sim))
-    assert proc.wait(timeout=300) == 0, (tmp_path / "sweep.err").read_text()[-3000:]
+    twin = api.sweep(api.SweepOptions(  # the same grid in the simulator, through the API
+        out=sim, recipe=recipe, inventory=testbed.inventory, limit=names,
+        grid=api.grid("ftte,fedbuff", "1,2"), simulate=True))
+    assert [r.status.value for r in twin.records] == ["ok"] * 4
     result = compare_runs(fleet, sim)
     assert result.ratio_label == "simulated / measured"
     assert [r.group for r in result.rows] == ["ftte", "fedbuff"]
