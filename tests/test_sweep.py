@@ -161,3 +161,21 @@ def test_fleet_sweep_killed_resumed_and_compared_with_its_simulation(
     for r in result.rows:  # one printed line per strategy with its ratio
         line = next(x for x in cmp.stdout.splitlines() if f" {r.group} " in x)
         assert f"{r.ratio:.2f}x" in line, cmp.stdout
+
+
+def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    """Strict FedAvg cannot run when no simulated client holds full training: that run fails,
+    the FTTE run beside it still finishes, and both are in the comparison."""
+    recipe = write_recipe(tmp_path, target=0.5, max_versions=3,
+                          extra="sim: {clients: 3, memory_mb: [1, 1]}")
+    text = recipe.read_text().replace("memory_budget: 40MB", "memory_budget: 1.5MB")
+    recipe.write_text(text)
+    result = api.sweep(api.SweepOptions(out=tmp_path / "s", recipe=recipe, simulate=True,
+                                        grid=api.grid("ftte,fedavg", "1")))
+    assert [(r.strategy, r.status.value) for r in result.records] == \
+        [("ftte", "ok"), ("fedavg", "failed")]
+    assert "baseline_memory strict" in (result.failed[0].error or "")
+    rows = {g.group: g for g in result.comparison}
+    assert (rows["ftte"].failed, rows["fedavg"].failed) == (0, 1)
+    again = api.sweep(api.SweepOptions(out=tmp_path / "s", resume=True))
+    assert again.ran == [] and again.skipped == ["ftte-seed1", "fedavg-seed1"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -236,23 +236,23 @@ def _record(run: RunSpec, run_dir: Path, status: RunStatus, **figures: Any) -> R
 
 def _on_fleet(sweep: _Sweep, run: RunSpec, recipe: Recipe, run_dir: Path,
               opts: SweepOptions) -> RunRecord:
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     from ftte_cli.config.inventory import load_inventory
     from ftte_cli.train.run import TrainOptions, run_training
 
     assert sweep.inventory is not None
-    common = dict(ssh=opts.ssh, dashboard=False, quiet=True, bundle_root=opts.bundle_root,
-                  offline_after=opts.offline_after)
+    base = TrainOptions(ssh=opts.ssh, dashboard=False, quiet=True,
+                        bundle_root=opts.bundle_root, offline_after=opts.offline_after)
     if (run_dir / "manifest.json").exists():  # cut off mid-run: continue from its checkpoint
-        train_opts = TrainOptions(resume=run_dir, **common)  # type: ignore[arg-type]
+        train_opts = replace(base, resume=run_dir)
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
         recipe_path = opts.out / "recipes" / f"{run.run_id}.yaml"
         recipe_path.parent.mkdir(parents=True, exist_ok=True)
         recipe_path.write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-        train_opts = TrainOptions(recipe=recipe_path, inventory=sweep.inventory,  # type: ignore[arg-type]
-                                  limit=sweep.limit, run_dir=run_dir, **common)
+        train_opts = replace(base, recipe=recipe_path, inventory=sweep.inventory,
+                             limit=sweep.limit, run_dir=run_dir)
     result = run_training(train_opts)
     devices = load_inventory(sweep.inventory).devices
     s = result.summary
