@@ -5,6 +5,7 @@ device at its own batch size, `auto` -> cpu here, `cuda` without CUDA refused cl
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,23 +111,36 @@ def test_auto_trains_on_cpu_here_and_cuda_is_refused_clearly() -> None:
         resolve_device("cuda")
 
 
-def test_agent_with_a_cuda_recipe_exits_2_naming_the_setting(tmp_path: Path) -> None:
-    if torch.cuda.is_available():
-        return
+def _agent(tmp_path: Path, train_vars: str) -> subprocess.CompletedProcess[str]:
+    """Run zero-1's real agent (its bundle built from the inventory) against a dead server."""
     from ftte_cli.engine.plan import dense_plan
     from ftte_cli.fleet.bundle import build_bundles, initial_model
 
-    inv = load_inventory(_inventory(tmp_path, "{device: cuda}"))
+    inv = load_inventory(_inventory(tmp_path, train_vars))
     recipe = load_recipe(write_recipe(tmp_path))
     model = initial_model(recipe, (9, 128), 6)
     bundles = build_bundles(recipe, list(inv.devices.values()), dense_plan(model, "har_cnn"),
                             root=tmp_path / ".ftte")
     folder = bundles["zero-1"].path
-    proc = subprocess.run([sys.executable, str(folder / "ftte-agent.pyz"), "--bundle",
-                           str(folder), "--server", "http://127.0.0.1:9"],
-                          capture_output=True, text=True, timeout=120)
+    environ = {k: v for k, v in os.environ.items() if k != "FTTE_AGENT_THREADS"}
+    return subprocess.run([sys.executable, str(folder / "ftte-agent.pyz"), "--bundle",
+                           str(folder), "--server", "http://127.0.0.1:9", "--give-up-after",
+                           "1"], capture_output=True, text=True, timeout=120, env=environ)
+
+
+def test_agent_with_a_cuda_recipe_exits_2_naming_the_setting(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        return
+    proc = _agent(tmp_path, "{device: cuda}")
     assert proc.returncode == 2, proc.stderr
     assert "train.device: cuda requested but" in proc.stderr
+
+
+def test_agent_takes_threads_and_device_from_its_bundle(tmp_path: Path) -> None:
+    proc = _agent(tmp_path, "{threads: 3, device: auto}")  # not the 2 CPUs here
+    assert proc.returncode == 1, proc.stderr  # gave up on the dead server, as asked
+    assert "3 torch threads, trains on cpu" in proc.stderr or torch.cuda.is_available(), \
+        proc.stderr
 
 
 def test_profile_says_which_memory_is_counted() -> None:
