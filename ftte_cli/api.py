@@ -20,6 +20,7 @@ Names whose modules import torch are loaded on first use, so importing this modu
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,8 +100,9 @@ def select_devices(inventory: PathLike, limit: Optional[str] = None
 
 
 def profile(inventory: PathLike, *, limit: Optional[str] = None,
-            recipe: Optional[PathLike] = None, benchmark: bool = False,
-            max_age: Optional[float] = None, ssh: Optional[SshOptions] = None) -> FleetResults:
+            recipe: Union[PathLike, Recipe, None] = None, benchmark: bool = False,
+            max_age: Optional[float] = None, ssh: Optional[SshOptions] = None,
+            probe_timeout: Optional[float] = None) -> FleetResults:
     """Profile the devices (values: `DeviceProfile`) and update the inventory's profile cache.
 
     `benchmark` also times training steps of the recipe's model, the RTT and the upload; cached
@@ -111,8 +113,10 @@ def profile(inventory: PathLike, *, limit: Optional[str] = None,
     if benchmark and recipe is None:
         raise ConfigError("profile: benchmark needs a recipe (the model to time)")
     _inv, devices = select_devices(inventory, limit)
-    request = prof.ProfileRequest(recipe=load_recipe(recipe) if recipe else None,
-                                  benchmark=benchmark)
+    rec = recipe if isinstance(recipe, Recipe) or recipe is None else load_recipe(recipe)
+    request = prof.ProfileRequest(recipe=rec, benchmark=benchmark)
+    if probe_timeout is not None:
+        request = dataclasses.replace(request, probe_timeout=probe_timeout)
     cache = budget.profiles_path(Path(inventory))
     results = prof.profile_fleet(devices, ssh or SshOptions(), request,
                                  budget.load_profiles(cache), max_age)
@@ -258,9 +262,12 @@ def simulate(recipe: Union[PathLike, Recipe], *, strategies: tuple[str, ...] = (
              clients: Optional[int] = None, stragglers: Optional[float] = None,
              seed: Optional[int] = None, fleet: Optional[PathLike] = None,
              budget_fraction: Optional[float] = None, until_target: bool = True,
-             out: Optional[PathLike] = None) -> SimResult:
+             eval_samples: Optional[int] = 1000, out: Optional[PathLike] = None,
+             progress: Optional[Callable[[str, float, int, Optional[float]], None]] = None
+             ) -> SimResult:
     """Every strategy on one simulated fleet (as `ftte simulate`); `out` also writes the run
-    directory (metrics, summary, plots) that `read_run` and `ftte report` read."""
+    directory (metrics, summary, plots) that `read_run` and `ftte report` read; `progress`
+    is called with (strategy, virtual time, version, accuracy) as evaluations come in."""
     from ftte_cli.sim.rundir import RunWriter
     from ftte_cli.sim.runner import SimSettings
     from ftte_cli.sim.runner import simulate as run_simulation
@@ -268,9 +275,10 @@ def simulate(recipe: Union[PathLike, Recipe], *, strategies: tuple[str, ...] = (
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     settings = SimSettings(recipe=rec, strategies=tuple(strategies), clients=clients,
                            stragglers=stragglers, seed=seed, fleet=_opt_path(fleet),
-                           budget_fraction=budget_fraction, stop_at_target=until_target)
+                           budget_fraction=budget_fraction, stop_at_target=until_target,
+                           eval_samples=eval_samples)
     writer = RunWriter(Path(out)) if out is not None else None
-    result = run_simulation(settings, None, writer.on_eval if writer else None)
+    result = run_simulation(settings, progress, writer.on_eval if writer else None)
     if writer is not None:
         writer.finish(settings, result)
     return result

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ftte_cli import api
 from ftte_cli.commands.options import (
     AcceptNewHostKeysOpt,
     CommandTimeoutOpt,
@@ -16,10 +17,8 @@ from ftte_cli.commands.options import (
     InventoryOpt,
     KnownHostsOpt,
     LimitOpt,
-    select_devices,
     ssh_options,
 )
-from ftte_cli.config.recipe import load_recipe
 from ftte_cli.errors import ConfigError
 from ftte_cli.fleet import budget as bud
 from ftte_cli.fleet import profile as prof
@@ -91,15 +90,13 @@ def profile(
     with handle_errors(fmt):
         if benchmark and recipe is None:
             raise ConfigError("--benchmark: needs --recipe (the model to time)")
-        _inv, devices = select_devices(inventory, limit)
-        request = prof.ProfileRequest(recipe=load_recipe(recipe) if recipe else None,
-                                      benchmark=benchmark, probe_timeout=command_timeout)
         opts = ssh_options(forks=forks, accept_new_host_keys=accept_new_host_keys,
                            known_hosts=known_hosts, connect_timeout=connect_timeout,
                            command_timeout=command_timeout)
+        results = api.profile(inventory, limit=limit, recipe=recipe, benchmark=benchmark,
+                              max_age=max_age, ssh=opts, probe_timeout=command_timeout)
         cache = bud.profiles_path(inventory)
-        results = prof.profile_fleet(devices, opts, request, bud.load_profiles(cache), max_age)
-        records = prof.save_profiles(cache, results)
+        records = bud.load_profiles(cache)
         if out is not None:
             prof.write_records(out, {n: records[n] for n in results.succeeded if n in records})
         _render(results, records, cache, fmt)

@@ -1,6 +1,6 @@
 """`ftte simulate`: every strategy on the same simulated fleet and data, on a virtual clock.
 
-Thin: parse flags, call `sim.runner.simulate`, write the run directory (`sim/rundir.py`), render
+Thin: parse flags, call `api.simulate` (which writes the run directory, `sim/rundir.py`), render
 the side-by-side table or JSON from the same rows. Progress goes to stderr, only on a terminal
 and never in JSON mode.
 """
@@ -14,12 +14,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ftte_cli import api
 from ftte_cli.config.recipe import load_recipe
 from ftte_cli.errors import ConfigError
 from ftte_cli.output import Format, console, err_console, handle_errors, print_json, table
-from ftte_cli.sim.rundir import COLUMNS, RunWriter, summary_doc, table_rows
-from ftte_cli.sim.runner import SimSettings
-from ftte_cli.sim.runner import simulate as run_simulation
+from ftte_cli.sim.rundir import COLUMNS, summary_doc, table_rows
 from ftte_cli.store import new_run_dir
 
 
@@ -67,13 +66,9 @@ def simulate(
     with handle_errors(fmt):
         if until not in ("target", "limit"):
             raise ConfigError(f"--until: expected target or limit, got {until!r}")
-        settings = SimSettings(
-            recipe=load_recipe(recipe), strategies=_strategies(strategies), clients=clients,
-            stragglers=stragglers, seed=seed, fleet=fleet, budget_fraction=budget_fraction,
-            stop_at_target=until == "target", eval_samples=eval_samples or None)
+        rec = load_recipe(recipe)
         folder = out if out is not None else new_run_dir(Path("runs"), "sim")
         folder.mkdir(parents=True, exist_ok=True)
-        writer = RunWriter(folder)
         show = fmt == Format.table and sys.stderr.isatty()
         with _progress(show) as bar:
             tasks: dict[str, Any] = {}
@@ -82,13 +77,15 @@ def simulate(
                 if bar is None:
                     return
                 if name not in tasks:
-                    tasks[name] = bar.add_task(name, total=settings.recipe.stop.max_versions,
-                                               info="")
+                    tasks[name] = bar.add_task(name, total=rec.stop.max_versions, info="")
                 info = f"v{version}  t={now:.0f}s  acc={acc:.3f}" if acc is not None else ""
                 bar.update(tasks[name], completed=version, info=info)
 
-            result = run_simulation(settings, progress, writer.on_eval)
-        writer.finish(settings, result)
+            result = api.simulate(
+                rec, strategies=_strategies(strategies), clients=clients, stragglers=stragglers,
+                seed=seed, fleet=fleet, budget_fraction=budget_fraction,
+                until_target=until == "target", eval_samples=eval_samples or None, out=folder,
+                progress=progress)
         doc = {**summary_doc(result), "run_dir": str(folder)}
         if fmt == Format.json:
             print_json(doc)
