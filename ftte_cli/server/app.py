@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
@@ -44,6 +44,8 @@ T = TypeVar("T")
 EventSink = Callable[[dict], None]
 VersionHook = Callable[[Coordinator, float, SubmitResult], None]
 ONLINE = (DeviceStatus.idle, DeviceStatus.training)
+ISSUED_PER_DEVICE = 8  # job ids remembered per device for wrong_device checks
+DECODE_OFF_LOOP_BYTES = 256 * 1024  # larger update bodies are parsed on a worker thread
 
 
 @dataclass
@@ -95,10 +97,16 @@ class FtteServer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordinator")
         self._devices = {name: _Device(name) for name in config.tokens}
         self._pending: dict[str, _Pending] = {}
-        self._issued: dict[str, str] = {}  # job id -> device it was issued to
+        # job id -> device it was issued to, for wrong_device; the oldest ids are forgotten past
+        # ISSUED_PER_DEVICE per device (a forgotten id replayed is still refused: unknown_job or
+        # duplicate_job at the coordinator), so memory stays bounded per device, not per job.
+        self._issued: OrderedDict[str, str] = OrderedDict()
+        self._issued_cap = max(ISSUED_PER_DEVICE * len(config.tokens), 1024)
         self._events: deque[EventLine] = deque(maxlen=config.event_log_lines)
         self._accept_times: deque[float] = deque()
-        self._staleness: list[int] = []
+        self._stale_sum = 0  # running figures, not a list: memory must not grow per update
+        self._stale_max: Optional[int] = None
+        self._accepted = 0
         self._dropped: dict[str, int] = {}
         self._accuracy: list[AccuracyPoint] = []
         self._version = coordinator.version
@@ -137,22 +145,27 @@ class FtteServer:
         """The whole run now, as an immutable value."""
         now = self.now()
         with self._lock:
-            while self._accept_times and now - self._accept_times[0] > 60.0:
-                self._accept_times.popleft()
+            self._prune_accept_times()
             window = min(max(now, 1e-9), 60.0)
             rows = tuple(self._row(d, now) for d in self._devices.values())
-            stale = self._staleness
+            accepted = self._accepted
             return RunSnapshot(
                 run_id=self.config.run_id, strategy=self._strategy, state=self._state,
                 elapsed=now, version=self._version, buffer_fill=self._buffer_fill,
                 buffer_size=self._buffer_size,
                 updates_per_min=len(self._accept_times) * 60.0 / window,
-                staleness_mean=sum(stale) / len(stale) if stale else None,
-                staleness_max=max(stale) if stale else None, accepted=len(stale),
+                staleness_mean=self._stale_sum / accepted if accepted else None,
+                staleness_max=self._stale_max, accepted=accepted,
                 dropped=dict(self._dropped), accuracy=tuple(self._accuracy),
                 target_accuracy=self._target, devices=rows, events=tuple(self._events),
                 stop_reason=self._stop_reason,
             )
+
+    def _prune_accept_times(self) -> None:
+        """Keep the last minute of accept times (under the lock): the rate window, bounded."""
+        now = self.now()
+        while self._accept_times and now - self._accept_times[0] > 60.0:
+            self._accept_times.popleft()
 
     def _row(self, d: _Device, now: float) -> DeviceRow:
         return DeviceRow(
@@ -238,6 +251,8 @@ class FtteServer:
             with self._lock:
                 self._pending[job.client_id] = _Pending(job.job_id, job.version, body)
                 self._issued[job.job_id] = job.client_id
+                while len(self._issued) > self._issued_cap:
+                    self._issued.popitem(last=False)
             got.append(job.client_id)
         self._sync_coordinator_view()
         return got
@@ -442,7 +457,7 @@ class FtteServer:
         bound = self.config.update_max_bytes
         try:
             body = await _read_bounded(request, bound)
-            msg = wire.decode_update(body, bound)
+            msg = await self._decode_update(body, bound)
         except wire.BodyTooLarge as err:
             self._reject(device, ServerReason.too_large, str(err))
             raise web.HTTPRequestEntityTooLarge(bound, request.content_length or 0) from None
@@ -469,6 +484,13 @@ class FtteServer:
         reason = None if result.reason is None else RejectReason(result.reason).value
         return self._update_reply(result.accepted, reason, result.version)
 
+    async def _decode_update(self, body: bytes, bound: int) -> wire.UpdateMessage:
+        """Parse an update; large bodies on the default thread pool, never the coordinator's."""
+        if len(body) < DECODE_OFF_LOOP_BYTES:  # a thread hop costs more than parsing this
+            return wire.decode_update(body, bound)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, wire.decode_update, body, bound)
+
     def _update_reply(self, accepted: bool, reason: Optional[str],
                       version: Optional[int] = None) -> web.Response:
         body = {"accepted": accepted, "reason": reason,
@@ -485,8 +507,12 @@ class FtteServer:
             if result.accepted:
                 dev.accepted += 1
                 dev.staleness = result.staleness
-                self._staleness.append(int(result.staleness or 0))
+                stale = int(result.staleness or 0)
+                self._accepted += 1
+                self._stale_sum += stale
+                self._stale_max = stale if self._stale_max is None else max(self._stale_max, stale)
                 self._accept_times.append(self.now())
+                self._prune_accept_times()
         if result.accepted:
             self.event("update_accepted", device,
                        f"job {msg.job_id} v{msg.version} staleness {result.staleness}"

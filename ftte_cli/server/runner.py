@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
+import sys
 import threading
 from typing import Optional
 
@@ -19,6 +21,24 @@ from ftte_cli.errors import RunError
 from ftte_cli.server.app import FtteServer
 
 log = logging.getLogger(__name__)
+BACKLOG = 1024  # pending connections: a fleet registering at once must not overflow the queue
+# The event loop shares the GIL with the coordinator thread; at Python's default 5 ms switch
+# interval every request waiting on a busy coordinator thread pays up to 5 ms per wake-up.
+GIL_SWITCH_S = 0.001
+FD_WANTED = 65536  # every connected device holds a socket (two while it uploads and long-polls)
+
+
+def raise_fd_limit(wanted: int = FD_WANTED) -> int:
+    """Lift the soft open-files limit towards `wanted` (capped by the hard limit); the new soft.
+
+    Many systems start processes at 1024 files, fewer than a thousand devices need.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
 
 
 class ServerThread:
@@ -41,6 +61,8 @@ class ServerThread:
 
     def start(self) -> ServerThread:
         """Bind and start serving; RunError if the address cannot be bound."""
+        raise_fd_limit()
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
         self._thread.start()
         fut = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
         try:
@@ -56,7 +78,8 @@ class ServerThread:
         self._runner = web.AppRunner(self.server.make_app(), access_log=None,
                                      handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True,
+                           backlog=BACKLOG)
         await site.start()
         sockets = self._runner.addresses
         return int(sockets[0][1]) if sockets else self.port

@@ -1,0 +1,528 @@
+"""Load test of the ftte server: N simulated devices speak the real protocol over loopback.
+
+    .venv/bin/python benchmarks/loadtest.py [--devices 1000] [--duration 90] [--procs 2]
+                                            [--format table|json]
+
+The server (`FtteServer` + `ServerThread`, the same code `ftte train` runs) lives in a child
+process so its memory is measured alone; the devices are asyncio tasks with aiohttp client
+sessions in `--procs` client processes. Each device registers, long-polls `/v1/task`, "trains" for
+a random while (a sleep: the server is what is measured), sends heartbeats while it trains and
+uploads a sparse delta shaped by a real FTTE plan of har_cnn (head + a quarter of the last conv's
+input channels). The server aggregates with the ftte strategy and evaluates on a synthetic HAR test
+set, as in a real run. Bounded in time (`--duration`, every request ends by then) and count
+(`--devices`); loopback only (127.0.0.1).
+
+Reported: accepted updates per second, p50/p99 latency per endpoint (`task` split into "got a job"
+and "nothing yet", whose latency includes the long-poll wait), server RSS before registration,
+after every device registered and at the end, RSS per registered device, and the lost-update
+check: the coordinator's accepted count must equal the number of "accepted" replies the devices
+received.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+HOST = "127.0.0.1"
+MODEL_INPUT = (9, 128)
+NUM_CLASSES = 6
+REGISTERED_AT = 3.5  # seconds after the start: every device registered, none polling yet
+
+
+def token_for(name: str, seed: int) -> str:
+    """Each device's token, derived so both sides agree without a file."""
+    return hashlib.sha256(f"loadtest:{seed}:{name}".encode()).hexdigest()
+
+
+def device_names(n: int) -> List[str]:
+    """d0000, d0001, ..."""
+    return [f"d{i:04d}" for i in range(n)]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc."""
+    return _proc_status(pid, "VmRSS")
+
+
+def _proc_status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# ---- server child ----------------------------------------------------------------------------
+
+def serve(devices: int, seed: int, concurrency: int, buffer_size: int) -> None:
+    """Child process: serve a run for `devices` devices; print the URL, then the final counts."""
+    import torch
+
+    from ftte_cli.config.recipe import ModelConfig, StrategyConfig
+    from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig
+    from ftte_cli.engine.data import synthetic_har
+    from ftte_cli.engine.data.dataset import Dataset
+    from ftte_cli.engine.models import build_model
+    from ftte_cli.engine.plan import FULL, MaskKind, ParamMask, build_plan
+    from ftte_cli.engine.strategies import make_strategy
+    from ftte_cli.engine.train import evaluate
+    from ftte_cli.server.protocol import ServerConfig, update_bound
+    from ftte_cli.server.runner import ServerThread
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig("har_cnn", 1.0), MODEL_INPUT, NUM_CLASSES)
+    masks = {"features.3.conv.weight": ParamMask(MaskKind.channels, tuple(range(32))),
+             "features.3.norm.weight": FULL, "features.3.norm.bias": FULL,
+             "head.weight": FULL, "head.bias": FULL}
+    plan = build_plan(model, masks, model_name="har_cnn", method="contribution")
+    x, y, _ = synthetic_har.generate(300, 5, seed)
+    test = Dataset(x, y, None)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    names = device_names(devices)
+    cfg = StrategyConfig(name="ftte", buffer_size=buffer_size, max_concurrency=concurrency)
+    coord = Coordinator(params, plan, make_strategy(cfg), {n: 100 for n in names},
+                        CoordinatorConfig(strategy=cfg, eval_every=5), seed=seed,
+                        evaluate=lambda p: evaluate(model, p, test))
+    tokens = {n: token_for(n, seed) for n in names}
+    config = ServerConfig(run_id="loadtest", tokens=tokens, plan_sha256="0" * 64,
+                          update_max_bytes=update_bound(coord.subset), start_grace=60.0)
+    probe = _ServerProbe()
+    server = _Measured(probe, coord, config, strategy="ftte", buffer_size=buffer_size)
+    with ServerThread(server, HOST, 0) as st:
+        shapes = {k: list(v.shape) for k, v in coord.subset.items()}
+        print(json.dumps({"url": st.url, "shapes": shapes}), flush=True)
+        sys.stdin.readline()  # the parent says stop
+        snap = server.snapshot()
+        counts = server.call(lambda c: {"coordinator_accepted": c.metrics.accepted,
+                                        "version": c.version, "evals": len(c.metrics.evals)})
+        print(json.dumps({**counts, "server_accepted": snap.accepted,
+                          "dropped": snap.dropped, "handler": probe.handler_figures(),
+                          "loop_lag": _percentiles(probe.lags),
+                          "peak_rss": _proc_status(os.getpid(), "VmHWM")}), flush=True)
+
+
+class _ServerProbe:
+    """Server-side timings: handler time per endpoint and event-loop lag (no client noise)."""
+
+    def __init__(self) -> None:
+        self.handler: Dict[str, List[float]] = defaultdict(list)
+        self.lags: List[float] = []
+
+    def handler_figures(self) -> Dict[str, Dict[str, float]]:
+        return {k: _percentiles(v) for k, v in sorted(self.handler.items())}
+
+    async def watch_lag(self) -> None:
+        """How late a 50 ms sleep wakes up: the time the loop spent on something else."""
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(0.05)
+            self.lags.append(time.perf_counter() - start - 0.05)
+
+
+def _measured_class() -> type:
+    from aiohttp import web
+
+    from ftte_cli.server.app import FtteServer
+
+    class Measured(FtteServer):
+        """FtteServer plus a timing middleware and a loop-lag watcher (the benchmark's probe)."""
+
+        def __init__(self, probe: _ServerProbe, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            self.probe = probe
+
+        def make_app(self) -> web.Application:
+            app = super().make_app()
+            probe = self.probe
+
+            @web.middleware
+            async def timing(request: web.Request, handler: Any) -> web.StreamResponse:
+                start = time.perf_counter()
+                status = 500
+                try:
+                    resp = await handler(request)
+                    status = resp.status
+                    return resp
+                except web.HTTPException as err:
+                    status = err.status
+                    raise
+                finally:
+                    name = request.path.rsplit("/", 1)[-1]
+                    if name == "task":
+                        name = "task (job)" if status == 200 else "task (none)"
+                    probe.handler[name].append(time.perf_counter() - start)
+
+            async def lag(app: web.Application) -> None:
+                app["lag"] = asyncio.create_task(probe.watch_lag())
+
+            async def stop_lag(app: web.Application) -> None:
+                app["lag"].cancel()
+
+            app.middlewares.append(timing)
+            app.on_startup.append(lag)
+            app.on_cleanup.append(stop_lag)
+            return app
+
+    return Measured
+
+
+def _Measured(*args: Any, **kw: Any) -> Any:  # noqa: N802  (a class made on demand)
+    return _measured_class()(*args, **kw)
+
+
+# ---- devices ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClientPlan:
+    """What one client process runs."""
+
+    url: str
+    names: List[str]
+    shapes: Dict[str, List[int]]
+    seed: int
+    start_at: float  # wall clock (time.time) when the devices may start
+    stop_at: float  # wall clock by which every request has ended
+    train_s: tuple  # (min, max) seconds a job "trains"
+    heartbeat_s: float
+    long_poll_s: float
+
+
+class _Device:
+    """One simulated device: the agent's request pattern over an aiohttp session."""
+
+    def __init__(self, plan: ClientPlan, name: str, session: Any, stats: Dict[str, Any],
+                 body: bytes) -> None:
+        from ftte_cli.client import wire
+
+        self.plan, self.name, self.session, self.stats = plan, name, session, stats
+        self.wire = wire
+        self.base = plan.url + wire.API
+        self.headers = wire.auth_headers(name, token_for(name, plan.seed))
+        self.rng = random.Random(f"{plan.seed}:{name}")
+        self.delta_body = body
+
+    def left(self) -> float:
+        return self.plan.stop_at - time.time()
+
+    async def request(self, endpoint: str, method: str, path: str, data: bytes = b"",
+                      content_type: str = "application/json") -> tuple:
+        """(status, body); latency recorded per endpoint; errors counted, not raised."""
+        start = time.perf_counter()
+        headers = {**self.headers, "Content-Type": content_type}
+        try:
+            async with self.session.request(method, self.base + path, headers=headers,
+                                            data=data or None) as resp:
+                body = await resp.read()
+                status = resp.status
+        except (OSError, asyncio.TimeoutError, Exception) as err:  # counted as errors
+            self.stats["errors"][f"{endpoint}: {type(err).__name__}"] += 1
+            return 0, b""
+        label = endpoint if endpoint != "task" else ("task (job)" if status == 200
+                                                     else "task (none)")
+        self.stats["latency"][label].append(time.perf_counter() - start)
+        self.stats["status"][f"{endpoint} {status}"] += 1
+        return status, body
+
+    async def run(self) -> None:
+        await asyncio.sleep(max(self.plan.start_at - time.time(), 0.0)
+                            + self.rng.random() * 2.0)  # registrations spread over 2 s
+        while self.left() > 0.5:
+            status, _ = await self.request("register", "POST", "/register", data=b"{}")
+            if status != 200:
+                await asyncio.sleep(1.0)
+                continue
+            self.stats["registered"] += 1
+            # Everyone registers within 2 s, then waits until 4 s: the parent reads the
+            # server's RSS with the fleet registered (and the first jobs queued) at 3.5 s.
+            await asyncio.sleep(max(self.plan.start_at + REGISTERED_AT + 0.5 - time.time(), 0))
+            await self.work()
+            return
+
+    async def work(self) -> None:
+        wire = self.wire
+        while True:
+            wait = min(self.plan.long_poll_s, self.left() - 1.0)
+            if wait <= 0:
+                return
+            status, body = await self.request("task", "GET", f"/task?wait={wait:.2f}")
+            if status == 200:
+                job = wire.decode_job(body, len(body))
+                if not await self.train(job):
+                    return
+            elif status == wire.REGISTER_AGAIN:
+                await self.request("register", "POST", "/register", data=b"{}")
+            elif status != wire.NO_JOB:
+                return
+
+    async def train(self, job: Any) -> bool:
+        """Sleep like training, heartbeating; upload; False when the test time is up."""
+        lo, hi = self.plan.train_s
+        until = time.time() + lo + self.rng.random() * (hi - lo)
+        while time.time() < until:
+            await asyncio.sleep(min(self.plan.heartbeat_s, until - time.time()))
+            if self.left() < 1.0:
+                return False
+            if time.time() < until:
+                await self.request("heartbeat", "POST", "/heartbeat",
+                                   data=b'{"peak_memory": 1000000, "state": "training"}')
+        meta = {"job_id": job.job_id, "version": str(job.version), "num_samples": "100",
+                "grad_variance": repr(0.5 + self.rng.random()), "peak_memory": "1000000"}
+        body = _with_metadata(self.delta_body, meta)
+        status, reply = await self.request("update", "POST", "/update", body,
+                                           self.wire.TENSOR_TYPE)
+        if status in (200, 422):
+            doc = json.loads(reply)
+            self.stats["accepted" if doc.get("accepted") else "refused"] += 1
+            self.stats["per_device"][self.name] += bool(doc.get("accepted"))
+            if not doc.get("accepted"):
+                self.stats["refused_by"][str(doc.get("reason"))] += 1
+        return self.left() > 1.0
+
+
+def _with_metadata(template: bytes, meta: Dict[str, str]) -> bytes:
+    """A safetensors update body: the pre-encoded delta tensors under this job's metadata."""
+    from ftte_cli.engine import serialize
+
+    tensors = serialize.tensors_from_bytes(template, len(template))
+    return serialize.tensors_to_bytes(tensors, meta)
+
+
+def run_clients(plan: ClientPlan) -> Dict[str, Any]:
+    """Client process: run its devices until stop_at; return counts and latencies."""
+    from ftte_cli.server.runner import raise_fd_limit
+
+    raise_fd_limit()
+    return asyncio.run(_clients(plan))
+
+
+async def _clients(plan: ClientPlan) -> Dict[str, Any]:
+    import aiohttp
+    import torch
+
+    from ftte_cli.engine import serialize
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(plan.seed)
+    delta = {k: 1e-3 * torch.randn(tuple(s), generator=gen) for k, s in plan.shapes.items()}
+    template = serialize.tensors_to_bytes(delta, {})
+    stats: Dict[str, Any] = {"latency": defaultdict(list), "status": defaultdict(int),
+                             "errors": defaultdict(int), "refused_by": defaultdict(int),
+                             "accepted": 0, "refused": 0, "registered": 0,
+                             "per_device": {n: 0 for n in plan.names}}
+    conn = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=plan.long_poll_s + 30.0)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        devices = [_Device(plan, n, session, stats, template) for n in plan.names]
+        await asyncio.gather(*(d.run() for d in devices))
+    stats["latency"] = dict(stats["latency"])
+    for key in ("status", "errors", "refused_by"):
+        stats[key] = dict(stats[key])
+    return stats
+
+
+# ---- orchestration ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What one load test measured."""
+
+    devices: int
+    registered: int
+    duration_s: float
+    accepted_client: int  # "accepted" replies the devices received
+    accepted_coordinator: int  # the coordinator's count
+    accepted_server: int  # the server's (dashboard) count
+    refused: Dict[str, int]
+    errors: Dict[str, int]
+    versions: int
+    accepted_per_s: float
+    latency: Dict[str, Dict[str, float]]  # endpoint -> {count, p50_ms, p99_ms}
+    rss_start: int
+    rss_registered: int
+    rss_end: int
+    rss_peak: int
+    per_device_bytes: int  # (RSS with every device registered and jobs queued - before) / devices
+    per_device_end_bytes: int  # (RSS at the end - RSS before) / devices
+    rss_samples: List[int]  # server RSS every 5 s from the first registration
+    handler: Dict[str, Dict[str, float]]  # server-side handler time per endpoint
+    loop_lag: Dict[str, float]  # server event-loop lag (p50/p99 ms)
+    fairness: Dict[str, float]  # accepted updates per device: min, p50, max, share of devices >0
+
+    @property
+    def lost(self) -> int:
+        """Accepted replies the coordinator does not know about (must be 0)."""
+        return self.accepted_client - self.accepted_coordinator
+
+
+def _merge(parts: List[Dict[str, Any]]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"latency": defaultdict(list), "errors": defaultdict(int),
+                           "refused_by": defaultdict(int), "accepted": 0, "registered": 0,
+                           "per_device": []}
+    for p in parts:
+        out["per_device"].extend(p["per_device"].values())
+        out["accepted"] += p["accepted"]
+        out["registered"] += p["registered"]
+        for k, v in p["latency"].items():
+            out["latency"][k].extend(v)
+        for key in ("errors", "refused_by"):
+            for k, v in p[key].items():
+                out[key][k] += v
+    return out
+
+
+def _percentiles(values: List[float]) -> Dict[str, float]:
+    if len(values) < 2:
+        v = values[0] * 1e3 if values else 0.0
+        return {"count": len(values), "p50_ms": v, "p99_ms": v}
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return {"count": len(values), "p50_ms": round(q[49] * 1e3, 2), "p99_ms": round(q[98] * 1e3, 2)}
+
+
+def load_test(devices: int = 1000, duration: float = 90.0, procs: int = 2, seed: int = 0,
+              concurrency: int = 200, buffer_size: int = 10, train_s: tuple = (0.5, 2.0),
+              heartbeat_s: float = 1.0, long_poll_s: float = 10.0) -> LoadResult:
+    """Start the server child, run the devices for `duration` seconds, gather the figures."""
+    cmd = [sys.executable, __file__, "--serve", "--devices", str(devices), "--seed", str(seed),
+           "--concurrency", str(concurrency), "--buffer-size", str(buffer_size)]
+    child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdin is not None and child.stdout is not None
+        hello = json.loads(child.stdout.readline() or "{}")
+        if "url" not in hello:
+            raise RuntimeError("loadtest: the server child did not start")
+        time.sleep(0.5)
+        rss_start = rss_bytes(child.pid)
+        names = device_names(devices)
+        start = time.time() + 3.0  # client processes import torch first
+        plans = [ClientPlan(hello["url"], names[i::procs], hello["shapes"], seed, start,
+                            start + duration, train_s, heartbeat_s, long_poll_s)
+                 for i in range(procs)]
+        with ProcessPoolExecutor(procs, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(run_clients, p) for p in plans]
+            rss_registered, samples = _rss_series(child.pid, start, duration)
+            merged = _merge([f.result() for f in futures])
+        rss_end = rss_bytes(child.pid)
+        child.stdin.write("stop\n")
+        child.stdin.flush()
+        final = json.loads(child.stdout.readline() or "{}")
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return LoadResult(
+        devices=devices, registered=merged["registered"], duration_s=duration,
+        accepted_client=merged["accepted"], accepted_coordinator=final["coordinator_accepted"],
+        accepted_server=final["server_accepted"], refused=dict(merged["refused_by"]),
+        errors=dict(merged["errors"]), versions=final["version"],
+        accepted_per_s=round(final["coordinator_accepted"] / duration, 2),
+        latency={k: _percentiles(v) for k, v in sorted(merged["latency"].items())},
+        rss_start=rss_start, rss_registered=rss_registered, rss_end=rss_end,
+        rss_peak=final["peak_rss"],
+        per_device_bytes=max(rss_registered - rss_start, 0) // max(devices, 1),
+        per_device_end_bytes=max(rss_end - rss_start, 0) // max(devices, 1),
+        rss_samples=samples, handler=final["handler"], loop_lag=final["loop_lag"],
+        fairness=_fairness(merged["per_device"]),
+    )
+
+
+def _fairness(counts: List[int]) -> Dict[str, float]:
+    """How evenly jobs went round: long-polls must not starve some devices."""
+    if not counts:
+        return {"min": 0, "p50": 0, "max": 0, "served": 0.0}
+    counts = sorted(counts)
+    return {"min": counts[0], "p50": counts[len(counts) // 2], "max": counts[-1],
+            "served": round(sum(c > 0 for c in counts) / len(counts), 3)}
+
+
+def _rss_series(pid: int, start: float, duration: float) -> tuple:
+    """(RSS once every device registered, RSS every 5 s until the end)."""
+    registered_at = start + REGISTERED_AT
+    samples: List[int] = []
+    registered = 0
+    t = start
+    while t < start + duration:
+        if not registered and t >= registered_at:
+            time.sleep(max(registered_at - time.time(), 0.0))
+            registered = rss_bytes(pid)
+        time.sleep(max(t - time.time(), 0.0))
+        samples.append(rss_bytes(pid))
+        t += 5.0
+    return registered or rss_bytes(pid), samples
+
+
+def render(res: LoadResult, fmt: str) -> None:
+    """Print the result as a table or JSON."""
+    doc = {**res.__dict__, "lost": res.lost}
+    if fmt == "json":
+        print(json.dumps(doc, indent=2))
+        return
+    from ftte_cli.units import format_size
+
+    print(f"{res.devices} devices ({res.registered} registered), {res.duration_s:g} s, "
+          f"{res.versions} versions")
+    print(f"accepted updates: {res.accepted_coordinator} at the coordinator, "
+          f"{res.accepted_client} told accepted -> lost {res.lost}; "
+          f"{res.accepted_per_s:.1f} accepted/s; refused {res.refused or 0}; "
+          f"errors {res.errors or 0}")
+    print(f"server RSS: start {format_size(res.rss_start)}, registered "
+          f"{format_size(res.rss_registered)}, end {format_size(res.rss_end)}, peak "
+          f"{format_size(res.rss_peak)}; per device {format_size(res.per_device_bytes)} "
+          f"(registered), {format_size(res.per_device_end_bytes)} (end)")
+    print("server RSS every 5 s (MiB): "
+          + " ".join(f"{s / 2**20:.0f}" for s in res.rss_samples))
+    f = res.fairness
+    print(f"accepted updates per device: min {f['min']}, median {f['p50']}, max {f['max']}; "
+          f"{f['served']:.1%} of devices served")
+    lag = res.loop_lag
+    print(f"server event-loop lag: p50 {lag['p50_ms']:.2f} ms, p99 {lag['p99_ms']:.2f} ms")
+    print(f"{'endpoint':<14}{'requests':>10}{'client p50':>12}{'client p99':>12}"
+          f"{'server p50':>12}{'server p99':>12}   (ms)")
+    for name, row in res.latency.items():
+        srv = res.handler.get(name, {"p50_ms": float("nan"), "p99_ms": float("nan")})
+        print(f"{name:<14}{row['count']:>10}{row['p50_ms']:>12.2f}{row['p99_ms']:>12.2f}"
+              f"{srv['p50_ms']:>12.2f}{srv['p99_ms']:>12.2f}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--devices", type=int, default=1000)
+    p.add_argument("--duration", type=float, default=90.0, help="seconds (max 300)")
+    p.add_argument("--procs", type=int, default=2, help="client processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--concurrency", type=int, default=200, help="jobs in flight (C)")
+    p.add_argument("--buffer-size", type=int, default=10)
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve:
+        serve(args.devices, args.seed, args.concurrency, args.buffer_size)
+        return 0
+    if not 1 <= args.devices <= 5000 or not 5 <= args.duration <= 300:
+        p.error("--devices must be 1..5000 and --duration 5..300 s")
+    res = load_test(args.devices, args.duration, args.procs, args.seed, args.concurrency,
+                    args.buffer_size)
+    render(res, args.format)
+    return 0 if res.lost == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())
