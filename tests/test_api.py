@@ -71,6 +71,11 @@ def test_simulate_writes_a_run_that_read_run_and_report_read(
     assert all(p.exists() for p in rep.plots)
     for row, res in zip(rep.rows, result.results):
         assert row["final_accuracy"] == pytest.approx(res.summary.final_accuracy)
+    same = api.compare_runs(out, out)  # plain run dirs work too; neither side is measured
+    assert same.ratio_label == "B / A" and [r.group for r in same.rows] == ["ftte", "fedbuff"]
+    for r, res in zip(same.rows, result.results):
+        assert r.a_time_to_target == res.summary.time_to_target
+        assert r.ratio is None if r.a_time_to_target is None else r.ratio == pytest.approx(1.0)
     assert capsys.readouterr() == ("", "")
 
 
