@@ -39,6 +39,21 @@ def _progress(enabled: bool) -> Any:
                     TextColumn("{task.fields[info]}"), console=err_console, transient=True)
 
 
+def _backend(name: str, address: Optional[str]) -> Any:
+    """A context that routes client jobs to the chosen backend (checked before any work)."""
+    if name not in ("inprocess", "ray"):
+        raise ConfigError(f"--backend: expected inprocess or ray, got {name!r}")
+    if name == "inprocess":
+        if address is not None:
+            raise ConfigError("--address: only with --backend ray")
+        return nullcontext()
+    from ftte_cli.sim.ray_backend import RayBackend, import_ray
+    from ftte_cli.sim.runner import using_backend
+
+    import_ray()  # a missing Ray is a usage error now, not after loading the data
+    return using_backend(lambda: RayBackend(address))
+
+
 def simulate(
     recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Recipe YAML.")],
     clients: Annotated[Optional[int], typer.Option(min=1, help="Simulated clients.")] = None,
@@ -60,6 +75,11 @@ def simulate(
         min=0, help="Global test samples per evaluation (0: all).")] = 1000,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/sim-<time>).")
                    ] = None,
+    backend: Annotated[str, typer.Option(
+        help="Where client jobs train: inprocess, or ray (needs pip install "
+             "'ftte-cli[ray]'; results equal in-process ones).")] = "inprocess",
+    address: Annotated[Optional[str], typer.Option(
+        help="Ray cluster: auto or HOST:PORT (default: start a local Ray).")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
 ) -> None:
     """Compare strategies on a simulated fleet: time to target, accuracy, memory, payload."""
@@ -67,10 +87,11 @@ def simulate(
         if until not in ("target", "limit"):
             raise ConfigError(f"--until: expected target or limit, got {until!r}")
         rec = load_recipe(recipe)
+        jobs_on = _backend(backend, address)
         folder = out if out is not None else new_run_dir(Path("runs"), "sim")
         folder.mkdir(parents=True, exist_ok=True)
         show = fmt == Format.table and sys.stderr.isatty()
-        with _progress(show) as bar:
+        with _progress(show) as bar, jobs_on:
             tasks: dict[str, Any] = {}
 
             def progress(name: str, now: float, version: int, acc: Optional[float]) -> None:

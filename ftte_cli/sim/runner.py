@@ -18,18 +18,20 @@ full training are left out of the dense strategies, under `lenient` they are ass
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
 import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from ftte_cli.config.recipe import Recipe
+from ftte_cli.config.recipe import Recipe, TrainConfig
 from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig, Job, Update
 from ftte_cli.engine.data.dataset import Dataset, FederatedData
 from ftte_cli.engine.flops import layer_flops
@@ -39,7 +41,7 @@ from ftte_cli.engine.models import build_model
 from ftte_cli.engine.plan import Plan, dense_plan
 from ftte_cli.engine.strategies import STRATEGIES, make_strategy
 from ftte_cli.engine.strategies.aggregate import nbytes
-from ftte_cli.engine.train import evaluate, train_job
+from ftte_cli.engine.train import JobResult, evaluate, train_job
 from ftte_cli.errors import ConfigError, RunError
 from ftte_cli.sim.clock import VirtualClock
 from ftte_cli.sim.devices import (
@@ -213,10 +215,69 @@ def prepare(settings: SimSettings) -> World:
                  source, notes)
 
 
+class JobBackend(Protocol):
+    """Where client jobs train; the clock and the coordinator always stay in this process.
+
+    `start(world)` once per world (place the model, plans and data shards); `submit` when a job
+    is dispatched (a backend may start it then); `result` when its arrival is the next event
+    (returns the JobResult and the CPU seconds it took); `close()` at the end.
+    """
+
+    def start(self, world: World) -> None: ...
+
+    def submit(self, plan_key: str, job: Job, device: int, cfg: TrainConfig) -> Any: ...
+
+    def result(self, handle: Any) -> Tuple[JobResult, float]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessBackend:
+    """The default: train in this process, lazily when the arrival is handled."""
+
+    def __init__(self) -> None:
+        self.world: Optional[World] = None
+
+    def start(self, world: World) -> None:
+        self.world = world
+
+    def submit(self, plan_key: str, job: Job, device: int, cfg: TrainConfig) -> Any:
+        return (plan_key, job, device, cfg)
+
+    def result(self, handle: Any) -> Tuple[JobResult, float]:
+        plan_key, job, device, cfg = handle
+        world = self.world
+        assert world is not None, "start(world) first"
+        plan = world.dense if plan_key == "dense" else world.ftte
+        start = time.process_time()
+        res = train_job(world.model, world.params, plan, job.subset,
+                        world.data.clients[device].train, cfg, job.seed)
+        return res, time.process_time() - start
+
+    def close(self) -> None:
+        self.world = None
+
+
+# Backend used by simulate() when none is passed (the CLI sets it around api.simulate).
+_BACKEND: contextvars.ContextVar[Optional[Callable[[], JobBackend]]] = contextvars.ContextVar(
+    "ftte_sim_backend", default=None)
+
+
+@contextlib.contextmanager
+def using_backend(factory: Callable[[], JobBackend]) -> Iterator[None]:
+    """Within the block, simulate() trains jobs on backends made by `factory`."""
+    token = _BACKEND.set(factory)
+    try:
+        yield
+    finally:
+        _BACKEND.reset(token)
+
+
 @dataclass(frozen=True)
 class _Arrive:
     job: Job
     device: int
+    handle: Any = None  # the backend's handle of the job's training
 
 
 @dataclass(frozen=True)
@@ -237,9 +298,10 @@ class _Run:
     """One strategy driven on a virtual clock."""
 
     def __init__(self, world: World, name: str, progress: Optional[Progress],
-                 on_eval: Optional[Callable[[EvalPoint], None]]) -> None:
+                 on_eval: Optional[Callable[[EvalPoint], None]], backend: JobBackend) -> None:
         self.world = world
         self.name = name
+        self.backend = backend
         recipe = world.recipe.with_strategy(name)
         self.recipe = recipe
         self.strategy = make_strategy(recipe.strategy)
@@ -260,7 +322,6 @@ class _Run:
         self.train_cpu = 0.0
         self.rng = random.Random(f"availability:{world.seed}:{name}")
         self.clock: VirtualClock[Event] = VirtualClock()
-        self.frozen = world.params
         self.coord = Coordinator(
             world.params, self.plan, self.strategy,
             {self._cid(i): len(world.data.clients[i].train) for i in self.members},
@@ -288,13 +349,13 @@ class _Run:
                 self.clock.schedule(now + self.rng.random() * duration,
                                     _Offline(job.client_id, job.job_id))
             else:
-                self.clock.schedule(now + duration, _Arrive(job, i))
+                key = "dense" if self.strategy.dense else "ftte"
+                handle = self.backend.submit(key, job, i, self.recipe.train)
+                self.clock.schedule(now + duration, _Arrive(job, i, handle))
 
     def _arrive(self, ev: _Arrive, now: float) -> None:
-        start = time.process_time()
-        res = train_job(self.world.model, self.frozen, self.plan, ev.job.subset,
-                        self.world.data.clients[ev.device].train, self.recipe.train, ev.job.seed)
-        self.train_cpu += time.process_time() - start
+        res, cpu = self.backend.result(ev.handle)
+        self.train_cpu += cpu
         self.coord.submit(Update(ev.job.job_id, ev.job.client_id, ev.job.version, res.delta,
                                  res.num_samples, res.grad_variance, res.peak_memory), now)
 
@@ -367,19 +428,33 @@ def _eval_set(world: World) -> Dataset:
 
 
 def run_strategy(world: World, name: str, progress: Optional[Progress] = None,
-                 on_eval: Optional[Callable[[EvalPoint], None]] = None) -> StrategyResult:
-    """Run one strategy on the shared world (a fresh coordinator, clock and RNGs)."""
-    return _Run(world, name, progress, on_eval).run()
+                 on_eval: Optional[Callable[[EvalPoint], None]] = None,
+                 backend: Optional[JobBackend] = None) -> StrategyResult:
+    """Run one strategy on the shared world (a fresh coordinator, clock and RNGs); `backend`
+    must have been started on `world` (default: in-process)."""
+    if backend is None:
+        backend = InProcessBackend()
+        backend.start(world)
+    return _Run(world, name, progress, on_eval, backend).run()
 
 
 def simulate(settings: SimSettings, progress: Optional[Progress] = None,
-             on_eval: Optional[Callable[[str, EvalPoint], None]] = None) -> SimResult:
-    """Every strategy of `settings` on the same world, one after the other."""
+             on_eval: Optional[Callable[[str, EvalPoint], None]] = None,
+             backend: Optional[JobBackend] = None) -> SimResult:
+    """Every strategy of `settings` on the same world, one after the other; jobs train on
+    `backend` (default: the one `using_backend` set, else in-process)."""
+    if backend is None:
+        factory = _BACKEND.get()
+        backend = factory() if factory is not None else InProcessBackend()
     world = prepare(settings)
     results = []
-    for name in settings.strategies:
-        hook = None if on_eval is None else (lambda p, n=name: on_eval(n, p))
-        results.append(run_strategy(world, name, progress, hook))
+    backend.start(world)
+    try:
+        for name in settings.strategies:
+            hook = None if on_eval is None else (lambda p, n=name: on_eval(n, p))
+            results.append(run_strategy(world, name, progress, hook, backend))
+    finally:
+        backend.close()
     stragglers = sum(d.straggler for d in world.fleet) / max(len(world.fleet), 1)
     return SimResult(world.seed, len(world.fleet), stragglers, world.budget_bytes,
                      world.budget_source, world.dense.estimated_bytes or 0,
