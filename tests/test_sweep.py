@@ -179,3 +179,11 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     assert (rows["ftte"].failed, rows["fedavg"].failed) == (0, 1)
     again = api.sweep(api.SweepOptions(out=tmp_path / "s", resume=True))
     assert again.ran == [] and again.skipped == ["ftte-seed1", "fedavg-seed1"]
+    from typer.testing import CliRunner
+
+    from ftte_cli.cli import app
+
+    res = CliRunner().invoke(app, ["sweep", "--resume", str(tmp_path / "s"), "--format", "json"])
+    assert res.exit_code == 1, res.output  # a failed run makes the sweep exit non-zero
+    doc = json.loads(res.stdout)
+    assert doc["ran"] == [] and [r["status"] for r in doc["runs"]] == ["ok", "failed"]

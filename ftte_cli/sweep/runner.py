@@ -155,7 +155,11 @@ def read_record(out: Path, run: RunSpec) -> Optional[RunRecord]:
     if not path.exists():
         return None
     raw = read_json(path)
-    return RunRecord(**{**raw, "status": RunStatus(raw["status"])})
+    try:
+        return RunRecord(**{**raw, "status": RunStatus(raw["status"])})
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: malformed run record ({err}); delete it to run again") \
+            from None
 
 
 # ---- sweep.json -----------------------------------------------------------------------------
