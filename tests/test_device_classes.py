@@ -150,3 +150,21 @@ def test_profile_says_which_memory_is_counted() -> None:
     assert memory_counted(base) == MemoryCounted.cpu
     assert memory_counted(jetson) == MemoryCounted.shared
     assert memory_counted(gpu) == MemoryCounted.cpu_only
+
+
+def test_strict_fedavg_excludes_a_device_whose_own_batch_cannot_hold_full_training(
+        tmp_path: Path) -> None:
+    from ftte_cli.engine.data import load_federated
+    from ftte_cli.fleet.bundle import initial_model
+    from ftte_cli.train.planning import choose_plan
+
+    text = write_recipe(tmp_path, strategy="fedavg").read_text()
+    (tmp_path / "recipe.yaml").write_text(text.replace("memory_budget: 40MB",
+                                                       "memory_budget: 2.5MB"))
+    recipe = load_recipe(tmp_path / "recipe.yaml")
+    fed = load_federated(recipe.data, 2, recipe.seed)
+    model = initial_model(recipe, fed.input_shape, fed.num_classes)
+    devices = list(load_inventory(_inventory(tmp_path, "{batch_size: 64}")).devices.values())
+    chosen = choose_plan(recipe, model, devices, fed.input_shape, fed.num_classes, fed.proxy, {})
+    assert [d.name for d in chosen.devices] == ["pi4-1"]  # batch 32 fits 2.5 MB, batch 64 not
+    assert "zero-1" in chosen.excluded and "full training" in chosen.excluded["zero-1"]

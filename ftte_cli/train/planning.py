@@ -81,7 +81,21 @@ def choose_plan(recipe: Recipe, model: nn.Module, devices: list[Device], input_s
     plan = _with_memory(plan, full)
     if recipe.strategy.name != "fedavg":
         return PlanChoice(plan, devices, budget=budget, profiles=records)
-    return _fedavg_members(recipe, plan, devices, budget, records, full)
+    return _fedavg_members(recipe, plan, devices, budget, records,
+                           _full_per_device(recipe, model, plan, devices, input_shape, full))
+
+
+def _full_per_device(recipe: Recipe, model: nn.Module, plan: Plan, devices: list[Device],
+                     input_shape: tuple, full: int) -> dict[str, int]:
+    """Full training memory of each device at its own (ftte_train) batch size."""
+    from ftte_cli.config.inventory import device_train
+
+    out = {}
+    for d in devices:
+        cfg = device_train(recipe.train, d)
+        out[d.name] = full if cfg == recipe.train else training_memory(
+            model, plan, cfg.batch_size, input_shape, cfg.momentum).total
+    return out
 
 
 def _usable(budget: fleet_budget.FleetBudget) -> dict[str, int]:
@@ -147,13 +161,15 @@ def _with_memory(plan: Plan, full: int) -> Plan:
 
 def _fedavg_members(recipe: Recipe, plan: Plan, devices: list[Device],
                     budget: fleet_budget.FleetBudget, records: dict[str, dict[str, Any]],
-                    full: int) -> PlanChoice:
+                    fulls: dict[str, int]) -> PlanChoice:
     usable = {d.name: d.usable_bytes for d in budget.devices}
     if budget.overridden:  # the recipe's budget stands for every device
         usable = {d.name: budget.m_min for d in devices}
-    short = {d.name: usable[d.name] for d in devices if d.name in usable and usable[d.name] < full}
-    why = {name: f"usable {format_size(u)} < full training {format_size(full)}"
+    short = {d.name: usable[d.name] for d in devices
+             if d.name in usable and usable[d.name] < fulls[d.name]}
+    why = {name: f"usable {format_size(u)} < full training {format_size(fulls[name])}"
            for name, u in short.items()}
+    full = min(fulls.values(), default=0)
     if recipe.strategy.baseline_memory == "lenient":
         notes = [f"baseline_memory lenient: {n} kept although {w}" for n, w in why.items()]
         return PlanChoice(plan, devices, budget=budget, profiles=records, notes=notes)
