@@ -1,10 +1,13 @@
 """Train the same recipe on the fleet under several strategies and compare them.
 
-    python examples/compare_strategies.py --inventory testbed/inventory.yaml \\
+    python examples/compare_strategies.py --inventory .testbed/inventory.yaml \\
         --recipe recipes/har.yaml --strategies ftte,fedbuff,fedavg
 
 One real run per strategy (fresh server, same bundles where the plan is the same), then a table:
 time to target, best accuracy, payload until the target, measured peak memory per device.
+
+`.testbed/inventory.yaml` is what `ftte testbed up` writes (four emulated devices); any
+inventory works.
 """
 
 from __future__ import annotations

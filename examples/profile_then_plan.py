@@ -1,8 +1,11 @@
 """Profile every device of an inventory, then choose the FTTE plan that fits the tightest one.
 
-    python examples/profile_then_plan.py -i testbed/inventory.yaml -r recipes/har.yaml
+    python examples/profile_then_plan.py -i .testbed/inventory.yaml -r recipes/har.yaml
 
 Prints each device's usable training memory M_i and whether the plan (and full training) fit.
+
+`.testbed/inventory.yaml` is what `ftte testbed up` writes (four emulated devices); any
+inventory works.
 """
 
 from __future__ import annotations

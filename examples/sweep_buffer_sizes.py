@@ -1,10 +1,13 @@
 """Sweep FTTE's buffer size K on the fleet (or in the simulator) and print the comparison.
 
-    python examples/sweep_buffer_sizes.py --inventory testbed/inventory.yaml \\
+    python examples/sweep_buffer_sizes.py --inventory .testbed/inventory.yaml \\
         --recipe recipes/har.yaml --sizes 2,5,10 --seeds 1,2 [--simulate]
 
 The same as `ftte sweep --strategies ftte --set strategy.buffer_size=2,5,10`; run it again with
 the same --out to finish a sweep that was interrupted.
+
+`.testbed/inventory.yaml` is what `ftte testbed up` writes (four emulated devices); any
+inventory works.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     from pathlib import Path
     from ftte_cli import api
 
-    inv = api.load_inventory(Path("testbed/inventory.yaml"))
+    inv = api.load_inventory(Path(".testbed/inventory.yaml"))
     profiles = api.profile(inv.path)                   # FleetResults, values DeviceProfile
     chosen = api.plan(Path("recipes/har.yaml"), budget="2MB")
     result = api.train(Path("recipes/har.yaml"), inv.path, strategy="fedbuff")
