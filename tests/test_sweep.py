@@ -187,3 +187,5 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     assert res.exit_code == 1, res.output  # a failed run makes the sweep exit non-zero
     doc = json.loads(res.stdout)
     assert doc["ran"] == [] and [r["status"] for r in doc["runs"]] == ["ok", "failed"]
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "a sweep folder" in res.output

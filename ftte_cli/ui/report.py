@@ -94,6 +94,9 @@ def load_run(path: Path) -> RunReport:
     kind = str(manifest.get("kind") or ("simulate" if "strategies" in manifest else "run"))
     series = [_series(name, metrics, path, manifest, top_summary)
               for name, metrics in _metric_files(path, manifest)]
+    if not series and (path / "sweep.json").exists():
+        raise ConfigError(f"{path}: a sweep folder: report one of its runs ({path}/runs/<run>), "
+                          f"see {path}/comparison.json, or use --compare {path} OTHER")
     if not series:
         raise ConfigError(f"{path}: no metrics.jsonl found (is this a train or simulate run?)")
     return RunReport(path, kind, _target(manifest, series), series)
