@@ -70,11 +70,11 @@ print(json.dumps({"measured": res.peak_memory - base, "estimated": est.training_
 """
 
 CASES = [
-    ("har_cnn", (9, 128), 512, "dense"),
-    ("har_cnn", (9, 128), 512, "half"),
-    ("har_cnn", (9, 128), 512, "head"),
-    ("mobilenet_v2", (3, 32, 32), 32, "dense"),
-    ("mobilenet_v2", (3, 32, 32), 32, "half"),
+    ("har_cnn", (9, 128), 256, "dense"),
+    ("har_cnn", (9, 128), 256, "half"),
+    ("har_cnn", (9, 128), 256, "head"),
+    ("mobilenet_v2", (3, 32, 32), 16, "dense"),
+    ("mobilenet_v2", (3, 32, 32), 16, "half"),
 ]
 
 
