@@ -74,6 +74,11 @@ def _tensors(raw: bytes) -> Dict[str, Tensor]:
     return tensors_and_metadata_from_bytes(raw, NO_LIMIT)[0]
 
 
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class TrainWorker:
     """Actor body: the model, both plans, the frozen parameters and the shards it was sent."""
 
@@ -107,6 +112,10 @@ class TrainWorker:
                 "steps": res.steps, "loss": res.loss, "peak_memory": res.peak_memory,
                 "cpu_s": time.process_time() - start}
         return tensors_to_bytes(res.delta), meta
+
+    def ready(self) -> bool:
+        """Answered once the actor has imported torch and built its model."""
+        return True
 
     def shards_held(self) -> List[int]:
         """Clients whose shard this actor fetched (tests check placement)."""
@@ -149,6 +158,12 @@ class RayBackend:
                                     world.data.num_classes, plans, frozen, shards,
                                     torch.get_num_threads())
                        for _ in range(count)]
+        # Wait for every actor to be up (torch imported, model built) so start-up cost and
+        # errors (e.g. ftte missing on a cluster node) show here, not in the first job.
+        try:
+            self.ray.get([a.ready.remote() for a in self.actors])
+        except self.ray.exceptions.RayError as err:
+            raise RunError(f"ray backend: a worker did not start: {_first_line(err)}") from None
         log.info("ray backend: %d workers, %d shards placed", count, len(shards))
 
     def _subset_ref(self, subset: Dict[str, Tensor]) -> Any:
@@ -172,8 +187,7 @@ class RayBackend:
         try:
             raw, meta = self.ray.get(handle)
         except self.ray.exceptions.RayError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RunError(f"ray backend: a client job failed: {first}") from None
+            raise RunError(f"ray backend: a client job failed: {_first_line(err)}") from None
         res = JobResult(delta=_tensors(raw), num_samples=int(meta["num_samples"]),
                         grad_variance=float(meta["grad_variance"]), steps=int(meta["steps"]),
                         loss=float(meta["loss"]), peak_memory=meta["peak_memory"])
