@@ -247,8 +247,8 @@ class _Device:
                 await asyncio.sleep(1.0)
                 continue
             self.stats["registered"] += 1
-            # Everyone registers within 2 s, then waits until 4 s: the parent reads the
-            # server's RSS with the fleet registered (and the first jobs queued) at 3.5 s.
+            # Everyone registers within 2 s, then waits until 4 s, so the parent reads the
+            # server's RSS with the fleet registered (and the first jobs queued) before polls.
             await asyncio.sleep(max(self.plan.start_at + REGISTERED_AT + 0.5 - time.time(), 0))
             await self.work()
             return
@@ -414,7 +414,8 @@ def load_test(devices: int = 1000, duration: float = 90.0, procs: int = 2, seed:
                  for i in range(procs)]
         with ProcessPoolExecutor(procs, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(run_clients, p) for p in plans]
-            rss_registered, samples = _rss_series(child.pid, start, duration)
+            rss_registered, samples = _rss_series(child.pid, hello["url"], seed, start,
+                                                  duration)
             merged = _merge([f.result() for f in futures])
         rss_end = rss_bytes(child.pid)
         child.stdin.write("stop\n")
@@ -452,16 +453,31 @@ def _fairness(counts: List[int]) -> Dict[str, float]:
             "served": round(sum(c > 0 for c in counts) / len(counts), 3)}
 
 
-def _rss_series(pid: int, start: float, duration: float) -> tuple:
-    """(RSS once every device registered, RSS every 5 s until the end)."""
-    registered_at = start + REGISTERED_AT
-    samples: List[int] = []
+def _all_registered(url: str, seed: int) -> bool:
+    """Whether the server shows no device still waiting to register (GET /v1/status)."""
+    import urllib.request
+
+    from ftte_cli.client import wire
+
+    name = device_names(1)[0]
+    req = urllib.request.Request(url + wire.API + "/status",
+                                 headers=wire.auth_headers(name, token_for(name, seed)))
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        doc = json.loads(resp.read())
+    return all(d["status"] != "waiting" for d in doc["devices"])
+
+
+def _rss_series(pid: int, url: str, seed: int, start: float, duration: float) -> tuple:
+    """(RSS once every device registered, RSS every 5 s from the start until the end)."""
+    samples = [rss_bytes(pid)]
     registered = 0
-    t = start
+    t = start + 5.0
     while t < start + duration:
-        if not registered and t >= registered_at:
-            time.sleep(max(registered_at - time.time(), 0.0))
-            registered = rss_bytes(pid)
+        while not registered and time.time() < t:
+            if time.time() >= start and _all_registered(url, seed):
+                registered = rss_bytes(pid)
+            else:
+                time.sleep(0.25)
         time.sleep(max(t - time.time(), 0.0))
         samples.append(rss_bytes(pid))
         t += 5.0

@@ -235,11 +235,13 @@ class FtteServer:
     def _sync_coordinator_view(self) -> None:
         """Copy what the snapshot shows from the coordinator (coordinator thread or init only)."""
         c = self.coordinator
-        points = [AccuracyPoint(e.time, e.version, e.accuracy) for e in c.metrics.evals]
+        # Only the new evaluations: this runs after every update, and a long run has thousands.
+        new = [AccuracyPoint(e.time, e.version, e.accuracy)
+               for e in c.metrics.evals[len(self._accuracy):]]
         with self._lock:
             self._version = c.version
             self._buffer_fill = c.strategy.pending()
-            self._accuracy = points
+            self._accuracy.extend(new)
 
     def _dispatch(self, now: float) -> list[str]:
         """Ask the coordinator for jobs and encode them; returns the devices that got one."""
