@@ -26,6 +26,7 @@ from torch.func import functional_call
 from ftte_cli.config.recipe import TrainConfig
 from ftte_cli.engine import sparse
 from ftte_cli.engine.memory import (
+    ForwardTrace,
     MemoryEstimate,
     optimizer_slots,
     trace_forward,
@@ -302,22 +303,51 @@ class Selection:
     full_memory: MemoryEstimate
 
 
-def search(model: nn.Module, units: Sequence[Unit], scores: Mapping[str, float], budget: int,
-           batch_size: int, input_shape: Tuple[int, ...], momentum: float) -> List[Unit]:
+@dataclass(frozen=True)
+class CostModel:
+    """Search-time memory of candidate plans: fixed part plus one dense trace of activations."""
+
+    fixed: int  # every parameter held once + the head's trainable copies
+    slots: int  # copies per trainable value (see per_value_slots)
+    trace: ForwardTrace
+
+    @staticmethod
+    def of(model: nn.Module, batch_size: int, input_shape: Tuple[int, ...],
+           momentum: float) -> CostModel:
+        """Trace `model` once (dense) at the recipe's batch size."""
+        slots = per_value_slots(momentum)
+        fixed = BYTES_PER_VALUE * sum(p.numel() for p in model.parameters())
+        fixed += sum(BYTES_PER_VALUE * slots * model.get_parameter(n).numel()
+                     for n in plan_masks(model, []))
+        return CostModel(fixed, slots, trace_forward(model, dense_plan(model), batch_size,
+                                                     input_shape))
+
+    def base(self, d: int) -> int:
+        """Memory with earliest trainable layer d before any unit's own cost."""
+        return self.fixed + sum(self.trace.cost_from(d))
+
+    def may_fit(self, units: Sequence[Unit], budget: int, slack: float = 0.05) -> List[Unit]:
+        """Units that fit beside the head at some earliest layer d <= theirs (with `slack`)."""
+        floor: Dict[int, int] = {}
+        best = None
+        for d in sorted({u.layer_index for u in units}):
+            here = self.base(d)
+            best = here if best is None else min(best, here)
+            floor[d] = best
+        return [u for u in units
+                if floor[u.layer_index] + u.cost(self.slots) <= budget * (1 + slack)]
+
+
+def search(units: Sequence[Unit], scores: Mapping[str, float], budget: int,
+           costs: CostModel) -> List[Unit]:
     """Best units under `budget`, iterating the earliest trainable layer d (before measuring)."""
-    slots = per_value_slots(momentum)
-    head = plan_masks(model, [])
-    fixed = BYTES_PER_VALUE * sum(p.numel() for p in model.parameters())
-    fixed += sum(BYTES_PER_VALUE * slots * model.get_parameter(n).numel() for n in head)
     by_name = {u.name: u for u in units}
-    trace = trace_forward(model, dense_plan(model), batch_size, input_shape)
     best: Tuple[float, List[str]] = (0.0, [])
     for d in sorted({u.layer_index for u in units}):
-        act, buf = trace.cost_from(d)
-        capacity = budget - fixed - act - buf
+        capacity = budget - costs.base(d)
         if capacity <= 0:
             continue
-        items = [Item(u.name, u.group, u.cost(slots), float(scores.get(u.name, 0.0)))
+        items = [Item(u.name, u.group, u.cost(costs.slots), float(scores.get(u.name, 0.0)))
                  for u in units if u.layer_index >= d]
         keys = knapsack_exact(items, capacity)
         value = knapsack_value(items, keys)
@@ -348,8 +378,8 @@ def select(model: nn.Module, recipe: Recipe, data: object, budget_bytes: int,
            reuse: Optional[Selection] = None) -> Selection:
     """Choose the plan for `model` under `budget_bytes` (see the module docstring).
 
-    `reuse`: a Selection of the same model and recipe whose unit scores are taken as they are
-    (another budget, no second contribution analysis).
+    `reuse`: a Selection of the same model and recipe whose unit scores are kept (another
+    budget: only units not scored yet are fine-tuned).
     """
     cfg, batch, momentum = recipe.train, recipe.train.batch_size, recipe.train.momentum
     shape = tuple(input_shape)
@@ -363,24 +393,30 @@ def select(model: nn.Module, recipe: Recipe, data: object, budget_bytes: int,
             f"classifier head of {name} at batch size {batch}: the smallest budget that works is "
             f"{format_size(head_est.total)} ({head_est.total} B)", head_est.total)
     units = enumerate_units(model, recipe.plan.ratios)
+    costs = CostModel.of(model, batch, shape, momentum)
     proxy, fallback_data = _proxy_and_fallback(data)
     notes: List[str] = []
-    if reuse is not None:
-        method, scores, notes = reuse.plan.method, dict(reuse.scores), reuse.plan.notes[:1]
-    elif recipe.plan.method == "contribution" and proxy is not None:
+    scores: Dict[str, float] = dict(reuse.scores) if reuse is not None else {}
+    if recipe.plan.method == "contribution" and proxy is not None:
         method = "contribution"
-        scores = contribution_scores(model, units, proxy, cfg, recipe.plan.proxy_steps, recipe.seed)
+        # only units that can fit are worth a fine-tune; the others keep no score
+        todo = [u for u in costs.may_fit(units, budget_bytes) if u.name not in scores]
+        if todo or reuse is None:
+            scores.update(contribution_scores(model, todo, proxy, cfg, recipe.plan.proxy_steps,
+                                              recipe.seed))
         notes.append(f"contribution: proxy-loss drop after {recipe.plan.proxy_steps} steps per "
-                     f"unit on {len(proxy)} proxy samples")
+                     f"unit on {len(proxy)} proxy samples ({len(scores)} of {len(units)} units "
+                     "could fit and were scored)")
     else:
         method = "gradnorm"
-        scores = gradnorm_scores(model, units, fallback_data, shape, num_classes, batch,
-                                 recipe.seed)
+        if not scores:
+            scores = gradnorm_scores(model, units, fallback_data, shape, num_classes, batch,
+                                     recipe.seed)
         why = ("requested by plan.method" if recipe.plan.method == "gradnorm"
                else "fallback: no proxy data")
         source = "synthetic inputs" if fallback_data is None else f"{len(fallback_data)} samples"
         notes.append(f"gradnorm ({why}): gradient norm per byte on {source}")
-    chosen = search(model, units, scores, budget_bytes, batch, shape, momentum)
+    chosen = search(units, scores, budget_bytes, costs)
     chosen, est = fit_to_budget(model, chosen, scores, budget_bytes, batch, shape, momentum)
     if not chosen:
         notes.append("no unit fits beside the head (or none helps): head only")
