@@ -67,11 +67,15 @@ class _Device:
 
 @dataclass(frozen=True)
 class _Pending:
-    """A job dispatched by the coordinator and not yet fetched by its device."""
+    """A job dispatched by the coordinator and not yet fetched by its device.
+
+    Holds the message, not its bytes: w*_t is the coordinator's read-only snapshot, shared by
+    every job of a version, and is encoded when the device fetches it, off the coordinator thread.
+    """
 
     job_id: str
     version: int
-    body: bytes
+    message: wire.JobMessage
 
 
 class FtteServer:
@@ -244,14 +248,14 @@ class FtteServer:
             self._accuracy.extend(new)
 
     def _dispatch(self, now: float) -> list[str]:
-        """Ask the coordinator for jobs and encode them; returns the devices that got one."""
+        """Ask the coordinator for jobs and queue them; returns the devices that got one."""
         got: list[str] = []
         if not self._started:
             return got
         for job in self.coordinator.next_jobs(now):
-            body = wire.encode_job(wire.JobMessage(job.job_id, job.version, job.seed, job.subset))
+            msg = wire.JobMessage(job.job_id, job.version, job.seed, job.subset)
             with self._lock:
-                self._pending[job.client_id] = _Pending(job.job_id, job.version, body)
+                self._pending[job.client_id] = _Pending(job.job_id, job.version, msg)
                 self._issued[job.job_id] = job.client_id
                 while len(self._issued) > self._issued_cap:
                     self._issued.popitem(last=False)
@@ -417,7 +421,8 @@ class FtteServer:
         while True:
             job = self._take_job(device)
             if job is not None:
-                return web.Response(body=job.body, content_type=wire.TENSOR_TYPE)
+                return web.Response(body=await self._job_body(device, job),
+                                    content_type=wire.TENSOR_TYPE)
             self._check_running(device)
             left = deadline - self.now()
             if left <= 0:
@@ -448,9 +453,16 @@ class FtteServer:
             job = self._pending.pop(device, None) if dev.status in ONLINE else None
             if job is not None:
                 dev.status, dev.version, dev.job_id = DeviceStatus.training, job.version, job.job_id
-                dev.bytes_down += len(job.body)
                 dev.last_seen = self.now()
         return job
+
+    async def _job_body(self, device: str, job: _Pending) -> bytes:
+        """Encode a fetched job on the default thread pool (not the loop, not the coordinator)."""
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(None, wire.encode_job, job.message)
+        with self._lock:
+            self._devices[device].bytes_down += len(body)
+        return body
 
     async def _update(self, request: web.Request) -> web.Response:
         device = self._auth(request)
