@@ -300,3 +300,28 @@ def test_cached_record_is_reused_only_when_it_answers_the_request() -> None:
     assert _reusable(benched, ProfileRequest(recipe=har, benchmark=True), 3600)
     assert not _reusable({**benched, "bench_model": "small_cnn"},
                          ProfileRequest(recipe=har, benchmark=True), 3600)
+
+
+def test_plan_with_inventory_uses_fleet_budget_and_shows_headroom(tmp_path: Path) -> None:
+    """`ftte plan --inventory`: M_min from the tightest profile; full FedAvg would drop it."""
+    recipe = tmp_path / "har.yaml"
+    recipe.write_text(RECIPE.read_text().replace("windows: 10000", "windows: 1500")
+                      .replace("method: contribution", "method: gradnorm"))
+    inv = tmp_path / "lab.yaml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"pi": {"ansible_host": "10.0.0.2"},
+                                                     "jet": {"ansible_host": "10.0.0.3"}}}},
+                                  sort_keys=False))
+    bud.profiles_path(inv).parent.mkdir()
+    bud.profiles_path(inv).write_text(bud.dump_profiles({
+        "pi": {"name": "pi", "mem_available_bytes": 300 * MiB, "baseline_rss_bytes": 294 * MiB},
+        "jet": {"name": "jet", "mem_available_bytes": 900 * MiB,
+                "baseline_rss_bytes": 230 * MiB}}))
+    res = runner.invoke(app, ["plan", "--recipe", str(recipe), "--inventory", str(inv),
+                              "--format", "json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["budget_bytes"] == 2 * MiB and "pi" in data["budget_source"]  # 300-294-4 MiB
+    fleet = {d["name"]: d for d in data["fleet"]["devices"]}
+    assert fleet["pi"]["fits_ftte"] and fleet["jet"]["fits_full"]
+    assert data["memory"]["plan"] <= 2 * MiB < data["memory"]["full"]
+    assert not fleet["pi"]["fits_full"]  # strict FedAvg would exclude the Pi

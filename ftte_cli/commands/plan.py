@@ -19,6 +19,7 @@ from ftte_cli.config.recipe import Recipe, load_recipe
 from ftte_cli.engine.plan import save_plan
 from ftte_cli.engine.selection import Selection, plan_for_recipe
 from ftte_cli.errors import ConfigError
+from ftte_cli.fleet import budget as fleet_budget
 from ftte_cli.output import Format, console, handle_errors, print_json, table
 from ftte_cli.units import format_size, parse_size
 
@@ -31,15 +32,18 @@ class Budget:
     source: str
 
 
-def resolve_budget(recipe: Recipe, budget: Optional[str]) -> Budget:
-    """--budget, else the recipe's plan.memory_budget; ConfigError when neither is given."""
+def resolve_budget(recipe: Recipe, budget: Optional[str],
+                   fleet: Optional[fleet_budget.FleetBudget] = None) -> Budget:
+    """--budget, else the recipe's plan.memory_budget, else the fleet's M_min (--inventory)."""
     if budget is not None:
         return Budget(parse_size(budget, "--budget"), "--budget")
     if recipe.plan.memory_budget is not None:
         where = f"{recipe.source}: plan.memory_budget"
         return Budget(parse_size(recipe.plan.memory_budget, where), "recipe plan.memory_budget")
-    raise ConfigError(f"{recipe.source}: no memory budget: pass --budget (e.g. 2MB) or set "
-                      "plan.memory_budget in the recipe")
+    if fleet is not None:
+        return Budget(fleet.m_min, f"fleet M_min (most constrained: {fleet.bound_by})")
+    raise ConfigError(f"{recipe.source}: no memory budget: pass --budget (e.g. 2MB) or "
+                      "--inventory (profiled fleet), or set plan.memory_budget in the recipe")
 
 
 def _ratio(part: float, whole: Optional[float]) -> Optional[float]:
@@ -91,6 +95,10 @@ def render(report: dict[str, Any]) -> None:
     console.print(table("Trained beside the head", ("unit", "score"), units))
     for note in report["notes"]:
         console.print(f"note: {note}", highlight=False)
+    if "fleet" in report:
+        console.print(table("Fleet headroom (usable M_i minus training memory)",
+                            fleet_budget.HEADROOM_COLUMNS,
+                            fleet_budget.headroom_rows(report["fleet"])))
 
 
 def plan(
@@ -102,13 +110,24 @@ def plan(
                    ] = Format.table,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Write plan.json + plan.safetensors into this folder.")] = None,
+    inventory: Annotated[Optional[Path], typer.Option(
+        "--inventory", "-i", help="Budget from this fleet's cached profiles (`ftte profile`), "
+        "plus a per-device headroom table under FTTE and under full training.")] = None,
+    limit: Annotated[Optional[str], typer.Option(
+        "--limit", "-l", help="Only these groups or hosts of the inventory.")] = None,
 ) -> None:
     """Choose which parameters FTTE trains under a memory budget, and show memory and payload."""
     with handle_errors(fmt):
         loaded = load_recipe(recipe)
-        chosen = resolve_budget(loaded, budget)
+        fleet = (fleet_budget.inventory_budget(inventory, loaded, limit, budget)
+                 if inventory is not None else None)
+        chosen = resolve_budget(loaded, budget, fleet)
         sel = plan_for_recipe(loaded, chosen.bytes)
         report = plan_report(sel, chosen)
+        if fleet is not None:
+            rows = fleet_budget.headroom(fleet, sel.plan.estimated_bytes or 0,
+                                         sel.plan.full_training_bytes or 0)
+            report["fleet"] = fleet_budget.headroom_json(fleet, rows)
         if out is not None:
             report["saved"] = [str(p) for p in save_plan(sel.plan, out)]
         if fmt == Format.json:
