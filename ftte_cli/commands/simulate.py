@@ -80,9 +80,15 @@ def simulate(
              "'ftte-cli[ray]'; results equal in-process ones).")] = "inprocess",
     address: Annotated[Optional[str], typer.Option(
         help="Ray cluster: auto or HOST:PORT (default: start a local Ray).")] = None,
+    threads: Annotated[int, typer.Option(
+        min=1, help="torch threads for local training (1 is fastest for many tiny jobs).")] = 1,
     fmt: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
 ) -> None:
     """Compare strategies on a simulated fleet: time to target, accuracy, memory, payload."""
+    import torch
+
+    # Jobs are tiny: extra intra-op threads only spin, and under load they multiply CPU time.
+    torch.set_num_threads(threads)
     with handle_errors(fmt):
         if until not in ("target", "limit"):
             raise ConfigError(f"--until: expected target or limit, got {until!r}")
