@@ -7,11 +7,12 @@ setup:
 demo: setup
 	.venv/bin/ftte demo
 
-test: setup
+test: setup lint
 	.venv/bin/python -m pytest -q -p no:cacheprovider
 
 lint: setup
-	.venv/bin/ruff check ftte_cli tests benchmarks
+	.venv/bin/ruff check ftte_cli tests benchmarks examples
+	.venv/bin/mypy ftte_cli
 
 clean:
 	rm -rf .venv runs .testbed

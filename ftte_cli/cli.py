@@ -24,7 +24,7 @@ from ftte_cli.commands import (
 
 app = typer.Typer(
     name="ftte",
-    help="Federated Tiny Training Engine: profile, plan, deploy and train on a fleet of small devices.",
+    help="Federated Tiny Training Engine: profile, plan, deploy and train on small devices.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -1,4 +1,4 @@
-"""Training recipes (recipes/*.yaml): dataset, partition, model, local training, strategy, stop rules.
+"""Training recipes (recipes/*.yaml): data, partition, model, local training, strategy, stop.
 
 Every section is a frozen dataclass; `load_recipe` validates the whole file once and every error
 names the file and the dotted key (`recipes/har.yaml: train.batch_size: expected int, got 'x'`).
@@ -150,7 +150,7 @@ class PlanConfig:
 
 @dataclass(frozen=True)
 class StopConfig:
-    """When a run ends: target accuracy, versions, or time (wall for train, virtual for simulate)."""
+    """When a run ends: target accuracy, versions or time (wall for train, virtual for simulate)."""
 
     target_accuracy: float = 0.9
     max_versions: int = 300

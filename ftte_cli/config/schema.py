@@ -73,7 +73,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             except ConfigError as err:
                 errors.append(err)
         raise errors[0]
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return build(hint, value, where)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):

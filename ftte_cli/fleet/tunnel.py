@@ -13,7 +13,7 @@ import logging
 import select
 import socket
 import threading
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import paramiko
 
@@ -94,7 +94,7 @@ class ReverseTunnel:
 def _shovel(chan: paramiko.Channel, sock: socket.socket, closed: threading.Event) -> None:
     """Copy bytes both ways until both sides are done (half-closes passed on) or tunnel closed."""
     sock.settimeout(None)
-    open_ends: list[object] = [chan, sock]
+    open_ends: list[Any] = [chan, sock]
     while open_ends and not closed.is_set():
         ready, _, _ = select.select(open_ends, [], [], _POLL_S)
         if chan in ready:

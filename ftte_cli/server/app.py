@@ -491,6 +491,7 @@ class FtteServer:
         result = await self._in_worker(self._submit, update, self.now())
         if result is None:  # the run ended while this update waited for the coordinator
             self._check_running(device)
+            raise web.HTTPServiceUnavailable(text="update not applied")
         self._record(device, msg, result)
         if result.advanced and self.done:
             self._announce_end()

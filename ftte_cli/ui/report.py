@@ -342,7 +342,8 @@ def _accuracy_plot(plt: Any, report: RunReport, path: Path, by: str) -> Path:
         pts = [p for p in s.points if p.accuracy is not None
                and (by == "time" or p.version is not None)]
         xs = [p.time if by == "time" else p.version for p in pts]
-        ax.plot(xs, [100 * p.accuracy for p in pts], marker="o", markersize=3, label=s.name)
+        ys = [100 * (p.accuracy or 0.0) for p in pts]
+        ax.plot(xs, ys, marker="o", markersize=3, label=s.name)
     if report.target is not None:
         ax.axhline(100 * report.target, color="grey", linestyle="--", linewidth=1,
                    label=f"target {100 * report.target:.0f}%")
