@@ -9,6 +9,8 @@ total = frozen weights (every parameter, held once by the client)
         taken over every leaf module in forward order, as seen by the forward pass (saved so far
         + its live input and output) and by the backward pass (saved up to this layer + grad_in
         + grad_out); a convolution adds its scratch copy (see conv_workspace).
+        The frozen prefix train_job runs in micro-batches (train.chunked_prefix) holds its output
+        for the whole batch plus one micro-batch's transients (PREFIX_CHUNK / batch of them).
 
 All figures are bytes of float32 tensors at the recipe's batch size on CPU.
 """
@@ -24,7 +26,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ftte_cli.engine import sparse
+from ftte_cli.engine.models import frozen_prefix
 from ftte_cli.engine.plan import BYTES_PER_VALUE, Plan
+from ftte_cli.engine.train import PREFIX_CHUNK, chunked_prefix
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class _Event:
     unsaved: int  # the part of `live` autograd did not save
     scratch: int  # a convolution's extra copy
     grad_flows: bool  # whether the backward pass goes through this module
+    block: int  # index of the model.features block holding this module; -1 outside features
 
 
 @dataclass(frozen=True)
@@ -112,18 +117,33 @@ class ForwardTrace:
     events: Tuple[_Event, ...]
     input_bytes: int
     input_saved: bool
+    batch_size: int
+    prefix: int  # feature blocks the traced plan runs in micro-batches (train.chunked_prefix)
+    owner_block: Tuple[int, ...]  # per layer: its features block; len(features) outside them
+    per_sample_blocks: int  # leading feature blocks that may be chunked at all
+    block_input: Tuple[int, ...]  # input bytes of each features block at the full batch
+
+    def _chunk_peak(self, e: _Event, prefix: int) -> int:
+        """Peak while a micro-batch runs through a prefix module: the prefix output held for the
+        whole batch plus this module's transients at PREFIX_CHUNK samples."""
+        share = min(PREFIX_CHUNK, self.batch_size) / self.batch_size
+        return self.block_input[prefix] + int((e.live + e.scratch) * share)
 
     def cost(self) -> Tuple[int, int]:
         """(saved activation bytes, forward buffer bytes) of the traced plan."""
         activations = sum(b for _, b in self.saved)
         peaks = [0]
         for e in self.events:
+            if 0 <= e.block < self.prefix:
+                peaks.append(self._chunk_peak(e, self.prefix))
+                continue
             peaks.append(e.saved_so_far + e.unsaved + e.scratch)
             if e.grad_flows:
                 # backward through this module: what was saved up to here is still held (later
                 # tensors are freed), plus grad_in + grad_out and, for a conv, their scratch copies
                 peaks.append(e.saved_so_far + (2 * e.live if e.scratch else e.live))
-        extra = 0 if self.input_saved else self.input_bytes
+        # a chunked prefix gathers its input a micro-batch at a time: counted in its events' live
+        extra = 0 if self.input_saved or self.prefix else self.input_bytes
         return activations, extra + max(0, max(peaks) - activations)
 
     def cost_from(self, d: int) -> Tuple[int, int]:
@@ -135,15 +155,21 @@ class ForwardTrace:
         """
         before = sum(b for layer, b in self.saved if layer < d)
         activations = sum(b for _, b in self.saved) - before
+        prefix = 0
+        if self.batch_size > PREFIX_CHUNK and d < len(self.owner_block):
+            prefix = min(self.owner_block[d], self.per_sample_blocks)
         peaks = [0]
         for e in self.events:
+            if 0 <= e.block < prefix:
+                peaks.append(self._chunk_peak(e, prefix))
+                continue
             if e.layer < d:
                 peaks.append(e.live + e.scratch)
                 continue
             held = e.saved_so_far - before
             peaks.append(held + e.unsaved + e.scratch)
             peaks.append(held + (2 * e.live if e.scratch else e.live))
-        extra = self.input_bytes if d > 0 or not self.input_saved else 0
+        extra = 0 if prefix else (self.input_bytes if d > 0 or not self.input_saved else 0)
         return activations, extra + max(0, max(peaks) - activations)
 
 
@@ -158,6 +184,10 @@ def trace_forward(model: nn.Module, plan: Plan, batch_size: int,
     saved: Dict[Tuple[int, int], Tuple[int, int]] = {}  # storage -> (layer, bytes)
     events: List[_Event] = []
     current = [0]
+    features = getattr(model, "features", None)
+    blocks = list(features) if isinstance(features, nn.Sequential) else []
+    block_of = {id(m): i for i, b in enumerate(blocks) for m in b.modules()}
+    block_input = [0] * (len(blocks) + 1)
 
     def pack(t: Tensor) -> Tensor:
         key = _storage_key(t)
@@ -174,7 +204,11 @@ def trace_forward(model: nn.Module, plan: Plan, batch_size: int,
             unsaved=sum(key[1] for key in tensors if key not in saved),
             scratch=conv_workspace(module, inputs, output),
             grad_flows=any(tensors.values()),
+            block=block_of.get(id(module), -1),
         ))
+
+    def on_block(index: int, inputs: object) -> None:
+        block_input[index] = sum(t.numel() * t.element_size() for t in _tensors(inputs))
 
     hooks = []
     owners = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
@@ -183,6 +217,12 @@ def trace_forward(model: nn.Module, plan: Plan, batch_size: int,
             lambda _m, _i, index=index: current.__setitem__(0, index)))
     hooks += [m.register_forward_hook(on_forward) for m in model.modules()
               if next(m.children(), None) is None]
+    for index, block in enumerate(blocks):
+        hooks.append(block.register_forward_pre_hook(
+            lambda _m, inputs, index=index: on_block(index, inputs)))
+    if blocks:  # the prefix may span every block: its output is then the features' output
+        hooks.append(features.register_forward_hook(
+            lambda _m, _i, output: on_block(len(blocks), output)))
     x = torch.randn((batch_size, *input_shape), dtype=torch.float32)
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -191,8 +231,12 @@ def trace_forward(model: nn.Module, plan: Plan, batch_size: int,
     finally:
         for h in hooks:
             h.remove()
-    return ForwardTrace(tuple(saved.values()), tuple(events), x.numel() * x.element_size(),
-                        _storage_key(x) in saved)
+    return ForwardTrace(
+        tuple(saved.values()), tuple(events), x.numel() * x.element_size(),
+        _storage_key(x) in saved, batch_size=batch_size,
+        prefix=chunked_prefix(model, plan, batch_size),
+        owner_block=tuple(block_of.get(id(m), len(blocks)) for m in owners),
+        per_sample_blocks=frozen_prefix(model, []), block_input=tuple(block_input))
 
 
 def measure_forward(model: nn.Module, plan: Plan, batch_size: int,

@@ -8,7 +8,7 @@ and registers its modules in forward order with the classifier head last: `train
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -65,9 +65,13 @@ class HarCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool1d(1)
         self.head = nn.Linear(c3, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.pool(self.features(x)).flatten(1)  # (B, c3)
-        return self.head(x)  # (B, num_classes)
+    def forward(self, x: Tensor, start: int = 0, stop: Optional[int] = None) -> Tensor:
+        """features[start:stop] only when `stop` is given; else from block `start` to the logits."""
+        whole = start == 0 and stop is None  # slicing builds a new Sequential: skip it per step
+        x = self.features(x) if whole else self.features[start:stop](x)
+        if stop is not None:
+            return x
+        return self.head(self.pool(x).flatten(1))  # (B, c3) -> (B, num_classes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,9 +106,13 @@ class SmallCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(c3, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.pool(self.features(x)).flatten(1)  # (B, c3)
-        return self.head(x)  # (B, num_classes)
+    def forward(self, x: Tensor, start: int = 0, stop: Optional[int] = None) -> Tensor:
+        """features[start:stop] only when `stop` is given; else from block `start` to the logits."""
+        whole = start == 0 and stop is None  # slicing builds a new Sequential: skip it per step
+        x = self.features(x) if whole else self.features[start:stop](x)
+        if stop is not None:
+            return x
+        return self.head(self.pool(x).flatten(1))  # (B, c3) -> (B, num_classes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,9 +174,13 @@ class MobileNetV2(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(last, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.pool(self.features(x)).flatten(1)  # (B, last)
-        return self.head(x)  # (B, num_classes)
+    def forward(self, x: Tensor, start: int = 0, stop: Optional[int] = None) -> Tensor:
+        """features[start:stop] only when `stop` is given; else from block `start` to the logits."""
+        whole = start == 0 and stop is None  # slicing builds a new Sequential: skip it per step
+        x = self.features(x) if whole else self.features[start:stop](x)
+        if stop is not None:
+            return x
+        return self.head(self.pool(x).flatten(1))  # (B, last) -> (B, num_classes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,6 +232,30 @@ def head_prefix(model: nn.Module) -> str:
     if not layers:
         raise ValueError("model has no parameters")
     return layers[-1]
+
+
+# Modules that treat every sample of a batch on its own (no batch statistics, no cross-sample ops)
+_PER_SAMPLE = (nn.Conv1d, nn.Conv2d, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.Identity, nn.Sequential,
+               ConvBlock1d, ConvBlock2d, InvertedResidual)
+
+
+def frozen_prefix(model: nn.Module, trainable: Iterable[str]) -> int:
+    """How many leading blocks of `model.features` hold no trainable parameter and are all
+    per-sample: the prefix a client may run without autograd, in micro-batches (0: none)."""
+    features = getattr(model, "features", None)
+    if not isinstance(features, nn.Sequential):
+        return 0
+    count = len(features)
+    for name in trainable:
+        parts = name.split(".")
+        if parts[0] == "features" and len(parts) > 2 and parts[1].isdigit():
+            count = min(count, int(parts[1]))
+        elif parts[0] == "features":
+            return 0
+    for i in range(count):
+        if not all(isinstance(m, _PER_SAMPLE) for m in features[i].modules()):
+            return i
+    return count
 
 
 def param_count(model: nn.Module) -> int:
