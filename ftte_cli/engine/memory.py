@@ -220,7 +220,8 @@ def trace_forward(model: nn.Module, plan: Plan, batch_size: int,
     for index, block in enumerate(blocks):
         hooks.append(block.register_forward_pre_hook(
             lambda _m, inputs, index=index: on_block(index, inputs)))
-    if blocks:  # the prefix may span every block: its output is then the features' output
+    # the prefix may span every block: its output is then the features' output
+    if isinstance(features, nn.Sequential) and blocks:
         hooks.append(features.register_forward_hook(
             lambda _m, _i, output: on_block(len(blocks), output)))
     x = torch.randn((batch_size, *input_shape), dtype=torch.float32)

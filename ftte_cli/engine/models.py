@@ -37,6 +37,26 @@ def _norm(channels: int) -> nn.GroupNorm:
 # har_cnn: 1-D CNN over (channels=9, time=128) windows
 
 
+class FeaturesPoolHead(nn.Module):
+    """features (a Sequential of per-sample blocks) -> global pool -> linear head.
+
+    `forward(x, start, stop)` lets the client run a frozen prefix of `features` on its own
+    (in micro-batches, without autograd) and the rest on the whole batch.
+    """
+
+    features: nn.Sequential
+    pool: nn.Module
+    head: nn.Linear
+
+    def forward(self, x: Tensor, start: int = 0, stop: Optional[int] = None) -> Tensor:
+        """features[start:stop] only when `stop` is given; else from block `start` to the logits."""
+        whole = start == 0 and stop is None  # slicing builds a new Sequential: skip it per step
+        x = self.features(x) if whole else self.features[start:stop](x)
+        if stop is not None:
+            return x
+        return self.head(self.pool(x).flatten(1))  # (B, C) -> (B, num_classes)
+
+
 class ConvBlock1d(nn.Module):
     """Conv1d -> GroupNorm -> ReLU; no conv bias, the norm's shift plays that role."""
 
@@ -50,7 +70,7 @@ class ConvBlock1d(nn.Module):
         return self.act(self.norm(self.conv(x)))  # (B, c_in, T) -> (B, c_out, T / stride)
 
 
-class HarCNN(nn.Module):
+class HarCNN(FeaturesPoolHead):
     """Four conv blocks, global average pooling over time, a linear head."""
 
     def __init__(self, in_channels: int, num_classes: int, width: float = 1.0) -> None:
@@ -64,14 +84,6 @@ class HarCNN(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool1d(1)
         self.head = nn.Linear(c3, num_classes)
-
-    def forward(self, x: Tensor, start: int = 0, stop: Optional[int] = None) -> Tensor:
-        """features[start:stop] only when `stop` is given; else from block `start` to the logits."""
-        whole = start == 0 and stop is None  # slicing builds a new Sequential: skip it per step
-        x = self.features(x) if whole else self.features[start:stop](x)
-        if stop is not None:
-            return x
-        return self.head(self.pool(x).flatten(1))  # (B, c3) -> (B, num_classes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +104,7 @@ class ConvBlock2d(nn.Module):
         return self.act(self.norm(self.conv(x)))  # (B, c_in, H, W) -> (B, c_out, H/s, W/s)
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(FeaturesPoolHead):
     """Three conv blocks (the last two stride 2), global average pooling, a linear head."""
 
     def __init__(self, in_channels: int, num_classes: int, width: float = 1.0) -> None:
@@ -105,14 +117,6 @@ class SmallCNN(nn.Module):
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(c3, num_classes)
-
-    def forward(self, x: Tensor, start: int = 0, stop: Optional[int] = None) -> Tensor:
-        """features[start:stop] only when `stop` is given; else from block `start` to the logits."""
-        whole = start == 0 and stop is None  # slicing builds a new Sequential: skip it per step
-        x = self.features(x) if whole else self.features[start:stop](x)
-        if stop is not None:
-            return x
-        return self.head(self.pool(x).flatten(1))  # (B, c3) -> (B, num_classes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +157,7 @@ MOBILENET_V2_STAGES: Tuple[Tuple[int, int, int, int], ...] = (
 )
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(FeaturesPoolHead):
     """Stem conv, inverted residual stages, 1x1 conv, global pooling, linear head."""
 
     def __init__(self, in_channels: int, num_classes: int, width: float = 1.0,
@@ -174,13 +178,6 @@ class MobileNetV2(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(last, num_classes)
 
-    def forward(self, x: Tensor, start: int = 0, stop: Optional[int] = None) -> Tensor:
-        """features[start:stop] only when `stop` is given; else from block `start` to the logits."""
-        whole = start == 0 and stop is None  # slicing builds a new Sequential: skip it per step
-        x = self.features(x) if whole else self.features[start:stop](x)
-        if stop is not None:
-            return x
-        return self.head(self.pool(x).flatten(1))  # (B, last) -> (B, num_classes)
 
 
 # ---------------------------------------------------------------------------------------------
