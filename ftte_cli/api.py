@@ -154,8 +154,8 @@ def plan(recipe: Union[PathLike, Recipe], *, budget: Union[str, int, None] = Non
     split into `num_clients` (a fleet: its device count; default the recipe's sim.clients).
 
     Raises ConfigError without a budget and BudgetInfeasible when not even the head fits."""
-    from ftte_cli.commands.plan import plan_report, resolve_budget
     from ftte_cli.engine.selection import plan_for_recipe
+    from ftte_cli.plan_report import plan_report, resolve_budget
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     chosen = resolve_budget(rec, None if budget is None else str(budget))

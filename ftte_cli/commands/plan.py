@@ -2,74 +2,25 @@
 
     ftte plan --recipe recipes/har.yaml --budget 2MB [--format json] [--out DIR]
 
-The budget comes from one place, `resolve_budget` (today: --budget, then the recipe's
+The budget comes from one place, `plan_report.resolve_budget` (today: --budget, then the recipe's
 plan.memory_budget); the engine builds the plan (engine.selection.plan_for_recipe); this module
 only parses, renders and saves.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from ftte_cli.config.recipe import Recipe, load_recipe
+from ftte_cli.config.recipe import load_recipe
 from ftte_cli.engine.plan import save_plan
-from ftte_cli.engine.selection import Selection, plan_for_recipe
-from ftte_cli.errors import ConfigError
+from ftte_cli.engine.selection import plan_for_recipe
 from ftte_cli.fleet import budget as fleet_budget
 from ftte_cli.output import Format, console, handle_errors, print_json, table
-from ftte_cli.units import format_size, parse_size
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The memory budget a plan is chosen for, and where it came from."""
-
-    bytes: int
-    source: str
-
-
-def resolve_budget(recipe: Recipe, budget: Optional[str],
-                   fleet: Optional[fleet_budget.FleetBudget] = None) -> Budget:
-    """--budget, else the recipe's plan.memory_budget, else the fleet's M_min (--inventory)."""
-    if budget is not None:
-        return Budget(parse_size(budget, "--budget"), "--budget")
-    if recipe.plan.memory_budget is not None:
-        where = f"{recipe.source}: plan.memory_budget"
-        return Budget(parse_size(recipe.plan.memory_budget, where), "recipe plan.memory_budget")
-    if fleet is not None:
-        return Budget(fleet.m_min, f"fleet M_min (most constrained: {fleet.bound_by})")
-    raise ConfigError(f"{recipe.source}: no memory budget: pass --budget (e.g. 2MB) or "
-                      "--inventory (profiled fleet), or set plan.memory_budget in the recipe")
-
-
-def _ratio(part: float, whole: Optional[float]) -> Optional[float]:
-    return round(part / whole, 4) if whole else None
-
-
-def plan_report(sel: Selection, budget: Budget) -> dict[str, Any]:
-    """The rows both outputs are rendered from."""
-    plan = sel.plan
-    units = [{"unit": u, "score": round(sel.scores.get(u, 0.0), 6)} for u in plan.units]
-    return {
-        "model": plan.model,
-        "budget_bytes": budget.bytes,
-        "budget_source": budget.source,
-        "method": plan.method,
-        "earliest_layer": plan.earliest_layer,
-        "units": units,
-        "memory": {"plan": plan.estimated_bytes, "full": plan.full_training_bytes,
-                   "ratio": _ratio(plan.estimated_bytes or 0, plan.full_training_bytes),
-                   "breakdown": {k: v for k, v in vars(sel.memory).items()}},
-        "payload": {"plan": plan.payload_bytes, "full": plan.full_payload_bytes,
-                    "ratio": _ratio(plan.payload_bytes, plan.full_payload_bytes)},
-        "trainable_params": {"plan": plan.trainable_params, "full": plan.total_params,
-                             "ratio": _ratio(plan.trainable_params, plan.total_params)},
-        "notes": list(plan.notes),
-    }
+from ftte_cli.plan_report import plan_report, resolve_budget
+from ftte_cli.units import format_size
 
 
 def _pct(ratio: Optional[float]) -> str:
