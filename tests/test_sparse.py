@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tinymodel import Tiny
 from torch import nn
 from torch.func import functional_call
 
@@ -34,22 +35,6 @@ from ftte_cli.engine.serialize import (
     tensors_to_bytes,
 )
 from ftte_cli.errors import ConfigError
-
-
-class Tiny(nn.Module):
-    """conv(3->8) -> norm -> conv(8->8) -> pool -> linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv1d(3, 8, 3, padding=1, bias=False)
-        self.n1 = nn.GroupNorm(2, 8)
-        self.c2 = nn.Conv1d(8, 8, 3, padding=1)
-        self.head = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.n1(self.c1(x)))  # (B, 8, T)
-        x = torch.relu(self.c2(x)).mean(2)  # (B, 8)
-        return self.head(x)  # (B, 4)
 
 
 def _sparse_plan(model: nn.Module):

@@ -2,52 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tinymodel import Tiny
 from torch import nn
 from torch.func import functional_call
 
 from ftte_cli.config.recipe import TrainConfig
 from ftte_cli.engine import sparse
+from ftte_cli.engine.data import Dataset
 from ftte_cli.engine.plan import FULL, MaskKind, ParamMask, build_plan, dense_plan
 from ftte_cli.engine.train import evaluate, peak_rss, train_job
 
 
-@dataclass(frozen=True)
-class Data:
-    """Stand-in with the engine Dataset's fields."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    groups: torch.Tensor | None = None
-
-
-class Tiny(nn.Module):
-    """conv(3->8) -> norm -> conv(8->8) -> mean -> linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv1d(3, 8, 3, padding=1, bias=False)
-        self.n1 = nn.GroupNorm(2, 8)
-        self.c2 = nn.Conv1d(8, 8, 3, padding=1)
-        self.head = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.n1(self.c1(x)))  # (B, 8, T)
-        x = torch.relu(self.c2(x)).mean(2)  # (B, 8)
-        return self.head(x)  # (B, 4)
-
-
-def _data(n: int = 40, seed: int = 0) -> Data:
+def _data(n: int = 40, seed: int = 0) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, 12, generator=g)
     y = (x[:, 0].mean(1) > 0).long() + 2 * (x[:, 1].mean(1) > 0).long()
-    return Data(x, y)
+    return Dataset(x, y)
 
 
 def _params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -152,7 +127,7 @@ def test_empty_data_gives_a_zero_delta() -> None:
     model = Tiny()
     plan = _sparse_plan(model)
     params = _params(model)
-    empty = Data(torch.zeros(0, 3, 12), torch.zeros(0, dtype=torch.int64))
+    empty = Dataset(torch.zeros(0, 3, 12), torch.zeros(0, dtype=torch.int64))
     res = train_job(model, params, plan, sparse.extract(params, plan), empty, TrainConfig(), 0)
     assert res.steps == 0 and res.num_samples == 0
     assert all(float(d.abs().sum()) == 0 for d in res.delta.values())
