@@ -225,10 +225,13 @@ class SimConfig:
     clients: int = 100
     stragglers: float = 0.0  # fraction p of clients slowed down
     slowdown: tuple[float, ...] = (5.0, 20.0)  # U(lo, hi) factor for stragglers
-    device_gflops: tuple[float, ...] = (2.0, 8.0)  # U(lo, hi) effective GFLOP/s per client
-    bandwidth_mbps: tuple[float, ...] = (5.0, 50.0)  # U(lo, hi) megabit/s
-    latency_ms: tuple[float, ...] = (20.0, 100.0)  # U(lo, hi)
-    memory_mb: tuple[float, ...] = (64.0, 512.0)  # U(lo, hi) usable training memory
+    # device class -> share of the clients (sim/devices.py DEVICE_CLASSES); None: DEFAULT_MIX
+    devices: Optional[dict[str, float]] = None
+    # each range below, when given, replaces the classes' figure by U(lo, hi) for every client
+    device_gflops: Optional[tuple[float, ...]] = None  # effective GFLOP/s per client
+    bandwidth_mbps: Optional[tuple[float, ...]] = None  # megabit/s
+    latency_ms: Optional[tuple[float, ...]] = None
+    memory_mb: Optional[tuple[float, ...]] = None  # usable training memory M_i
     dropout_rate: float = 0.0  # per job, chance a client goes offline
     return_after: float = 60.0  # mean virtual seconds before a dropped client returns
 
@@ -237,8 +240,12 @@ class SimConfig:
         _check(0 <= self.stragglers <= 1, where, "stragglers", "must be in [0, 1]")
         for key in ("slowdown", "device_gflops", "bandwidth_mbps", "latency_ms", "memory_mb"):
             pair = getattr(self, key)
-            _check(len(pair) == 2 and 0 <= pair[0] <= pair[1], where, key,
+            _check(pair is None or (len(pair) == 2 and 0 <= pair[0] <= pair[1]), where, key,
                    "must be [low, high] with 0 <= low <= high")
+        _check(self.devices is None or (bool(self.devices) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+            for v in self.devices.values())), where, "devices",
+            "must map device classes to shares > 0")
         _check(0 <= self.dropout_rate < 1, where, "dropout_rate", "must be in [0, 1)")
 
 
