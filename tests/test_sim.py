@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftte_cli.config.recipe import Recipe, SimConfig, load_recipe
+from ftte_cli.config.recipe import Recipe, ServerOptimizerConfig, SimConfig, load_recipe
 from ftte_cli.engine.plan import FROZEN, FULL, MaskKind, ParamMask, build_plan
 from ftte_cli.engine.runtime_cost import STEP_OVERHEAD_BYTES, TORCH_RUNTIME_BYTES
 from ftte_cli.errors import ConfigError
@@ -143,6 +143,17 @@ def test_same_seed_gives_identical_results(tmp_path: Path) -> None:
     assert by_name["fedbuff"].metrics.jobs_lost > 0  # dropout took some jobs away
     other = simulate(replace(settings, seed=4))
     assert _fingerprint(other) != _fingerprint(first)
+
+
+def test_server_optimizer_runs_are_bit_identical_per_seed(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    adam = replace(recipe, strategy=replace(
+        recipe.strategy, server_optimizer=ServerOptimizerConfig(kind="adam", lr=0.005)))
+    settings = SimSettings(recipe=adam, strategies=("ftte", "fedbuff"), stop_at_target=False)
+    first, second = simulate(settings), simulate(settings)
+    assert _fingerprint(first) == _fingerprint(second)
+    plain = simulate(replace(settings, recipe=recipe))
+    assert _fingerprint(plain) != _fingerprint(first)  # the optimiser changed the trajectory
 
 
 def test_ftte_sparse_plan_moves_fewer_bytes_and_trains_in_virtual_time(tmp_path: Path) -> None:
