@@ -132,4 +132,6 @@ def test_strict_fedavg_names_the_clients_it_left_out(tmp_path: Path,
     note = next(ln for ln in res.stdout.splitlines() if ln.startswith("note: fedavg"))
     assert note.startswith(f"note: fedavg: {len(fedavg['excluded'])} clients")
     assert "left out" in note and f"{fedavg['excluded'][0]['device_class']} (" in note
+    kept = next(ln for ln in res.stdout.splitlines() if ln.startswith("note: fedbuff"))
+    assert f"{len(fedbuff['over_memory'])} clients train although" in kept
     assert any(ln.startswith("fleet: ") for ln in res.stdout.splitlines())

@@ -22,6 +22,7 @@ from ftte_cli.sim.rundir import (
     COLUMNS,
     PLAN_COLUMNS,
     excluded_note,
+    over_memory_note,
     plan_rows,
     summary_doc,
     table_rows,
@@ -132,9 +133,9 @@ def simulate(
                             "and time, memory, payload to target / FedAvg's", PLAN_COLUMNS,
                             plan_rows(doc)))
         for s in doc["strategies"]:
-            line = excluded_note(s)
-            if line:
-                console.print(f"note: {line}", highlight=False)
+            for line in (excluded_note(s), over_memory_note(s)):
+                if line:
+                    console.print(f"note: {line}", highlight=False)
         if doc["fleet"]:
             console.print("fleet: " + ", ".join(f"{n} {k}" for k, n in doc["fleet"].items()),
                           highlight=False)

@@ -166,13 +166,25 @@ def excluded_note(row: Dict[str, Any]) -> Optional[str]:
     refs = row.get("excluded") or []
     if not refs:
         return None
+    return (f"{row['strategy']}: {len(refs)} clients cannot hold full training and were left "
+            f"out (baseline_memory strict): {_by_class(refs)}")
+
+
+def over_memory_note(row: Dict[str, Any]) -> Optional[str]:
+    """One line naming the clients a strategy kept although its plan overflows them, or None."""
+    refs = row.get("over_memory") or []
+    if not refs:
+        return None
+    return (f"{row['strategy']}: {len(refs)} clients train although its plan needs more than "
+            f"they have (assumed to fit): {_by_class(refs)}")
+
+
+def _by_class(refs: List[Any]) -> str:
     by_class: Dict[str, List[Any]] = {}
     for ref in refs:
         by_class.setdefault(_get(ref, "device_class") or "profile", []).append(ref)
-    parts = [f"{len(v)} {k} ({format_size(min(_get(x, 'memory_bytes') for x in v))} usable)"
-             for k, v in by_class.items()]
-    return (f"{row['strategy']}: {len(refs)} clients cannot hold full training and were left "
-            f"out (baseline_memory strict): {', '.join(parts)}")
+    return ", ".join(f"{len(v)} {k} ({format_size(min(_get(x, 'memory_bytes') for x in v))} "
+                     "usable)" for k, v in by_class.items())
 
 
 def _get(ref: Any, key: str) -> Any:
