@@ -11,9 +11,10 @@ The FTTE memory budget, in this order: the recipe's `plan.memory_budget`; else
 `budget_fraction` x the dense plan's training memory when given (the paper's setting: the budget
 of the most constrained device, ~20% of full training; benchmarks use it); else the smallest
 usable memory over the simulated clients. When the budget holds full training, FTTE trains the
-dense model (it then differs from FedBuff only by its variance weight); the result notes say so.
+dense model (it then differs from FedBuff by its weights and normaliser); the notes say so.
 Baselines train the dense model; under `baseline_memory: strict` clients whose memory cannot hold
-full training are left out of the dense strategies, under `lenient` they are assumed to fit.
+full training are left out of FedAvg (the asynchronous baselines keep every client, as on the
+fleet), under `lenient` they are assumed to fit; results list both.
 """
 
 from __future__ import annotations
@@ -88,6 +89,16 @@ class PlanInfo:
 
 
 @dataclass(frozen=True)
+class ClientRef:
+    """A simulated client named in a result (e.g. one strict FedAvg left out)."""
+
+    client: str  # coordinator id
+    device: str  # DeviceModel name
+    device_class: Optional[str]
+    memory_bytes: int  # usable training memory M_i
+
+
+@dataclass(frozen=True)
 class StrategyResult:
     """One strategy's run."""
 
@@ -100,6 +111,8 @@ class StrategyResult:
     wall_s: float
     cpu_s: float  # process CPU of the whole run
     train_cpu_s: float  # process CPU inside train_job
+    excluded_clients: List[ClientRef] = field(default_factory=list)  # strict FedAvg left out
+    over_memory: List[ClientRef] = field(default_factory=list)  # kept, plan overflows (lenient)
 
 
 @dataclass(frozen=True)
@@ -115,6 +128,7 @@ class SimResult:
     target_accuracy: float
     results: List[StrategyResult]
     notes: List[str] = field(default_factory=list)
+    fleet: Dict[str, int] = field(default_factory=dict)  # device class -> clients
 
 
 @dataclass
@@ -154,8 +168,9 @@ def _initial_model(recipe: Recipe, data: FederatedData) -> nn.Module:
 
 def _fleet(settings: SimSettings, clients: int, seed: int) -> List[DeviceModel]:
     cfg = settings.recipe.sim
+    margin = parse_size(settings.recipe.plan.safety_margin, "plan.safety_margin")
     base = (load_profiles(settings.fleet, clients) if settings.fleet is not None
-            else make_fleet(cfg, clients, seed))
+            else make_fleet(cfg, clients, seed, margin))
     fraction = cfg.stragglers if settings.stragglers is None else settings.stragglers
     return with_stragglers(base, fraction, cfg.slowdown, seed)
 
@@ -311,10 +326,13 @@ class _Run:
         self.progress = progress
         self.on_eval = on_eval
         full = world.dense.estimated_bytes or 0
-        strict = dense and recipe.strategy.baseline_memory == "strict"
+        # FTTE.md section 5: strict exclusion is FedAvg's (the synchronous baseline) alone
+        strict = self.strategy.synchronous and recipe.strategy.baseline_memory == "strict"
         self.members = [i for i, d in enumerate(world.fleet)
                         if not strict or d.memory_bytes >= full]
         self.excluded = len(world.fleet) - len(self.members)
+        need = self.plan.estimated_bytes or 0  # clients kept although the plan overflows them
+        self.over_memory = [i for i in self.members if world.fleet[i].memory_bytes < need]
         if not self.members:
             raise RunError(f"{name}: no simulated client can hold full training ({full} B) "
                            "under baseline_memory strict; use lenient")
@@ -414,8 +432,17 @@ class _Run:
         info = PlanInfo(plan.method, plan.trainable_params, plan.total_params,
                         plan.estimated_bytes or 0, plan.payload_bytes, plan.earliest_layer,
                         list(plan.units))
+        members = set(self.members)
+        excluded = [_client_ref(self.world.fleet, i) for i in range(len(self.world.fleet))
+                    if i not in members]
         return StrategyResult(self.name, summary, self.coord.metrics, info, len(self.members),
-                              self.excluded, wall, cpu, self.train_cpu)
+                              self.excluded, wall, cpu, self.train_cpu, excluded,
+                              [_client_ref(self.world.fleet, i) for i in self.over_memory])
+
+
+def _client_ref(fleet: List[DeviceModel], i: int) -> ClientRef:
+    d = fleet[i]
+    return ClientRef(_Run._cid(i), d.name, d.device_class, d.memory_bytes)
 
 
 def _eval_set(world: World) -> Dataset:
@@ -458,7 +485,16 @@ def simulate(settings: SimSettings, progress: Optional[Progress] = None,
     stragglers = sum(d.straggler for d in world.fleet) / max(len(world.fleet), 1)
     return SimResult(world.seed, len(world.fleet), stragglers, world.budget_bytes,
                      world.budget_source, world.dense.estimated_bytes or 0,
-                     world.recipe.stop.target_accuracy, results, world.notes)
+                     world.recipe.stop.target_accuracy, results, world.notes,
+                     _class_counts(world.fleet))
+
+
+def _class_counts(fleet: List[DeviceModel]) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for d in fleet:
+        key = d.device_class or "profile"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
