@@ -3,7 +3,8 @@
 Prints, on subjects never seen in training (the generator's 30% test subjects):
 - the centralised ceiling: har_cnn trained on all training subjects (SGD, momentum 0.9);
 - a linear probe on a random frozen backbone (standardised pooled features, L-BFGS);
-- a linear probe on a backbone warm-started on the public `lab` population;
+- a linear probe on a backbone warm-started on the public `lab` population (`init: pretrain`,
+  the same data and procedure as `ftte` uses; its statistics are the training subjects' own);
 - the warm-started model's accuracy before any federated training.
 
     python benchmarks/har_calibration.py [--windows 10000] [--subjects 30] [--epochs 6]
@@ -18,10 +19,11 @@ import time
 import torch
 from torch import Tensor, nn
 
-from ftte_cli.config.recipe import ModelConfig
-from ftte_cli.engine.data import synthetic_har
+from ftte_cli.config.recipe import DataConfig, InitConfig, ModelConfig
+from ftte_cli.engine.data import load_federated, synthetic_har
 from ftte_cli.engine.data.dataset import Dataset, channel_stats, standardize
 from ftte_cli.engine.models import build_model
+from ftte_cli.engine.warmstart import pretrain
 
 
 def _split(windows: int, subjects: int, seed: int) -> tuple[Dataset, Dataset]:
@@ -30,6 +32,14 @@ def _split(windows: int, subjects: int, seed: int) -> tuple[Dataset, Dataset]:
     train, test = Dataset(x[~held], y[~held], g[~held]), Dataset(x[held], y[held], g[held])
     mean, std = channel_stats(train.x)
     return standardize(train, mean, std), standardize(test, mean, std)
+
+
+def _public(windows: int, subjects: int, seed: int) -> Dataset:
+    """The warm start's public data exactly as `ftte` loads it (the `lab` population)."""
+    cfg = DataConfig(windows=windows, subjects=subjects, partition="iid")
+    fed = load_federated(cfg, 1, seed, InitConfig(method="pretrain"))
+    assert fed.public is not None
+    return fed.public
 
 
 def _fit(model: nn.Module, data: Dataset, epochs: int, lr: float, seed: int) -> None:
@@ -97,13 +107,9 @@ def main() -> None:
     rows["centralised har_cnn (ceiling)"] = _accuracy(central, test)
     central_s = time.perf_counter() - start
 
-    lx, ly, lg = synthetic_har.generate(6000, 20, args.seed + 1000, population="lab")
-    lab = Dataset(lx, ly, lg)
-    mean, std = channel_stats(train.x)  # the federation's statistics, as the server has them
-    lab = standardize(lab, mean, std)
     torch.manual_seed(args.seed)
     warm = build_model(ModelConfig("har_cnn"), (9, 128), 6)
-    _fit(warm, lab, 5, 0.05, args.seed)
+    pretrain(warm, _public(args.windows, args.subjects, args.seed), InitConfig(), args.seed)
     rows["lab-pretrained model, no federation"] = _accuracy(warm, test)
     rows["lab-pretrained backbone, linear probe"] = _probe(warm, train, test)
     if args.format == "json":

@@ -66,13 +66,15 @@ class Population:
     offset: float = 0.04  # std of per-channel sensor bias, in g (accelerometer) or rad/s (gyro)
     noise: Tuple[float, float] = (0.03, 0.12)  # sensor noise std
     sway: float = 0.03  # body sway while static, in g
+    mount_bias: Tuple[float, float, float] = (0.0, 0.0, 0.0)  # rotation vector (axis x angle)
+    # shared by everyone: where this population wears the sensor, relative to the field's
 
 
 POPULATIONS: Dict[str, Population] = {
     "field": Population(),
-    "lab": Population(step_hz=(1.5, 2.1), amp=(0.12, 0.32), tilt_max=0.2, sit_pitch=(0.3, 0.55),
+    "lab": Population(step_hz=(1.3, 1.9), amp=(0.12, 0.32), tilt_max=0.15, sit_pitch=(0.35, 0.6),
                       stand_pitch=(-0.04, 0.1), style=0.1, gain=0.05, offset=0.02,
-                      noise=(0.02, 0.06), sway=0.02),
+                      noise=(0.02, 0.06), sway=0.02, mount_bias=(0.0, 0.15, 0.35)),
 }
 
 
@@ -119,6 +121,15 @@ def _pitch(angle: Tensor) -> Tensor:
     return _rotation(axis, angle)
 
 
+def _bias(vector: Tuple[float, float, float]) -> Tensor:
+    """The rotation (1, 3, 3) of a rotation vector; the identity for (0, 0, 0)."""
+    v = torch.tensor([vector], dtype=torch.float32)
+    angle = v.norm(dim=1)
+    if float(angle) == 0.0:
+        return torch.eye(3)[None]
+    return _rotation(v / angle, angle)
+
+
 def _people(subjects: int, pop: Population, gen: torch.Generator) -> _People:
     """Draw every subject's traits from the population."""
     s = subjects
@@ -134,7 +145,7 @@ def _people(subjects: int, pop: Population, gen: torch.Generator) -> _People:
     return _People(
         step_hz=_uniform(pop.step_hz, (s,), gen),
         amp=_uniform(pop.amp, (s,), gen),
-        mount=_random_rotation(s, pop.tilt_max, gen),
+        mount=_random_rotation(s, pop.tilt_max, gen) @ _bias(pop.mount_bias),
         pitch=pitch,
         freq=torch.tensor(_FREQ) * (1 + 0.2 * pop.style * torch.randn((s, 3), generator=gen)),
         amp_factor=torch.tensor(_AMP) * (1 + 0.5 * pop.style * torch.randn((s, 3), generator=gen)),
