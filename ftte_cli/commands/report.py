@@ -27,6 +27,7 @@ CompareOpt = Annotated[
 def report(run_dir: RunDirArg = None, compare: CompareOpt = None,
            fmt: FormatOpt = Format.table) -> None:
     """Plot accuracy, staleness and per-device figures of a run and summarise it."""
+    from ftte_cli.startmodel import describe_start
     from ftte_cli.ui.report import compare_table, device_tables, summary_table
 
     with handle_errors(fmt):
@@ -42,10 +43,12 @@ def report(run_dir: RunDirArg = None, compare: CompareOpt = None,
         rep = api.report(run_dir)
     if fmt == Format.json:
         print_json({"run_dir": str(rep.run.path), "kind": rep.run.kind,
-                    "target": rep.run.target, "rows": rep.rows,
+                    "target": rep.run.target, "init": rep.run.init, "rows": rep.rows,
                     "plots": [str(p) for p in rep.plots]})
         return
     console.print(summary_table(rep.run, rep.rows))
+    if rep.run.init:
+        console.print(describe_start(rep.run.init), highlight=False)
     for devices in device_tables(rep.run):
         console.print(devices)
     console.print("plots: " + ", ".join(str(p) for p in rep.plots), highlight=False,

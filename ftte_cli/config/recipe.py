@@ -20,6 +20,7 @@ STALENESS_FORMS = ("polynomial", "constant", "hinge")
 NORMALIZERS = ("weights", "buffer")
 SERVER_OPTIMIZERS = ("none", "momentum", "adam")
 PLAN_METHODS = ("contribution", "gradnorm")
+INIT_METHODS = ("random", "checkpoint", "pretrain")
 
 
 def _check(cond: bool, where: str, key: str, message: str) -> None:
@@ -54,6 +55,36 @@ class DataConfig:
         for key in ("proxy_fraction", "test_fraction", "client_test_fraction"):
             _check(0 <= getattr(self, key) < 1, where, key, "must be in [0, 1)")
         _check(self.clients is None or self.clients > 0, where, "clients", "must be > 0")
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """The model federation starts from (FTTE.md section 5b).
+
+    `random`: seeded by the recipe. `checkpoint`: a safetensors file of the model's parameters.
+    `pretrain`: trained on the server's public data before federation (for synthetic_har the
+    `lab` population; otherwise `public_fraction` of the training subjects or samples, kept out
+    of the federation), computed once and cached, the same for every strategy.
+    """
+
+    method: str = "random"  # one of INIT_METHODS
+    checkpoint: Optional[Path] = None  # method checkpoint: a .safetensors file
+    epochs: int = 3  # pretrain: passes over the public data
+    lr: float = 0.003  # pretrain: Adam learning rate (the server can afford a robust optimiser)
+    batch_size: int = 64  # pretrain
+    public_windows: int = 6000  # synthetic_har: windows drawn from the public population
+    public_subjects: int = 20  # synthetic_har: people in the public population
+    public_fraction: float = 0.2  # other datasets: share of training subjects/samples held out
+
+    def validate(self, where: str) -> None:
+        _check(self.method in INIT_METHODS, where, "method",
+               f"must be one of {', '.join(INIT_METHODS)}")
+        _check(self.method != "checkpoint" or self.checkpoint is not None, where, "checkpoint",
+               "required for method checkpoint")
+        for key in ("epochs", "batch_size", "public_windows", "public_subjects"):
+            _check(getattr(self, key) > 0, where, key, "must be > 0")
+        _check(self.lr > 0, where, "lr", "must be > 0")
+        _check(0 < self.public_fraction < 1, where, "public_fraction", "must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -257,6 +288,7 @@ class Recipe:
     seed: int = 1
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
@@ -277,11 +309,26 @@ def load_recipe(path: Union[str, Path]) -> Recipe:
     raw = load_yaml(path)
     if isinstance(raw, dict) and "source" in raw:
         raise ConfigError(f"{path}: source: unknown key")
+    if isinstance(raw, dict) and isinstance(raw.get("init"), str):
+        raw = {**raw, "init": _init_shorthand(raw["init"])}
     recipe = build(Recipe, raw, f"{path}:")
-    data_path = recipe.data.path
-    if data_path is not None and not data_path.is_absolute():
-        data_path = (path.parent / data_path).resolve()
-    return replace(recipe, source=path, data=replace(recipe.data, path=data_path))
+    return replace(recipe, source=path,
+                   data=replace(recipe.data, path=_beside(path, recipe.data.path)),
+                   init=replace(recipe.init, checkpoint=_beside(path, recipe.init.checkpoint)))
+
+
+def _beside(recipe_path: Path, path: Optional[Path]) -> Optional[Path]:
+    """A path from the recipe, resolved against the recipe's folder when relative."""
+    if path is None or path.is_absolute():
+        return path
+    return (recipe_path.parent / path).resolve()
+
+
+def _init_shorthand(value: str) -> dict[str, Any]:
+    """`init: pretrain`, `init: random` or `init: path/to/model.safetensors`."""
+    if value in INIT_METHODS:
+        return {"method": value}
+    return {"method": "checkpoint", "checkpoint": value}
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

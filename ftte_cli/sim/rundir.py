@@ -66,7 +66,7 @@ def manifest(settings: SimSettings, result: SimResult) -> Dict[str, Any]:
         "recipe_file": str(settings.recipe.source) if settings.recipe.source else None,
         "recipe": recipe_to_dict(settings.recipe),
         "plans": {r.name: r.plan for r in result.results},
-        "notes": result.notes,
+        "notes": result.notes, "init": result.start,
     }
 
 
@@ -76,7 +76,7 @@ def summary_doc(result: SimResult) -> Dict[str, Any]:
         "seed": result.seed, "clients": result.clients, "stragglers": result.stragglers,
         "target_accuracy": result.target_accuracy, "budget_bytes": result.budget_bytes,
         "budget_source": result.budget_source, "full_training_bytes": result.full_training_bytes,
-        "notes": result.notes, "fleet": result.fleet,
+        "notes": result.notes, "fleet": result.fleet, "init": result.start,
         "strategies": with_ratios([summary_row(r) for r in result.results],
                                   result.full_training_bytes),
     }

@@ -38,7 +38,6 @@ from ftte_cli.engine.data.dataset import Dataset, FederatedData
 from ftte_cli.engine.flops import layer_flops
 from ftte_cli.engine.memory import training_memory
 from ftte_cli.engine.metrics import EvalPoint, RunMetrics, RunSummary, summarize
-from ftte_cli.engine.models import build_model
 from ftte_cli.engine.plan import Plan, dense_plan
 from ftte_cli.engine.strategies import STRATEGIES, make_strategy
 from ftte_cli.engine.strategies.aggregate import nbytes
@@ -54,6 +53,7 @@ from ftte_cli.sim.devices import (
     make_fleet,
     with_stragglers,
 )
+from ftte_cli.startmodel import StartInfo, describe_start, start_model
 from ftte_cli.units import parse_size
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,7 @@ class SimResult:
     results: List[StrategyResult]
     notes: List[str] = field(default_factory=list)
     fleet: Dict[str, int] = field(default_factory=dict)  # device class -> clients
+    start: Optional[StartInfo] = None  # the initial model every strategy started from
 
 
 @dataclass
@@ -148,6 +149,7 @@ class World:
     budget_bytes: int
     budget_source: str
     notes: List[str]
+    start: StartInfo
 
 
 Progress = Callable[[str, float, int, Optional[float]], None]  # strategy, time, version, acc
@@ -156,14 +158,7 @@ Progress = Callable[[str, float, int, Optional[float]], None]  # strategy, time,
 def _load_federated(recipe: Recipe, clients: int, seed: int) -> FederatedData:
     from ftte_cli.engine.data import load_federated  # noqa: PLC0415  (engine-core contract)
 
-    return load_federated(replace(recipe.data, clients=clients), clients, seed)
-
-
-def _initial_model(recipe: Recipe, data: FederatedData) -> nn.Module:
-    """The run's initial model, seeded by the recipe (global RNG state untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.seed)
-        return build_model(recipe.model, data.input_shape, data.num_classes)
+    return load_federated(replace(recipe.data, clients=clients), clients, seed, recipe.init)
 
 
 def _fleet(settings: SimSettings, clients: int, seed: int) -> List[DeviceModel]:
@@ -216,18 +211,20 @@ def prepare(settings: SimSettings) -> World:
     clients = settings.clients or recipe.sim.clients
     seed = recipe.seed if settings.seed is None else settings.seed
     data = _load_federated(recipe, clients, seed)
-    model = _initial_model(recipe, data)
+    model, start = start_model(replace(recipe, seed=seed), data.input_shape, data.num_classes,
+                               data)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     fleet = _fleet(settings, len(data.clients), seed)
     dense = _with_memory(model, dense_plan(model, recipe.model.name), recipe, data.input_shape)
     assert dense.estimated_bytes is not None
     budget, source = _budget(settings, fleet, dense.estimated_bytes)
-    notes: List[str] = [f"FTTE memory budget {budget} B: {source}"]
+    notes: List[str] = [f"FTTE memory budget {budget} B: {source}", describe_start(start)]
     ftte = _ftte_plan(model, recipe, data, budget, dense, notes)
     flops = layer_flops(model, data.input_shape)
     costs = {"dense": compute_cost(flops, dense), "ftte": compute_cost(flops, ftte)}
     return World(settings, recipe, seed, data, model, params, fleet, dense, ftte, costs, budget,
-                 source, notes)
+                 source, notes, start)
+
 
 
 class JobBackend(Protocol):
@@ -486,7 +483,7 @@ def simulate(settings: SimSettings, progress: Optional[Progress] = None,
     return SimResult(world.seed, len(world.fleet), stragglers, world.budget_bytes,
                      world.budget_source, world.dense.estimated_bytes or 0,
                      world.recipe.stop.target_accuracy, results, world.notes,
-                     _class_counts(world.fleet))
+                     _class_counts(world.fleet), world.start)
 
 
 def _class_counts(fleet: List[DeviceModel]) -> Dict[str, int]:
