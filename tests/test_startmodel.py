@@ -68,8 +68,9 @@ def test_a_checkpoint_of_another_model_is_a_config_error_naming_the_key(tmp_path
     other, _ = start_model(replace(wide, model=replace(wide.model, width=1.0)), (9, 128), 6)
     save_tensors(tmp_path / "other.safetensors", _params(other))
     recipe = _recipe(tmp_path, "{method: checkpoint, checkpoint: other.safetensors}")
-    with pytest.raises(ConfigError, match=r"small.yaml: init.checkpoint: .*other.safetensors: "
-                                          r"features\.\S+ is torch.float32 \(\d+.*\), the model has"):
+    pattern = (r"small.yaml: init.checkpoint: .*other.safetensors: "
+               r"features\.\S+ is torch.float32 \(\d+.*\), the model has")
+    with pytest.raises(ConfigError, match=pattern):
         start_model(recipe, (9, 128), 6)
     missing = _recipe(tmp_path, "{method: checkpoint, checkpoint: nowhere.safetensors}")
     with pytest.raises(ConfigError, match="init.checkpoint: .*nowhere.safetensors: cannot read"):
