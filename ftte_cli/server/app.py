@@ -266,7 +266,14 @@ class FtteServer:
     def _release(self, device: str, now: float) -> None:
         """The device lost its job (offline, restarted): give the coordinator its slot back."""
         self.coordinator.client_offline(device, now)
+        self._record_guard_events()
         self._dispatch(now)
+
+    def _record_guard_events(self) -> None:
+        """Move the coordinator's model-check events (roll-backs) into the event log."""
+        events, self.coordinator.guard_events[:] = list(self.coordinator.guard_events), []
+        for ev in events:
+            self.event(ev.kind, detail=ev.detail, version=ev.version)
 
     def _rejoin(self, device: str, now: float) -> list[str]:
         """The device (re)registered and holds no job: anything it had in flight is lost."""
@@ -295,6 +302,7 @@ class FtteServer:
         if self.done:
             return None
         result = self.coordinator.submit(update, now)
+        self._record_guard_events()
         if result.advanced:
             if self._on_version is not None:
                 self._on_version(self.coordinator, now, result)
@@ -531,10 +539,13 @@ class FtteServer:
         if result.accepted:
             self.event("update_accepted", device,
                        f"job {msg.job_id} v{msg.version} staleness {result.staleness}"
-                       + (f" -> v{result.version}" if result.advanced else ""),
-                       job_id=msg.job_id, staleness=result.staleness, version=result.version)
+                       + (f" -> v{result.version}" if result.advanced else "")
+                       + (f" ({result.detail})" if result.clipped else ""),
+                       job_id=msg.job_id, staleness=result.staleness, version=result.version,
+                       clipped=result.clipped)
         else:
-            self._reject(device, RejectReason(result.reason), f"job {msg.job_id}")
+            self._reject(device, RejectReason(result.reason),
+                         f"job {msg.job_id} {result.detail}".strip())
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
         device = self._auth(request)

@@ -31,7 +31,14 @@ class BufferedStrategy(Strategy):
         if not items:
             return None
         alphas = self.weights(items)
-        mean = aggregate.weighted_mean([(a.delta, w) for a, w in zip(items, alphas)])
+        pairs = [(a.delta, w) for a, w in zip(items, alphas)]
+        guard = self.cfg.guard
+        if guard.aggregator == "trimmed_mean":
+            mean = aggregate.trimmed_mean(pairs, guard.trim_fraction)
+        elif guard.aggregator == "median":
+            mean = aggregate.coordinate_median(pairs)
+        else:
+            mean = aggregate.weighted_mean(pairs)
         return aggregate.server_step(current, mean, self.cfg.server_lr)
 
     def pending(self) -> int:
