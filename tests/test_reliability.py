@@ -117,3 +117,63 @@ def test_a_poisoned_1e30_update_never_reaches_the_model(tmp_path: Path, guard: d
     accuracies = [m["accuracy"] for m in metrics if m["accuracy"] is not None]
     assert all(m["loss"] is not None and math.isfinite(m["loss"]) for m in metrics)
     assert accuracies[-1] >= max(accuracies[:4]) - 0.15  # training went on, it did not collapse
+
+
+# ---- the progress watchdog ---------------------------------------------------------------------
+
+def test_watchdog_limit_follows_the_median_interval_and_names_the_stall() -> None:
+    from ftte_cli.train.watchdog import Watchdog
+
+    dog = Watchdog(factor=5.0, minimum=10.0, version=0, now=0.0)
+    assert dog.observe(0, 9.9) is None  # before any version: only the minimum applies
+    assert "no version yet" in (dog.observe(0, 10.5) or "")
+    for v, t in ((1, 11.0), (2, 15.0), (4, 23.0)):  # 11 s, 4 s, 4 s per version: median 4
+        assert dog.observe(v, t) is None
+    assert dog.limit() == 20.0  # 5 x 4 s beats the 10 s minimum
+    assert dog.observe(4, 43.0) is None
+    reason = dog.observe(4, 43.5)
+    assert reason is not None and "20s at v4" in reason and "median 4.0s" in reason
+    assert Watchdog(None, 1.0, 0, 0.0).observe(0, 1e9) is None
+
+
+def test_ftte_train_stops_as_stalled_when_no_version_advances(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from trainkit import agent_pids, events, group_members, metrics, start_train, write_inventory
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("""
+name: stall
+data: {dataset: synthetic_har, windows: 600, subjects: 4, partition: iid}
+model: {name: har_cnn, width: 0.5}
+train: {epochs: 1, batch_size: 32, lr: 0.05}
+strategy: {name: ftte, buffer_size: 1, max_concurrency: 2}
+plan: {memory_budget: 40MB, method: gradnorm}
+stop: {target_accuracy: 0.999, max_versions: 1000, time_limit: 300, eval_every: 1,
+       stall_factor: 3, stall_min: 6}
+""")
+    inventory = write_inventory(tmp_path, ["d1", "d2"])
+    run_dir = tmp_path / "run"
+    proc = start_train(tmp_path, "--recipe", str(recipe), "--inventory", str(inventory),
+                       "--run-dir", str(run_dir), "--offline-after", "120")
+    pids: set[int] = set()
+    try:
+        wait_for(lambda: any(m["version"] >= 2 for m in metrics(run_dir)), 150, "version 2")
+        pids = agent_pids(run_dir)
+        for pid in pids:
+            os.killpg(pid, signal.SIGSTOP)  # every device hangs: no version can appear
+        assert proc.wait(timeout=90) == 1, (tmp_path / "train.err").read_text()[-2000:]
+    finally:
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+    stalled = events(run_dir, "run_stalled")
+    assert len(stalled) == 1 and "no new model version" in stalled[0]["detail"]
+    assert events(run_dir, "run_finished")[-1]["reason"] == "stalled"
+    assert strict_json((run_dir / "summary.json").read_text())["stop_reason"] == "stalled"
+    assert group_members(pids) == []

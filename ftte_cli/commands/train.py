@@ -62,7 +62,7 @@ def train(
         )
         result = run_training(opts)
         _render(result, fmt)
-        if result.stop_reason.value in ("no_devices", "error"):
+        if result.stop_reason.value in ("no_devices", "stalled", "error"):
             raise typer.Exit(int(ExitCode.FAILURE))
 
 

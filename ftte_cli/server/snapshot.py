@@ -39,6 +39,7 @@ class StopReason(str, Enum):
     time_limit = "time_limit"
     interrupted = "interrupted"
     no_devices = "no_devices"
+    stalled = "stalled"  # the progress watchdog: no new version for too long
     error = "error"
 
 

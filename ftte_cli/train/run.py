@@ -43,6 +43,7 @@ from ftte_cli.server.snapshot import DeviceStatus, RunSnapshot, StopReason
 from ftte_cli.store import new_run_dir
 from ftte_cli.train import planning
 from ftte_cli.train.rundir import RunDir, file_sha256, package_versions
+from ftte_cli.train.watchdog import Watchdog
 from ftte_cli.ui.dashboard import Dashboard
 
 log = logging.getLogger(__name__)
@@ -329,11 +330,18 @@ def _drive(run: _Run, server: FtteServer, watch: Optional[_AgentWatch],
     """Watch the run until a stop rule fires; dead agents are restarted once, then failed."""
     next_check = time.monotonic() + FAILURE_CHECK_S
     offline: set[str] = set()
+    first = server.snapshot()
+    watchdog = Watchdog(run.recipe.stop.stall_factor, run.recipe.stop.stall_min, first.version,
+                        first.elapsed)
     while True:
         snap = server.snapshot()
         reason = stop_rule(snap, run.recipe)
         if reason is not None:
             return reason
+        stalled = watchdog.observe(snap.version, snap.elapsed)
+        if stalled is not None:
+            server.event("run_stalled", detail=stalled)
+            return StopReason.stalled
         dashboard.tick()
         now_offline = {d.name for d in snap.devices if d.status == DeviceStatus.offline}
         if watch is not None and (now_offline - offline or time.monotonic() >= next_check):
