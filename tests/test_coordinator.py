@@ -330,3 +330,39 @@ def test_guard_state_survives_a_checkpoint(tmp_path: Path) -> None:
                                   coord.config)
     assert list(back._norms) == pytest.approx(list(coord._norms))
     assert back._good_version == coord._good_version
+
+
+def test_a_late_update_of_a_released_job_is_judged_by_staleness() -> None:
+    coord = _coord(k=1, c=2, clients=2)
+    j1, j2 = coord.next_jobs(0.0)
+    coord.client_offline(j2.client_id, 1.0)  # j2's client stalls: its job is released
+    assert coord.metrics.jobs_lost == 1
+    assert coord.submit(_update(j1), 2.0).advanced  # v1
+    late = coord.submit(_update(j2), 3.0)
+    assert late.accepted and late.late and late.staleness == 1 and late.advanced
+    assert coord.metrics.jobs_lost == 0 and coord.metrics.staleness[1] == 1
+    assert coord.submit(_update(j2), 3.5).reason == RejectReason.duplicate_job
+
+
+def test_a_late_update_past_max_staleness_is_too_stale_and_fedavg_takes_none() -> None:
+    coord = _coord(k=1, c=2, clients=2, max_staleness=0)
+    j1, j2 = coord.next_jobs(0.0)
+    coord.client_offline(j2.client_id, 1.0)
+    coord.submit(_update(j1), 2.0)
+    result = coord.submit(_update(j2), 3.0)
+    assert result.reason == RejectReason.too_stale and result.late and not result.advanced
+    sync = _coord(name="fedavg", k=2, c=2, clients=2)
+    a, b = sync.next_jobs(0.0)
+    sync.client_offline(b.client_id, 1.0)
+    assert sync.submit(_update(a), 2.0).advanced  # the round closed without b
+    assert sync.submit(_update(b), 3.0).reason == RejectReason.too_stale
+
+
+def test_fedasync_keeps_the_base_of_a_released_job_for_its_late_update() -> None:
+    coord = _coord(name="fedasync", k=1, c=2, clients=2)
+    j1, j2 = coord.next_jobs(0.0)
+    coord.client_offline(j2.client_id, 1.0)
+    coord.submit(_update(j1), 2.0)
+    assert 0 in coord._snapshots  # j2's base, version 0, is still there
+    assert coord.submit(_update(j2), 3.0).accepted
+    assert 0 not in coord._snapshots

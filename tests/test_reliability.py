@@ -177,3 +177,81 @@ stop: {target_accuracy: 0.999, max_versions: 1000, time_limit: 300, eval_every: 
     assert events(run_dir, "run_finished")[-1]["reason"] == "stalled"
     assert strict_json((run_dir / "summary.json").read_text())["stop_reason"] == "stalled"
     assert group_members(pids) == []
+
+
+# ---- fault 6: a stalled device's late update was dropped silently ------------------------------
+
+def _row(server: Any, name: str) -> Any:
+    return next(d for d in server.snapshot().devices if d.name == name)
+
+
+@pytest.mark.parametrize("max_staleness, verdict", [(None, "accepted"), (1, "too_stale")])
+def test_a_stalled_devices_late_update_is_judged_by_the_staleness_rule(
+        tmp_path: Path, max_staleness: Any, verdict: str) -> None:
+    import signal
+    import time
+
+    from ftte_cli.server.snapshot import DeviceStatus
+
+    names = ["a", "b"]
+    _, _, _, bundles, plain = tiny_run(tmp_path, names, buffer_size=1, concurrency=2)
+    scfg = replace(plain.config.strategy, max_staleness=max_staleness)
+    coord = Coordinator(dict(plain.params), plain.plan, make_strategy(scfg), {"a": 60, "b": 60},
+                        CoordinatorConfig(strategy=scfg, eval_every=5), seed=1,
+                        evaluate=plain._evaluate)
+    rundir = RunDir(tmp_path / "run")
+    server = make_server(coord, bundle_tokens(bundles), [], offline_after=2.0, start_devices=2)
+    server._on_event = rundir.event
+    with ServerThread(server) as st:
+        procs = {n: start_agent(bundles[n], st.url) for n in names}
+        try:
+            wait_for(lambda: _row(server, "b").accepted >= 1, 60, "b's first update")
+            for _ in range(200):  # stop b while it holds a job it fetched
+                procs["b"].send_signal(signal.SIGSTOP)
+                time.sleep(0.3)
+                if _row(server, "b").status == DeviceStatus.training:
+                    break
+                procs["b"].send_signal(signal.SIGCONT)
+                time.sleep(0.05)
+            else:
+                raise AssertionError("never caught b holding a job")
+            held = _row(server, "b")
+            wait_for(lambda: _row(server, "b").status == DeviceStatus.offline, 15, "b offline")
+            version = server.snapshot().version
+            wait_for(lambda: server.snapshot().version >= version + 3, 60, "a goes on alone")
+            procs["b"].send_signal(signal.SIGCONT)  # b wakes up and delivers its old job
+            wait_for(lambda: [e for e in read_events(rundir) if e["device"] == "b" and
+                              e["kind"] in ("update_accepted", "update_rejected") and
+                              "late" in e["detail"]], 60, "b's late update judged")
+            wait_for(lambda: _row(server, "b").status in (DeviceStatus.idle,
+                                                          DeviceStatus.training), 30, "b rejoins")
+            server.finish(StopReason.max_versions)
+            assert all(p.wait(timeout=30) == 0 for p in procs.values())
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.send_signal(signal.SIGCONT)
+                    p.kill()
+    rundir.close()
+    judged = [e for e in strict_jsonl(rundir.path / "events.jsonl") if e["device"] == "b"
+              and "late" in e.get("detail", "")]
+    assert len(judged) == 1, judged
+    event = judged[0]
+    log = (bundles["b"] / "agent.log").read_text()
+    assert "job j" in event["detail"]
+    if verdict == "accepted":
+        assert event["kind"] == "update_accepted" and event["late"] is True
+        assert f"v{held.version} staleness" in event["detail"]  # the job b held when stopped
+        assert event["staleness"] >= 3  # its weight came from the staleness rule
+        assert "late update for job" in log and '"staleness"' in log
+        assert coord.metrics.jobs_lost == 0  # released, then delivered: nothing lost
+    else:
+        assert event["kind"] == "update_rejected" and event["reason"] == "too_stale"
+        assert "refused (422)" in log and "too_stale" in log
+    assert any(e["kind"] == "device_rejoined" and e["device"] == "b"
+               for e in strict_jsonl(rundir.path / "events.jsonl"))
+
+
+def read_events(rundir: RunDir) -> list[dict[str, Any]]:
+    path = rundir.path / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -14,6 +14,11 @@ aggregation result is checked before it is installed (finite values; at evaluate
 finite loss not `diverge_factor` x over the last good one), and one that fails is replaced by the
 last good model, installed as the next version (versions only go forward), with a `GuardEvent`.
 
+Late updates: a job released because its client went offline is remembered (one per client)
+as lost; if its update still arrives it is judged by the staleness rule like any other
+(accepted with its weight, or `too_stale` past `max_staleness`), `SubmitResult.late` set.
+Synchronous rounds cannot take a late update (its round slot was given up): `too_stale`.
+
 Memory: parameters are never changed in place; a step builds a new dict. Each job refers to the
 snapshot w*_t of the version it started from (needed by FedAsync, and to hand out), kept only
 while some job in flight refers to it.
@@ -98,6 +103,7 @@ class SubmitResult:
     version: int
     staleness: Optional[int]
     clipped: bool = False  # accepted after scaling the delta down to the norm bound
+    late: bool = False  # the job had been released (its client went offline) before it arrived
     detail: str = ""  # the guard's figures when it acted (norm, bound)
 
 
@@ -152,6 +158,7 @@ class Coordinator:
         self._version = 0
         self._snapshots: Dict[int, Tensors] = {}
         self._jobs: Dict[str, _InFlight] = {}
+        self._lost: Dict[str, _InFlight] = {}  # client -> its last job released while in flight
         self._clients = {cid: _ClientRecord(n) for cid, n in clients.items()}
         self._accepted: Set[str] = set()
         self._rng = random.Random(seed)
@@ -205,6 +212,7 @@ class Coordinator:
         self._clients[client_id].state = ClientState.offline
         advanced = False
         for job in [j for j in self._jobs.values() if j.client_id == client_id]:
+            self._lost[client_id] = job  # its update may still arrive, late
             self._finish(job)
             self.metrics.jobs_lost += 1
             advanced = self._apply(self.strategy.job_lost(self._subset), now) or advanced
@@ -243,12 +251,21 @@ class Coordinator:
         if update.job_id in self._accepted:
             return self._reject(RejectReason.duplicate_job, None)
         job = self._jobs.get(update.job_id)
+        late = job is None and self._is_lost(update)
+        if late:
+            job = self._lost.pop(update.client_id)
         if job is None or job.client_id != update.client_id or job.version != update.version:
             return self._reject(RejectReason.unknown_job, None)
-        base = self._snapshots[job.version]
-        self._finish(job)
+        base = self._snapshots.get(job.version)
+        if late:
+            self._drop_snapshot_if_unused(job.version)
+        else:
+            self._finish(job)
         staleness = self._version - job.version
         reason = self._check(update, staleness)
+        if late and reason is None and (self.strategy.synchronous or
+                                        (self.strategy.needs_base and base is None)):
+            reason = RejectReason.too_stale  # its round (or base model) is gone
         guarded: Optional[Tensors] = None
         clipped, detail = False, ""
         if reason is None:
@@ -257,10 +274,13 @@ class Coordinator:
         if reason is not None or guarded is None:
             reason = reason or RejectReason.norm_bound
             self._reject(reason, staleness)
-            advanced = self._apply(self.strategy.job_lost(self._subset), now)
-            return SubmitResult(False, reason, advanced, self._version, staleness, detail=detail)
+            # a late job's slot was already given back to the strategy when it was released
+            advanced = False if late else self._apply(self.strategy.job_lost(self._subset), now)
+            return SubmitResult(False, reason, advanced, self._version, staleness, detail=detail,
+                                late=late)
         delta = guarded
         self.metrics.clipped += int(clipped)
+        self.metrics.jobs_lost -= int(late)  # it was not lost after all
         self._accepted.add(update.job_id)
         self.metrics.accepted += 1
         self.metrics.staleness[staleness] += 1
@@ -270,7 +290,26 @@ class Coordinator:
         arrival = Arrival(update.job_id, update.client_id, delta, update.num_samples,
                           update.grad_variance, staleness, base)
         advanced = self._apply(self.strategy.ingest(arrival, self._subset), now)
-        return SubmitResult(True, None, advanced, self._version, staleness, clipped, detail)
+        return SubmitResult(True, None, advanced, self._version, staleness, clipped=clipped,
+                            late=late, detail=detail)
+
+    def _is_lost(self, update: Update) -> bool:
+        lost = self._lost.get(update.client_id)
+        return lost is not None and lost.job_id == update.job_id
+
+    def _referenced(self, version: int) -> bool:
+        """True while a job in flight (or a lost one, for strategies reading the base) needs
+        the snapshot of `version`."""
+        if any(j.version == version for j in self._jobs.values()):
+            return True
+        limit = self.config.strategy.max_staleness
+        return self.strategy.needs_base and any(
+            j.version == version and (limit is None or self._version - j.version <= limit)
+            for j in self._lost.values())
+
+    def _drop_snapshot_if_unused(self, version: int) -> None:
+        if version != self._version and not self._referenced(version):
+            self._snapshots.pop(version, None)
 
     def _norm_guard(self, delta: Tensors) -> Tuple[Optional[Tensors], bool, str]:
         """(delta to use or None to reject, clipped, detail) under strategy.guard's norm bound.
@@ -321,9 +360,7 @@ class Coordinator:
         rec = self._clients[job.client_id]
         if rec.state == ClientState.busy:
             rec.state = ClientState.idle
-        if job.version != self._version and all(j.version != job.version
-                                                for j in self._jobs.values()):
-            self._snapshots.pop(job.version, None)
+        self._drop_snapshot_if_unused(job.version)
 
     def _apply(self, new_subset: Optional[Tensors], now: float) -> bool:
         """Install a new w* as the next version (or, when it fails the model check, the last
@@ -346,15 +383,24 @@ class Coordinator:
             new_subset = self._good
             params = sparse.insert(self._params, self.plan, new_subset)
             scores = None
-        if self._version not in {j.version for j in self._jobs.values()}:
+        if not self._referenced(self._version):
             self._snapshots.pop(self._version, None)
         self._subset, self._params, self._version = new_subset, params, version
+        self._forget_too_stale_lost()
         self.metrics.version_times.append(now)
         if due:
             point = self._record_eval(now, scores)
             if problem is None and point is not None:
                 self._good, self._good_version, self._good_loss = new_subset, version, point.loss
         return True
+
+    def _forget_too_stale_lost(self) -> None:
+        """A lost job past max_staleness can never be accepted: its base snapshot may go (the
+        small record stays, so its late update is still answered `too_stale`)."""
+        if self.config.strategy.max_staleness is None or not self.strategy.needs_base:
+            return
+        for job in list(self._lost.values()):
+            self._drop_snapshot_if_unused(job.version)
 
     def _score(self, params: Tensors) -> Tuple[float, float]:
         assert self._evaluate is not None
@@ -411,6 +457,7 @@ class Coordinator:
             "version": self._version, "counter": self._counter,
             "snapshots": sorted(self._snapshots),
             "jobs": [vars(j) for j in self._jobs.values()],
+            "lost": [vars(j) for j in self._lost.values()],
             "clients": self.client_info(),
             "accepted": sorted(self._accepted),
             "rng": [rng_version, list(rng_internal), rng_gauss],
@@ -441,6 +488,7 @@ class Coordinator:
         coord._snapshots = {int(v): _ordered(_prefixed(tensors, f"snap/{v}/"), names)
                             for v in meta["snapshots"]}
         coord._jobs = {j["job_id"]: _InFlight(**j) for j in meta["jobs"]}
+        coord._lost = {j["client_id"]: _InFlight(**j) for j in meta.get("lost", [])}
         for cid, c in meta["clients"].items():
             coord._clients[cid] = _ClientRecord(int(c["num_samples"]), ClientState(c["state"]),
                                                 int(c["updates"]), c["last_staleness"])

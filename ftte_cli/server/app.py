@@ -475,7 +475,9 @@ class FtteServer:
     async def _update(self, request: web.Request) -> web.Response:
         device = self._auth(request)
         self._check_running(device)
-        self._require_online(device)
+        # An offline device may still deliver the job it was issued (stalled, then resumed):
+        # that late update goes to the coordinator's staleness rule, not back with a 409.
+        online = self._touch(device) in ONLINE
         bound = self.config.update_max_bytes
         try:
             body = await _read_bounded(request, bound)
@@ -490,6 +492,8 @@ class FtteServer:
         with self._lock:
             owner = self._issued.get(msg.job_id)
             self._devices[device].bytes_up += len(body)
+        if not online and owner != device:
+            raise web.HTTPConflict(text="register first")
         if owner is not None and owner != device:
             self._reject(device, ServerReason.wrong_device, f"job {msg.job_id} is {owner}'s")
             return self._update_reply(False, ServerReason.wrong_device.value)
@@ -505,7 +509,8 @@ class FtteServer:
             self._announce_end()
         self._wake(list(self._pending))
         reason = None if result.reason is None else RejectReason(result.reason).value
-        return self._update_reply(result.accepted, reason, result.version)
+        return self._update_reply(result.accepted, reason, result.version,
+                                  staleness=result.staleness, late=result.late)
 
     async def _decode_update(self, body: bytes, bound: int) -> wire.UpdateMessage:
         """Parse an update; large bodies on the default thread pool, never the coordinator's."""
@@ -515,9 +520,11 @@ class FtteServer:
         return await loop.run_in_executor(None, wire.decode_update, body, bound)
 
     def _update_reply(self, accepted: bool, reason: Optional[str],
-                      version: Optional[int] = None) -> web.Response:
+                      version: Optional[int] = None, **extra: Any) -> web.Response:
         body = {"accepted": accepted, "reason": reason,
                 "version": self._version if version is None else version}
+        if extra.get("late"):  # only late updates say more: the agent logs the verdict
+            body.update(extra)
         return web.json_response(body, status=200 if accepted else 422)
 
     def _record(self, device: str, msg: wire.UpdateMessage, result: SubmitResult) -> None:
@@ -536,16 +543,18 @@ class FtteServer:
                 self._stale_max = stale if self._stale_max is None else max(self._stale_max, stale)
                 self._accept_times.append(self.now())
                 self._prune_accept_times()
+        late = " late (released when the device went offline)" if result.late else ""
         if result.accepted:
             self.event("update_accepted", device,
-                       f"job {msg.job_id} v{msg.version} staleness {result.staleness}"
+                       f"job {msg.job_id} v{msg.version} staleness {result.staleness}{late}"
                        + (f" -> v{result.version}" if result.advanced else "")
                        + (f" ({result.detail})" if result.clipped else ""),
                        job_id=msg.job_id, staleness=result.staleness, version=result.version,
-                       clipped=result.clipped)
+                       clipped=result.clipped, late=result.late)
         else:
+            age = "" if result.staleness is None else f" staleness {result.staleness}"
             self._reject(device, RejectReason(result.reason),
-                         f"job {msg.job_id} {result.detail}".strip())
+                         f"job {msg.job_id}{age}{late} {result.detail}".strip())
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
         device = self._auth(request)
