@@ -22,6 +22,7 @@ from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig
 from ftte_cli.engine.strategies import make_strategy
 from ftte_cli.server.runner import ServerThread
 from ftte_cli.server.snapshot import StopReason
+from ftte_cli.store import load_checkpoint
 from ftte_cli.train.rundir import RunDir
 
 
@@ -258,3 +259,135 @@ def test_a_stalled_devices_late_update_is_judged_by_the_staleness_rule(
 def read_events(rundir: RunDir) -> list[dict[str, Any]]:
     path = rundir.path / "events.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---- fault 3: resume after a crash -------------------------------------------------------------
+
+def _checkpointed_run(tmp_path: Path, versions: int) -> tuple[RunDir, Coordinator]:
+    """A real coordinator driven to `versions` with a checkpoint at every version."""
+    from test_coordinator import _coord, _update
+
+    coord = _coord(k=1, c=2, clients=2)
+    rundir = RunDir(tmp_path / "run")
+    now = 0.0
+    while coord.version < versions:
+        now += 1.0
+        job = coord.next_jobs(now)[0]
+        if coord.submit(_update(job), now).advanced:
+            rundir.save_checkpoint(coord, now)
+    return rundir, coord
+
+
+@pytest.mark.parametrize("stage", ["tensors_partial", "tensors_written", "meta_partial",
+                                   "meta_missing"])
+def test_resume_uses_the_newest_complete_checkpoint_whatever_stage_the_kill_hit(
+        tmp_path: Path, stage: str) -> None:
+    rundir, _ = _checkpointed_run(tmp_path, 4)  # v2, v3, v4 kept
+    folder = rundir.path / "checkpoints"
+    newest = folder / "v000004.json"
+    tensors = newest.with_suffix(".safetensors")
+    if stage == "tensors_partial":  # killed while writing the tensors of v5
+        (folder / ".v000005.safetensors.tmp4242").write_bytes(b"\x10\x00\x00")
+    elif stage == "tensors_written":  # v5's tensors in place, killed while writing its JSON
+        (folder / "v000005.safetensors").write_bytes(tensors.read_bytes())
+        (folder / ".v000005.json.tmp4242").write_text('{"version": 5, "cou')
+    elif stage == "meta_partial":  # the newest JSON torn (a filesystem without atomic rename)
+        newest.write_text(newest.read_text()[:100])
+    else:  # meta_missing: the newest JSON is gone, its tensors stay
+        newest.unlink()
+    (rundir.path / ".manifest.json.tmp4242").write_text("{")
+    state = rundir.latest_checkpoint()
+    expected = 3 if stage in ("meta_partial", "meta_missing") else 4
+    assert state is not None and state[1]["version"] == expected
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == [f"v{v:06d}.{ext}" for v in range(2, expected + 1)
+                    for ext in ("json", "safetensors")]
+    assert not list(rundir.path.glob(".*.tmp*"))
+    rundir.close()
+
+
+def test_resume_with_no_complete_checkpoint_names_each_broken_one(tmp_path: Path) -> None:
+    from ftte_cli.errors import RunError
+
+    rundir, _ = _checkpointed_run(tmp_path, 3)
+    for meta in (rundir.path / "checkpoints").glob("v*.json"):
+        meta.write_text("{")
+    with pytest.raises(RunError) as err:
+        rundir.latest_checkpoint()
+    assert "v000003.json: not JSON" in str(err.value) and "v000001.json" in str(err.value)
+    rundir.close()
+
+
+def test_a_resumed_server_counts_on_from_the_checkpoint(tmp_path: Path) -> None:
+    rundir, coord = _checkpointed_run(tmp_path, 5)
+    state = rundir.latest_checkpoint()
+    assert state is not None
+    back = Coordinator.from_state(state[0], state[1], coord.plan,
+                                  make_strategy(coord.config.strategy), coord.config)
+    tokens = {cid: f"tok-{cid}" * 8 for cid in back.client_info()}
+    snap = make_server(back, tokens, []).snapshot()
+    assert snap.accepted == coord.metrics.accepted >= 5
+    assert sum(d.accepted for d in snap.devices) == snap.accepted
+    assert snap.staleness_max == max(coord.metrics.staleness)
+    rundir.close()
+
+
+def test_ftte_train_resume_after_a_kill_stops_old_agents_and_skips_a_torn_checkpoint(
+        tmp_path: Path) -> None:
+    import os
+    import shutil
+    import signal
+
+    from trainkit import (
+        agent_pids,
+        group_members,
+        last_json,
+        start_train,
+        write_inventory,
+        write_recipe,
+    )
+
+    recipe = write_recipe(tmp_path, target=0.999, max_versions=10)
+    inventory = write_inventory(tmp_path, ["d1", "d2", "d3"])
+    run_dir = tmp_path / "run"
+    folder = run_dir / "checkpoints"
+
+    def versions() -> list[int]:
+        return sorted(int(p.stem[1:]) for p in folder.glob("v*.json")) if folder.exists() else []
+
+    proc = start_train(tmp_path, "--recipe", str(recipe), "--inventory", str(inventory),
+                       "--run-dir", str(run_dir), "--offline-after", "3")
+    try:
+        wait_for(lambda: len(versions()) >= 3 and versions()[-1] >= 4, 150, "3 checkpoints")
+        os.kill(proc.pid, signal.SIGKILL)  # the server dies mid-run; its agents live on
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first_agents = agent_pids(run_dir)
+    assert group_members(first_agents)
+    kept = versions()
+    backup = tmp_path / "backup"
+    shutil.copytree(folder, backup)
+    # 1. every checkpoint torn: the resume fails, naming them, and still stops the old agents
+    for meta in folder.glob("v*.json"):
+        meta.write_text(meta.read_text()[:50])
+    failed = start_train(tmp_path, "--resume", str(run_dir), "--offline-after", "3")
+    assert failed.wait(timeout=120) != 0
+    assert "no complete checkpoint" in (tmp_path / "train.out").read_text()
+    assert group_members(first_agents) == []
+    # 2. only the newest torn, plus the temporary file of a write the kill cut short
+    shutil.rmtree(folder)
+    shutil.copytree(backup, folder)
+    newest = folder / f"v{kept[-1]:06d}.json"
+    newest.write_text(newest.read_text()[:80])
+    (folder / f".v{kept[-1] + 1:06d}.json.tmp99999").write_text("{")
+    _, saved = load_checkpoint(folder, f"v{kept[-2]:06d}")
+    resumed = start_train(tmp_path, "--resume", str(run_dir), "--offline-after", "3")
+    assert resumed.wait(timeout=200) == 0, (tmp_path / "train.err").read_text()[-3000:]
+    result = last_json(tmp_path)
+    assert result["resumed_from"] == kept[-2] and result["version"] == 10
+    assert not list(folder.glob(".*.tmp*"))
+    accepted = sum(d["accepted"] for d in result["devices"])
+    assert accepted == result["summary"]["accepted"] > saved["metrics"]["accepted"]
+    assert group_members(agent_pids(run_dir)) == []

@@ -123,11 +123,24 @@ class FtteServer:
         self._monitor: Optional[asyncio.Task[None]] = None
         self._started = False
         self._first_join: Optional[float] = None
+        self._carry_counters()
         # Nobody is connected yet: clients become idle when their agent registers. On --resume
         # this also releases the jobs the previous server had in flight (their agents are gone).
         for name in config.tokens:
             coordinator.client_offline(name, self.now())
         self._sync_coordinator_view()
+
+    def _carry_counters(self) -> None:
+        """On --resume the dashboard goes on counting from the checkpoint, not from 0."""
+        metrics = self.coordinator.metrics
+        self._accepted = metrics.accepted
+        self._dropped = dict(metrics.dropped)
+        self._stale_sum = sum(tau * n for tau, n in metrics.staleness.items())
+        self._stale_max = max(metrics.staleness, default=None)
+        for name, info in self.coordinator.client_info().items():
+            if name in self._devices:
+                self._devices[name].accepted = int(info["updates"])
+                self._devices[name].staleness = info["last_staleness"]
 
     # ---- time, events, snapshots -------------------------------------------------------------
 

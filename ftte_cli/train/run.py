@@ -240,12 +240,23 @@ def _deploy(run: _Run, opts: TrainOptions) -> tuple[dict[str, str], dict[str, st
     return remote, tokens
 
 
-def _stop_previous_agents(run: _Run, opts: TrainOptions) -> None:
-    """On --resume: agents of the crashed server may still be retrying; end their process groups."""
+def _stop_previous_agents(opts: TrainOptions) -> None:
+    """On --resume: agents of the crashed server may still be retrying; end their process groups.
+
+    Runs before anything else of the resume (only the manifest and the inventory are read), so
+    the old agents are stopped even when the resume itself then fails.
+    """
     from ftte_cli.fleet.ssh import connect
 
-    pids: dict[str, int] = run.manifest.get("agent_pids", {})
-    for device in run.devices:
+    assert opts.resume is not None
+    rundir = RunDir(opts.resume)
+    try:
+        manifest = rundir.read_manifest()
+    finally:
+        rundir.close()
+    pids: dict[str, int] = manifest.get("agent_pids", {})
+    inventory = load_inventory(Path(manifest["inventory"]))
+    for device in inventory.devices.values():
         pid = pids.get(device.name)
         if not pid:
             continue
@@ -396,9 +407,10 @@ def _wait_agents_left(server: FtteServer, agents: Any, names: list[str]) -> None
 
 def run_training(opts: TrainOptions) -> TrainResult:
     """One whole run (see the module docstring); always stops every agent it started."""
+    if opts.resume is not None:
+        _stop_previous_agents(opts)
     run = _resumed(opts) if opts.resume is not None else _fresh(opts)
     if opts.resume is not None:
-        _stop_previous_agents(run, opts)
         if opts.direct is None:  # a resumed run keeps how its devices reached the server
             opts = replace(opts, direct=run.manifest.get("direct"))
         run.manifest["direct"] = opts.direct
