@@ -391,3 +391,87 @@ def test_ftte_train_resume_after_a_kill_stops_old_agents_and_skips_a_torn_checkp
     accepted = sum(d["accepted"] for d in result["devices"])
     assert accepted == result["summary"]["accepted"] > saved["metrics"]["accepted"]
     assert group_members(agent_pids(run_dir)) == []
+
+
+# ---- fault 7: input errors that name their place ----------------------------------------------
+
+def test_a_missing_data_path_names_the_recipe_and_the_key(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ftte_cli.cli import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {dataset: npz, path: /nonexistent/data.npz}\n")
+    res = CliRunner().invoke(app, ["plan", "-r", str(recipe), "--budget", "2MB",
+                                   "--format", "json"])
+    assert res.exit_code == 2
+    error = json.loads(res.stdout)["error"]
+    assert error == f"{recipe}: data.path: /nonexistent/data.npz: file not found"
+
+
+def test_a_host_written_twice_in_one_mapping_is_an_error_naming_both_lines(
+        tmp_path: Path) -> None:
+    from ftte_cli.config.inventory import load_inventory
+    from ftte_cli.errors import ConfigError
+
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("all:\n  hosts:\n    pi1: {ansible_host: 10.0.0.1}\n    pi2: {}\n"
+                   "    pi1: {ansible_host: 10.0.0.9}\n")
+    with pytest.raises(ConfigError) as err:
+        load_inventory(inv)
+    assert str(err.value) == (f"{inv}: duplicate key 'pi1' at lines 3 and 5 of one mapping "
+                              "(YAML would keep only the last)")
+    # a merge key may repeat keys on purpose; the same name in two mappings is no duplicate
+    inv.write_text("all:\n  vars: &v {ansible_user: pi, ansible_port: 22}\n  children:\n"
+                   "    a: {hosts: {pi1: {}}, vars: {<<: *v, ansible_port: 2222}}\n"
+                   "    b: {hosts: {pi1: {}}}\n")
+    assert load_inventory(inv).devices["pi1"].port == 2222
+
+
+def _npz(path: Path, n: int, **extra: Any) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(path, X=rng.normal(size=(n, 1, 8, 8)).astype("float32"),
+             y=np.arange(n) % 4, **extra)
+    return path
+
+
+def test_npz_split_array_gives_the_archives_own_test_set_and_unknown_arrays_are_named(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import numpy as np
+
+    from ftte_cli.engine.data.loaders import load_npz
+    from ftte_cli.errors import DataError
+
+    split = (np.arange(40) >= 30).astype("int64")  # the last 10 samples are the test set
+    src = load_npz(_npz(tmp_path / "ucr.npz", 40, split=split, notes=np.zeros(3)))
+    assert src.train.x.shape[0] == 30 and src.test is not None and src.test.x.shape[0] == 10
+    assert src.test.y.tolist() == [v % 4 for v in range(30, 40)]
+    assert "ignoring arrays notes" in caplog.text
+    with pytest.raises(DataError, match=r"bad\.npz: split must hold 0 \(train\) or 1 \(test\)"):
+        load_npz(_npz(tmp_path / "bad.npz", 40, split=np.full(40, 2)))
+
+
+def test_simulate_takes_its_client_count_from_data_clients(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ftte_cli.cli import app
+
+    data = _npz(tmp_path / "small.npz", 40)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+name: small
+data: {{dataset: npz, path: {data}, partition: iid, clients: 3}}
+model: {{name: small_cnn, width: 0.25}}
+train: {{epochs: 1, batch_size: 4}}
+strategy: {{buffer_size: 1, max_concurrency: 2}}
+plan: {{memory_budget: 1GB, method: gradnorm}}
+stop: {{max_versions: 2, eval_every: 1}}
+sim: {{clients: 100}}
+""")
+    res = CliRunner().invoke(app, ["simulate", "-r", str(recipe), "--strategies", "ftte",
+                                   "--until", "limit", "--out", str(tmp_path / "out"),
+                                   "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["clients"] == 3  # data.clients, not sim.clients' 100

@@ -261,7 +261,20 @@ def load_recipe(path: Union[str, Path]) -> Recipe:
     data_path = recipe.data.path
     if data_path is not None and not data_path.is_absolute():
         data_path = (path.parent / data_path).resolve()
+    if data_path is not None:
+        _DATA_ORIGINS[data_path] = path
     return replace(recipe, source=path, data=replace(recipe.data, path=data_path))
+
+
+# data.path -> the recipe file that named it. A recipe loads without its data (datasets are
+# downloaded separately); the loader asks here so a missing path names the recipe and the key.
+_DATA_ORIGINS: dict[Path, Path] = {}
+
+
+def data_path_origin(data_path: Path) -> str:
+    """'<recipe file>: data.path' for a path a loaded recipe named, else 'data.path'."""
+    origin = _DATA_ORIGINS.get(data_path)
+    return f"{origin}: data.path" if origin is not None else "data.path"
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ftte_cli.config.recipe import DataConfig
+from ftte_cli.config.recipe import DataConfig, data_path_origin
 from ftte_cli.engine.data.dataset import ClientData, Dataset, FederatedData, standardize
 from ftte_cli.engine.data.loaders import Source, load_source
 from ftte_cli.engine.data.partition import partition
+from ftte_cli.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ def pooled_channel_stats(parts: Sequence[Dataset]) -> Tuple[Tensor, Tensor]:
 
 def load_federated(cfg: DataConfig, num_clients: int, seed: int) -> FederatedData:
     """The recipe's dataset split into `num_clients` clients, a proxy split and a test split."""
+    if cfg.path is not None and not cfg.path.exists():
+        raise DataError(f"{data_path_origin(cfg.path)}: {cfg.path}: file not found")
     source = load_source(cfg.dataset, cfg.path, cfg.windows, cfg.subjects, seed)
     rng = np.random.default_rng([seed, _STREAM])
     pool, proxy, test = _hold_out(source, cfg, rng)
