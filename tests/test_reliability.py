@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 import torch
@@ -475,3 +476,33 @@ sim: {{clients: 100}}
                                    "--format", "json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["clients"] == 3  # data.clients, not sim.clients' 100
+
+
+# ---- fault 9: the testbed reaps what it starts -------------------------------------------------
+
+def _in_proc(pid: int) -> Optional[str]:
+    """The process state letter (Z for a zombie), or None when the pid is gone entirely."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and cgroups need root (CI is root)")
+def test_testbed_down_leaves_no_zombie_of_what_it_started(tmp_path: Path) -> None:
+    from ftte_cli.config.inventory import load_inventory
+    from ftte_cli.fleet.ssh import SshOptions, connect
+    from ftte_cli.testbed import lifecycle
+
+    state = lifecycle.up(tmp_path, 2, "pi-zero-2,phone")
+    device = load_inventory(tmp_path / lifecycle.INVENTORY_FILE).devices[state.devices[0].name]
+    with connect(device, SshOptions()) as session:  # outlives its session: an orphan
+        assert session.run("setsid nohup sleep 600 >/dev/null 2>&1 & echo ok").rc == 0
+    started = [p for dev in state.devices for cg in dev.cgroups
+               for p in map(int, Path(cg, "cgroup.procs").read_text().split())]
+    started += [dev.pid for dev in state.devices if dev.pid is not None]
+    assert len(set(started)) >= 3  # two sshds and the sleep
+    report = lifecycle.down(tmp_path)
+    assert report.leftovers == ()
+    left = {p: _in_proc(p) for p in set(started)}
+    assert all(s is None for s in left.values()), left  # gone, not dead-but-unreaped (Z)
