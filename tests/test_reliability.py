@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
@@ -506,3 +507,54 @@ def test_testbed_down_leaves_no_zombie_of_what_it_started(tmp_path: Path) -> Non
     assert report.leftovers == ()
     left = {p: _in_proc(p) for p in set(started)}
     assert all(s is None for s in left.values()), left  # gone, not dead-but-unreaped (Z)
+
+
+# ---- fault 2: two runs against one fleet ------------------------------------------------------
+
+def test_a_second_run_is_refused_and_leaves_the_first_runs_devices_alone(tmp_path: Path) -> None:
+    import shutil
+
+    from trainkit import (
+        agent_pids,
+        group_members,
+        kill_group,
+        start_train,
+        write_inventory,
+        write_recipe,
+    )
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    recipe = write_recipe(first, target=0.999, max_versions=1000)
+    inventory = write_inventory(first, ["d1", "d2"])
+    run_dir = first / "run"
+    proc = start_train(first, "--recipe", str(recipe), "--inventory", str(inventory),
+                       "--run-dir", str(run_dir))
+    try:
+        wait_for(lambda: run_dir.joinpath("manifest.json").exists() and agent_pids(run_dir)
+                 and any(True for _ in (run_dir / "events.jsonl").open()), 150, "first run")
+        pids = agent_pids(run_dir)
+        # 1. the same inventory: refused at once by the local lock, naming the first run
+        again = start_train(second, "--recipe", str(recipe), "--inventory", str(inventory),
+                            "--run-dir", str(second / "run"))
+        assert again.wait(timeout=60) == 1
+        run_id = json.loads((run_dir / "manifest.json").read_text())["run_id"]
+        assert f"in use by run {run_id}" in (second / "train.out").read_text()
+        # 2. the same devices through another inventory file: each device is busy
+        other = second / "inventory.yaml"
+        shutil.copy(inventory, other)
+        busy = start_train(second, "--recipe", str(recipe), "--inventory", str(other),
+                           "--run-dir", str(second / "run2"))
+        assert busy.wait(timeout=150) == 1, (second / "train.err").read_text()[-2000:]
+        out = (second / "train.out").read_text()
+        assert "every device is busy" in out and f"run {run_id}" in out
+        assert sorted(group_members(pids)) == sorted(group_members(agent_pids(run_dir)))
+        assert len(agent_pids(run_dir)) == 2 and group_members(pids)  # still the first run's 2
+    finally:
+        kill_group(proc, signal.SIGINT)
+        proc.wait(60)
+    logs = [p for p in (first / "work").rglob("agent-*.log")]
+    assert len(logs) == 2 and all(b"\0" not in p.read_bytes() for p in logs)
+    assert all(run_id in p.name for p in logs)  # per run, never shared
+    assert (run_dir / "devices" / "d1.log").read_bytes().count(b"registered as d1") >= 1

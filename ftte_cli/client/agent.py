@@ -384,8 +384,9 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def _write_pid(folder: Path) -> Path:
-    path = folder / PID_FILE
-    tmp = folder / f".{PID_FILE}.tmp"
+    name = os.environ.get("FTTE_AGENT_PID_FILE", PID_FILE)  # per run when `ftte train` starts us
+    path = folder / os.path.basename(name)
+    tmp = folder / f".{path.name}.tmp"
     tmp.write_text(f"{os.getpid()}\n")
     os.replace(tmp, path)
     return path

@@ -81,6 +81,7 @@ class Outcome(str, Enum):
     hostkey_mismatch = "hostkey_mismatch"  # unknown (not opted in) or changed host key
     timeout = "timeout"  # connect or command ran past its deadline
     failed = "failed"  # the step ran and failed (non-zero exit, bad output, bug)
+    busy = "busy"  # another run holds the device (fleet/locks.py); left untouched
 
     @property
     def succeeded(self) -> bool:
@@ -95,6 +96,7 @@ SEVERITY: tuple[Outcome, ...] = (
     Outcome.hostkey_mismatch,
     Outcome.auth_failed,
     Outcome.failed,
+    Outcome.busy,
     Outcome.timeout,
     Outcome.unreachable,
 )
@@ -104,6 +106,7 @@ EXIT_CODES: dict[Outcome, ExitCode] = {
     Outcome.hostkey_mismatch: ExitCode.HOSTKEY_MISMATCH,
     Outcome.auth_failed: ExitCode.AUTH_FAILED,
     Outcome.failed: ExitCode.DEVICE_FAILED,
+    Outcome.busy: ExitCode.BUSY,
     Outcome.timeout: ExitCode.TIMEOUT,
     Outcome.unreachable: ExitCode.UNREACHABLE,
 }

@@ -15,6 +15,7 @@ Lifecycle of `run_training(opts)`:
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import signal
 import time
@@ -407,9 +408,49 @@ def _wait_agents_left(server: FtteServer, agents: Any, names: list[str]) -> None
 
 def run_training(opts: TrainOptions) -> TrainResult:
     """One whole run (see the module docstring); always stops every agent it started."""
+    from ftte_cli.fleet.locks import InventoryLock
+
+    with InventoryLock(_inventory_path(opts), f"starting (pid {os.getpid()})") as lock:
+        return _run_training(opts, lock)
+
+
+def _inventory_path(opts: TrainOptions) -> Path:
+    if opts.resume is not None:
+        rundir = RunDir(opts.resume)
+        try:
+            return Path(rundir.read_manifest()["inventory"])
+        finally:
+            rundir.close()
+    if opts.inventory is None:
+        raise ConfigError("train: --recipe and --inventory are required (or --resume RUN_DIR)")
+    return Path(opts.inventory)
+
+
+def _leave_out_busy(run: _Run, opts: TrainOptions) -> None:
+    """Devices another run holds are left alone (outcome busy, naming that run)."""
+    from ftte_cli.fleet.locks import busy_devices
+    from ftte_cli.fleet.ssh import Outcome
+
+    busy = {r.device.name: r.detail for r in busy_devices(run.devices, opts.ssh)
+            if r.outcome == Outcome.busy}
+    for name, detail in busy.items():
+        run.rundir.event({"t": run.elapsed_offset, "kind": "device_busy", "device": name,
+                          "detail": detail, "outcome": Outcome.busy.value})
+        run.excluded[name] = f"busy: {detail}"
+        run.coordinator.client_offline(name, run.elapsed_offset)  # no job will be sent to it
+        log.warning("%s: %s", name, detail)
+    run.devices = [d for d in run.devices if d.name not in busy]
+    if not run.devices:
+        raise RunError("every device is busy: "
+                       + "; ".join(f"{n}: {d}" for n, d in busy.items()))
+
+
+def _run_training(opts: TrainOptions, lock: Any) -> TrainResult:
     if opts.resume is not None:
         _stop_previous_agents(opts)
     run = _resumed(opts) if opts.resume is not None else _fresh(opts)
+    lock.name(run.manifest["run_id"])
+    _leave_out_busy(run, opts)
     if opts.resume is not None:
         if opts.direct is None:  # a resumed run keeps how its devices reached the server
             opts = replace(opts, direct=run.manifest.get("direct"))
@@ -468,7 +509,8 @@ def _start_agents(run: _Run, remote: dict[str, str], port: int, opts: TrainOptio
     from ftte_cli.fleet.launch import start_agents
 
     devices = [d for d in run.devices if d.name in remote]
-    fleet = start_agents(devices, remote, port, opts.ssh, run.rundir.path, direct=opts.direct)
+    fleet = start_agents(devices, remote, port, opts.ssh, run.rundir.path, direct=opts.direct,
+                         run_id=run.manifest["run_id"])
     for name, res in fleet.results.failed.items():
         run.rundir.event({"t": run.elapsed_offset, "kind": "launch_failed", "device": name,
                           "detail": res.detail, "outcome": res.outcome.value})
