@@ -558,3 +558,64 @@ def test_a_second_run_is_refused_and_leaves_the_first_runs_devices_alone(tmp_pat
     assert len(logs) == 2 and all(b"\0" not in p.read_bytes() for p in logs)
     assert all(run_id in p.name for p in logs)  # per run, never shared
     assert (run_dir / "devices" / "d1.log").read_bytes().count(b"registered as d1") >= 1
+
+
+# ---- fault 5: Ctrl-C during `ftte deploy` ------------------------------------------------------
+
+def test_ctrl_c_during_deploy_starts_no_new_upload_and_prints_what_each_device_ended_with(
+        tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    from sshd import running_sshd
+    from trainkit import FTTE, env, write_recipe
+
+    with running_sshd(tmp_path / "sshd") as srv:
+        names = [f"d{i}" for i in range(1, 7)]
+        hosts = "\n".join(f"    {n}: {{ftte_workdir: {tmp_path / 'work' / n}}}" for n in names)
+        inventory = tmp_path / "inventory.yaml"
+        inventory.write_text(f"""all:
+  vars:
+    ansible_host: 127.0.0.1
+    ansible_port: {srv.port}
+    ansible_user: {srv.user}
+    ansible_ssh_private_key_file: {srv.client_key}
+    ansible_python_interpreter: {sys_executable()}
+    ftte_known_hosts: {srv.known_hosts}
+  hosts:
+{hosts}
+""")
+        recipe = write_recipe(tmp_path)
+        out = open(tmp_path / "deploy.out", "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen([*FTTE, "deploy", "-r", str(recipe), "-i", str(inventory),
+                                 "--forks", "1", "--format", "json"], cwd=tmp_path, env=env(),
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            first = tmp_path / "work" / "d1" / "bundle"
+            wait_for(lambda: first.exists(), 180, "d1's bundle in place", every=0.01)
+            proc.send_signal(signal.SIGINT)  # Ctrl-C while the fleet is being deployed
+            assert proc.wait(timeout=120) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            out.close()
+        time.sleep(1.0)  # nothing may still be running on a device after the exit
+        text = (tmp_path / "deploy.out").read_text()
+        doc = json.loads(text[text.index("{"):])
+        rows = {r["device"]: r for r in doc["devices"]}
+        assert list(rows) == names and doc["exit_code"] == 130
+        assert rows["d1"]["outcome"] == "changed"
+        interrupted = [n for n in names if rows[n]["outcome"] == "interrupted"]
+        assert interrupted and interrupted == names[len(names) - len(interrupted):]
+        for name in names:  # each device is as the recap says: whole new bundle, or untouched
+            work = tmp_path / "work" / name
+            if rows[name]["outcome"] == "changed":
+                assert (work / "bundle" / "manifest.json").exists()
+            else:
+                assert not work.exists() or not list(work.rglob("*")), list(work.rglob("*"))
+
+
+def sys_executable() -> str:
+    import sys
+
+    return sys.executable
