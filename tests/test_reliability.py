@@ -120,6 +120,9 @@ def test_a_poisoned_1e30_update_never_reaches_the_model(tmp_path: Path, guard: d
     accuracies = [m["accuracy"] for m in metrics if m["accuracy"] is not None]
     assert all(m["loss"] is not None and math.isfinite(m["loss"]) for m in metrics)
     assert accuracies[-1] >= max(accuracies[:4]) - 0.15  # training went on, it did not collapse
+    print(f"\n{outcome}: poisoned tried 3, answered {[r[0] for r in replies]}; honest accepted "
+          f"{len(honest)}, honest rejected 0, jobs lost {coord.metrics.jobs_lost}, rollbacks "
+          f"{coord.metrics.rollbacks}, accuracy {accuracies[0]:.3f} -> {accuracies[-1]:.3f}")
 
 
 # ---- the progress watchdog ---------------------------------------------------------------------
