@@ -622,3 +622,16 @@ def sys_executable() -> str:
     import sys
 
     return sys.executable
+
+
+# ---- fault 8: notable events scroll away --------------------------------------------------------
+
+def test_the_server_keeps_notable_events_past_its_event_window() -> None:
+    from loopback import make_coordinator
+
+    server = make_server(make_coordinator(["a"]), {"a": "t" * 40}, [], event_log_lines=10)
+    server.event("device_offline", "a", "not seen for 10s")
+    for i in range(200):
+        server.event("update_accepted", "a", f"job j{i}")
+    kinds = [e.kind for e in server.snapshot().events]
+    assert kinds[0] == "device_offline" and kinds.count("update_accepted") == 10

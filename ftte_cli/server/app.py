@@ -30,6 +30,7 @@ from ftte_cli.engine.coordinator import (
 )
 from ftte_cli.server.protocol import ServerConfig, ServerReason, authenticate
 from ftte_cli.server.snapshot import (
+    NOTABLE_EVENTS,
     AccuracyPoint,
     DeviceRow,
     DeviceStatus,
@@ -107,6 +108,8 @@ class FtteServer:
         self._issued: OrderedDict[str, str] = OrderedDict()
         self._issued_cap = max(ISSUED_PER_DEVICE * len(config.tokens), 1024)
         self._events: deque[EventLine] = deque(maxlen=config.event_log_lines)
+        # notable ones (offline, rejected, ...) also here, so routine ones never push them out
+        self._notable: deque[EventLine] = deque(maxlen=config.event_log_lines)
         self._accept_times: deque[float] = deque()
         self._stale_sum = 0  # running figures, not a list: memory must not grow per update
         self._stale_max: Optional[int] = None
@@ -151,8 +154,11 @@ class FtteServer:
     def event(self, kind: str, device: str = "", detail: str = "", **fields: Any) -> None:
         """Record an event in the log shown on the dashboard and in events.jsonl."""
         now = self.now()
+        line = EventLine(now, kind, device, detail)
         with self._lock:
-            self._events.append(EventLine(now, kind, device, detail))
+            self._events.append(line)
+            if kind in NOTABLE_EVENTS:
+                self._notable.append(line)
         record = {"t": round(now, 3), "kind": kind, "device": device, "detail": detail, **fields}
         if self._on_event is not None:
             self._on_event(record)
@@ -174,9 +180,15 @@ class FtteServer:
                 staleness_mean=self._stale_sum / accepted if accepted else None,
                 staleness_max=self._stale_max, accepted=accepted,
                 dropped=dict(self._dropped), accuracy=tuple(self._accuracy),
-                target_accuracy=self._target, devices=rows, events=tuple(self._events),
+                target_accuracy=self._target, devices=rows, events=self._event_lines(),
                 stop_reason=self._stop_reason,
             )
+
+    def _event_lines(self) -> tuple[EventLine, ...]:
+        """Recent events plus every remembered notable one, oldest first (under the lock)."""
+        oldest = self._events[0].elapsed if self._events else float("inf")
+        older = [e for e in self._notable if e.elapsed < oldest]
+        return (*older, *self._events)
 
     def _prune_accept_times(self) -> None:
         """Keep the last minute of accept times (under the lock): the rate window, bounded."""
@@ -253,7 +265,7 @@ class FtteServer:
         """Copy what the snapshot shows from the coordinator (coordinator thread or init only)."""
         c = self.coordinator
         # Only the new evaluations: this runs after every update, and a long run has thousands.
-        new = [AccuracyPoint(e.time, e.version, e.accuracy)
+        new = [AccuracyPoint(e.time, e.version, e.accuracy, e.loss)
                for e in c.metrics.evals[len(self._accuracy):]]
         with self._lock:
             self._version = c.version
