@@ -635,3 +635,24 @@ def test_the_server_keeps_notable_events_past_its_event_window() -> None:
         server.event("update_accepted", "a", f"job j{i}")
     kinds = [e.kind for e in server.snapshot().events]
     assert kinds[0] == "device_offline" and kinds.count("update_accepted") == 10
+
+
+def test_multi_group_hosts_resolve_as_recorded_ansible_inventory_output(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """tests/data/ansible_inventory_list.json is `ansible-inventory -i
+    precedence_inventory.yaml --list` of ansible-core 2.19.14 (recorded once, not a dependency):
+    same-depth groups by priority then name, nested groups inner last, host vars on top."""
+    from ftte_cli.config.inventory import load_inventory
+
+    data = Path(__file__).parent / "data"
+    recorded = json.loads((data / "ansible_inventory_list.json").read_text())["_meta"]
+    inventory = load_inventory(data / "precedence_inventory.yaml")
+    assert inventory.hostvars == recorded["hostvars"]
+    for name, want in recorded["hostvars"].items():
+        device = inventory.devices[name]
+        assert (device.host, device.port, device.user) == \
+            (want["ansible_host"], want["ansible_port"], want["ansible_user"]), name
+    warned = [r.getMessage() for r in caplog.records if "groups disagree" in r.getMessage()]
+    assert any("host twice: ansible_host 10.0.0.2 from group lab_b" in w for w in warned)
+    assert any("host prio: ansible_host 10.0.0.11 from group first" in w for w in warned)
+    assert not any("host nested:" in w or "host hostvar: ansible_port" in w for w in warned)
