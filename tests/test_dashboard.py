@@ -130,3 +130,18 @@ def test_accuracy_shows_an_axis_the_loss_and_the_version_range() -> None:
     text = "\n".join(_screen(_snapshot(accuracy=acc, target_accuracy=0.9999), 100, 50))
     assert "0 ▅▇ 1   v2..v4" in text
     assert "acc 0.800  loss 0.5  (v4)   best 0.800   target 0.9999" in text
+
+
+def test_phases_show_each_step_before_training_with_its_time() -> None:
+    from ftte_cli.ui.dashboard import Phases
+
+    out = io.StringIO()
+    clock = iter([0.0, 1.5, 26.0])
+    phases = Phases(Console(file=out, width=100, color_system=None), live=False,
+                    get_time=lambda: next(clock))
+    phases.update("profiles -> memory budget -> plan search")
+    phases.update("deploy pi4: changed bundle abc installed")
+    phases.close()
+    assert out.getvalue().splitlines() == [
+        "[  1.5s] profiles -> memory budget -> plan search",
+        "[ 26.0s] deploy pi4: changed bundle abc installed"]

@@ -178,6 +178,11 @@ stop: {target_accuracy: 0.999, max_versions: 1000, time_limit: 300, eval_every: 
                 pass
         if proc.poll() is None:
             proc.kill()
+    err = (tmp_path / "train.err").read_text()  # fault 8: every step before training shown
+    steps = ["plan search", "checking that no other run holds", "deploy d1: changed",
+             "deploy d2: changed", "starting 2 agents"]
+    assert all(s in err for s in steps), err[-2000:]
+    assert sorted(steps, key=err.index)[-1] == "starting 2 agents"
     stalled = events(run_dir, "run_stalled")
     assert len(stalled) == 1 and "no new model version" in stalled[0]["detail"]
     assert events(run_dir, "run_finished")[-1]["reason"] == "stalled"

@@ -71,6 +71,7 @@ class TrainOptions:
     offline_after: float = 10.0
     bundle_root: Path = Path(".ftte")
     checkpoint_every: int = 1
+    phases: Optional[Any] = None  # ui.dashboard.Phases: the steps before training, shown live
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,9 @@ def _deploy(run: _Run, opts: TrainOptions) -> tuple[dict[str, str], dict[str, st
                             root=opts.bundle_root)
     run.manifest["bundles"] = {n: b.sha256 for n, b in bundles.items()
                                if n in {d.name for d in run.devices}}
-    results = ship_bundles(run.devices, bundles, opts.ssh)
+    _say(opts, f"deploying bundles to {len(run.devices)} devices")
+    results = ship_bundles(run.devices, bundles, opts.ssh, on_done=lambda r: _say(
+        opts, f"deploy {r.device.name}: {r.outcome.value} {r.detail}"))
     for name, res in results.failed.items():
         run.rundir.event({"t": run.elapsed_offset, "kind": "deploy_failed", "device": name,
                           "detail": res.detail, "outcome": res.outcome.value})
@@ -445,11 +448,20 @@ def _leave_out_busy(run: _Run, opts: TrainOptions) -> None:
                        + "; ".join(f"{n}: {d}" for n, d in busy.items()))
 
 
+def _say(opts: TrainOptions, message: str) -> None:
+    if opts.phases is not None:
+        opts.phases.update(message)
+
+
 def _run_training(opts: TrainOptions, lock: Any) -> TrainResult:
     if opts.resume is not None:
+        _say(opts, "stopping the agents the crashed run left")
         _stop_previous_agents(opts)
+    _say(opts, "resuming: checkpoint, plan and data" if opts.resume is not None else
+         "profiles -> memory budget -> plan search (profiling devices without a cached profile)")
     run = _resumed(opts) if opts.resume is not None else _fresh(opts)
     lock.name(run.manifest["run_id"])
+    _say(opts, f"checking that no other run holds the {len(run.devices)} devices")
     _leave_out_busy(run, opts)
     if opts.resume is not None:
         if opts.direct is None:  # a resumed run keeps how its devices reached the server
@@ -463,8 +475,11 @@ def _run_training(opts: TrainOptions, lock: Any) -> TrainResult:
     agents = None
     with ServerThread(server, host, port) as st, _sigterm_interrupts():
         try:
+            _say(opts, f"starting {len(remote)} agents")
             agents = _start_agents(run, remote, st.port, opts)
             watch = _AgentWatch(run, server, agents)
+            if opts.phases is not None:
+                opts.phases.close()
             with _dashboard(server, opts) as dashboard:
                 try:
                     reason = _drive(run, server, watch, dashboard)

@@ -8,7 +8,7 @@ accuracy sparkline, event log); `Dashboard` pulls a fresh snapshot on every refr
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -219,3 +219,39 @@ class Dashboard:
             self._live = None
         else:
             self._write(progress_line(self._get_snapshot()))
+
+
+class Phases:
+    """What `ftte train` is doing before the dashboard can show a run (profile, plan, deploy
+    per device, agents): a Rich spinner line on a terminal, one plain line per step otherwise.
+
+    `update(message)` from any thread; `close()` (idempotent) before the dashboard starts, since
+    Rich shows one live display at a time.
+    """
+
+    def __init__(self, console: Optional[Console] = None, live: Optional[bool] = None,
+                 get_time: Callable[[], float] = time.monotonic) -> None:
+        self._console = console or Console(stderr=True)
+        self._live = self._console.is_terminal if live is None else live
+        self._get_time = get_time
+        self._t0 = get_time()
+        self._status: Optional[Any] = None
+        self.lines: list[str] = []  # every step shown, for the record
+
+    def update(self, message: str) -> None:
+        """Show the current step (with the seconds since the first one)."""
+        line = f"[{self._get_time() - self._t0:5.1f}s] {message}"
+        self.lines.append(line)
+        if not self._live:
+            self._console.print(line, highlight=False, markup=False, soft_wrap=True)
+        elif self._status is None:
+            self._status = self._console.status(line)
+            self._status.start()
+        else:
+            self._status.update(line)
+
+    def close(self) -> None:
+        """Stop the spinner (the dashboard takes the screen next)."""
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
