@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     HOSTKEY_MISMATCH = 6  # some device presented an unknown or changed host key
     TIMEOUT = 7  # some device timed out (connect or command)
     DEVICE_FAILED = 8  # some device ran the step and it failed
+    BUSY = 9  # some device is in use by another run (its lock is held)
     INTERRUPTED = 130  # Ctrl-C
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -44,8 +45,8 @@ def to_jsonable(obj: Any) -> Any:
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
-        return None
+    if isinstance(obj, float) and (obj != obj or obj in (math.inf, -math.inf)):
+        return None  # NaN and Infinity are not JSON: null, so every file we write parses
     return obj
 
 

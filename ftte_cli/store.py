@@ -31,7 +31,7 @@ Tensors = Dict[str, Tensor]
 
 def write_json(path: PathLike, obj: Any) -> None:
     """Atomically write `obj` (dataclasses, enums and paths allowed) as indented JSON."""
-    text = json.dumps(to_jsonable(obj), indent=2) + "\n"
+    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -74,7 +74,8 @@ class JsonlWriter:
 
     def write(self, record: Any) -> None:
         """Append one record."""
-        self._fh.write(json.dumps(to_jsonable(record), separators=(",", ":")) + "\n")
+        line = json.dumps(to_jsonable(record), separators=(",", ":"), allow_nan=False)
+        self._fh.write(line + "\n")
         self._fh.flush()
 
     def close(self) -> None:

@@ -96,7 +96,7 @@ def test_staleness_counted_right_under_interleaving() -> None:
 
 
 def test_each_rejection_reason() -> None:
-    coord = _coord(k=5, c=6, clients=6, max_staleness=0)
+    coord = _coord(k=5, c=7, clients=7, max_staleness=0)
     jobs = coord.next_jobs(0.0)
     good = _delta(jobs[0])
     cases: List[Tuple[Update, RejectReason]] = [
@@ -107,6 +107,7 @@ def test_each_rejection_reason() -> None:
         (_update(jobs[2], {**good, "1.bias": torch.tensor([float("nan"), 0.0])}),
          RejectReason.non_finite),
         (_update(jobs[3], {k: v.double() for k, v in good.items()}), RejectReason.too_large),
+        (_update(jobs[6], {k: v * 1e30 for k, v in good.items()}), RejectReason.norm_bound),
     ]
     for update, reason in cases:
         result = coord.submit(update, 1.0)
@@ -237,3 +238,133 @@ def test_checkpoint_then_restore_equals_uninterrupted(tmp_path: Path, name: str,
         assert torch.equal(a.params[k], b.params[k]), k
     assert a.metrics.to_dict() == b.metrics.to_dict()
     assert a.client_info() == b.client_info()
+
+
+def _guarded(evaluate: object = None, **guard: object) -> Coordinator:
+    from dataclasses import replace
+
+    from ftte_cli.config.recipe import GuardConfig
+
+    coord = _coord(k=1, c=2, clients=2, evaluate=evaluate)
+    scfg = replace(coord.config.strategy, guard=GuardConfig(**guard))  # type: ignore[arg-type]
+    return Coordinator(dict(coord.params), coord.plan, make_strategy(scfg),
+                       {"c0": 10, "c1": 10}, replace(coord.config, strategy=scfg), seed=7,
+                       evaluate=evaluate)  # type: ignore[arg-type]
+
+
+def _honest(coord: Coordinator, n: int, now: float = 1.0) -> None:
+    for _ in range(n):
+        job = coord.next_jobs(now)[0]
+        assert coord.submit(_update(job), now).accepted
+
+
+def test_norm_bound_rejects_a_huge_update_before_and_after_warmup() -> None:
+    coord = _guarded(norm_bound=10.0, norm_warmup=3)
+    job = coord.next_jobs(0.0)[0]
+    before = {k: v.clone() for k, v in coord.params.items()}
+    result = coord.submit(_update(job, {k: v * 0 + 1e30 for k, v in job.subset.items()}), 1.0)
+    assert result.reason == RejectReason.norm_bound and "||w*||" in result.detail
+    assert all(torch.equal(v, before[k]) for k, v in coord.params.items())
+    _honest(coord, 4)  # the median of accepted norms is the reference from now on
+    job = coord.next_jobs(2.0)[0]
+    # 20x an honest update's norm is over 10x the median
+    big = coord.submit(_update(job, {k: 20 * v for k, v in _delta(job).items()}), 2.0)
+    assert big.reason == RejectReason.norm_bound and "median" in big.detail
+    assert coord.metrics.dropped["norm_bound"] == 2
+
+
+def test_norm_bound_clip_scales_the_update_to_the_bound() -> None:
+    coord = _guarded(norm_bound=2.0, norm_action="clip", norm_warmup=1)
+    _honest(coord, 3)
+    ref = sorted(coord._norms)[1]  # median of three
+    job = coord.next_jobs(3.0)[0]
+    start = {k: v.clone() for k, v in coord.subset.items()}
+    huge = {k: torch.full_like(v, 1e30) for k, v in job.subset.items()}
+    result = coord.submit(_update(job, huge), 3.0)
+    assert result.accepted and result.clipped and result.detail.startswith("clipped")
+    step = {k: coord.subset[k] - start[k] for k in start}  # K = 1, eta_g = 1: the clipped delta
+    assert sum(float(t.double().pow(2).sum()) for t in step.values()) ** 0.5 == \
+        pytest.approx(2.0 * ref, rel=1e-4)
+    assert coord.metrics.clipped == 1
+
+
+def test_a_diverged_or_non_finite_model_is_never_installed() -> None:
+    losses: List[float] = []
+
+    def evaluate(params: Tensors) -> Tuple[float, float]:
+        loss = float(sum(float(v.double().abs().sum()) for v in params.values()))
+        losses.append(loss)
+        return 0.5, loss if loss < 1e20 else float("inf")
+
+    coord = _guarded(evaluate, norm_bound=None)  # no norm bound: the model check must hold
+    _honest(coord, 2)
+    good = {k: v.clone() for k, v in coord.params.items()}
+    job = coord.next_jobs(3.0)[0]
+    result = coord.submit(_update(job, {k: torch.full_like(v, 1e30)
+                                        for k, v in job.subset.items()}), 3.0)
+    assert result.accepted and result.advanced and coord.version == 3
+    assert all(torch.equal(v, good[k]) for k, v in coord.params.items())  # v2's model as v3
+    assert coord.metrics.rollbacks == 1
+    (ev,) = coord.guard_events
+    assert ev.version == 3 and "loss inf" in ev.detail and "v2" in ev.detail
+    # a non-finite aggregate is refused even between evaluations
+    coord.config = CoordinatorConfig(strategy=coord.config.strategy, eval_every=100)
+    job = coord.next_jobs(4.0)[0]
+    nan_base = {k: torch.full_like(v, float("inf")) for k, v in job.subset.items()}
+    coord._subset = nan_base  # inf + finite delta = inf: the check is on the result
+    coord.submit(_update(job), 4.0)
+    assert aggregate_finite(coord.subset) and coord.metrics.rollbacks == 2
+    # the training after a roll-back goes on from the good model
+    _honest(coord, 2, 5.0)
+    assert coord.metrics.dropped.get("non_finite", 0) == 0
+
+
+def aggregate_finite(tensors: Tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors.values())
+
+
+def test_guard_state_survives_a_checkpoint(tmp_path: Path) -> None:
+    coord = _guarded(norm_bound=3.0, norm_warmup=2)
+    _honest(coord, 4)
+    save_checkpoint(tmp_path, coord.state())
+    tensors, meta = load_checkpoint(tmp_path)
+    back = Coordinator.from_state(tensors, meta, coord.plan, make_strategy(coord.config.strategy),
+                                  coord.config)
+    assert list(back._norms) == pytest.approx(list(coord._norms))
+    assert back._good_version == coord._good_version
+
+
+def test_a_late_update_of_a_released_job_is_judged_by_staleness() -> None:
+    coord = _coord(k=1, c=2, clients=2)
+    j1, j2 = coord.next_jobs(0.0)
+    coord.client_offline(j2.client_id, 1.0)  # j2's client stalls: its job is released
+    assert coord.metrics.jobs_lost == 1
+    assert coord.submit(_update(j1), 2.0).advanced  # v1
+    late = coord.submit(_update(j2), 3.0)
+    assert late.accepted and late.late and late.staleness == 1 and late.advanced
+    assert coord.metrics.jobs_lost == 0 and coord.metrics.staleness[1] == 1
+    assert coord.submit(_update(j2), 3.5).reason == RejectReason.duplicate_job
+
+
+def test_a_late_update_past_max_staleness_is_too_stale_and_fedavg_takes_none() -> None:
+    coord = _coord(k=1, c=2, clients=2, max_staleness=0)
+    j1, j2 = coord.next_jobs(0.0)
+    coord.client_offline(j2.client_id, 1.0)
+    coord.submit(_update(j1), 2.0)
+    result = coord.submit(_update(j2), 3.0)
+    assert result.reason == RejectReason.too_stale and result.late and not result.advanced
+    sync = _coord(name="fedavg", k=2, c=2, clients=2)
+    a, b = sync.next_jobs(0.0)
+    sync.client_offline(b.client_id, 1.0)
+    assert sync.submit(_update(a), 2.0).advanced  # the round closed without b
+    assert sync.submit(_update(b), 3.0).reason == RejectReason.too_stale
+
+
+def test_fedasync_keeps_the_base_of_a_released_job_for_its_late_update() -> None:
+    coord = _coord(name="fedasync", k=1, c=2, clients=2)
+    j1, j2 = coord.next_jobs(0.0)
+    coord.client_offline(j2.client_id, 1.0)
+    coord.submit(_update(j1), 2.0)
+    assert 0 in coord._snapshots  # j2's base, version 0, is still there
+    assert coord.submit(_update(j2), 3.0).accepted
+    assert 0 not in coord._snapshots

@@ -54,7 +54,8 @@ def test_render_shows_every_panel() -> None:
         in text
     assert "version 7   buffer 3/10   accepted 25   updates/min 12.5" in text
     assert "staleness mean 1.25 max 4   dropped non_finite 1, too_stale 2" in text
-    assert "last 0.750 (v6)   best 0.750   target 0.900" in text
+    # issue 13: loss beside the accuracy, and the target as given (was "target 0.900")
+    assert "acc 0.750  loss -  (v6)   best 0.750   target 0.9" in text
     assert "40.5s device_offline   jetson       not seen for 10s" in text
 
 
@@ -86,3 +87,61 @@ def test_plain_mode_prints_a_line_per_change() -> None:
     assert lines[0] == progress_line(_snapshot())
     assert lines[0] == ("[  42.0s] running v7 acc 0.750 accepted 25 dropped 3 devices 1/2 online")
     assert lines[1].startswith("[  42.0s] running v8") and len(lines) == 3  # + the final line
+
+
+# ---- issue 13, fault 8: a dashboard that never goes blank ---------------------------------------
+
+def _screen(snapshot: RunSnapshot, width: int, height: int) -> list[str]:
+    console = Console(width=width, height=height, color_system=None, force_terminal=False,
+                      record=True, file=io.StringIO())
+    console.print(render(snapshot, width, height))
+    return console.export_text().splitlines()
+
+
+def test_at_80x24_every_cell_and_panel_is_readable() -> None:
+    from ftte_cli.server.snapshot import EventLine as E
+
+    events = tuple(E(float(i), "update_accepted", "pi0", f"job j{i}") for i in range(30))
+    snap = _snapshot(devices=_snapshot().devices * 2, events=events, target_accuracy=0.9999)
+    lines = _screen(snap, 80, 24)
+    text = "\n".join(lines)
+    assert len(lines) <= 24 and max(len(x) for x in lines) <= 80
+    assert "training" in text and "offline" in text and "trai…" not in text
+    header = next(x for x in lines if "device" in x and "status" in x)
+    assert "ok" in header and "rej" in header  # the counts keep their columns
+    assert "│pi0    │ training │ 6   │ 1     │ 300/448 MiB 67% │ 10 │ 1  │" in text
+    assert "target 0.9999" in text and "loss" in text
+    assert "Events" in text and "update_accepted" in text
+
+
+def test_notable_events_stay_in_view_among_routine_ones() -> None:
+    from ftte_cli.server.snapshot import EventLine as E
+
+    events = (E(1.0, "device_offline", "jetson", "not seen for 10s"),
+              E(2.0, "update_rejected", "pi0", "norm_bound job j3"),
+              *(E(3.0 + i, "update_accepted", "pi0", f"job j{i}") for i in range(50)))
+    text = "\n".join(_screen(_snapshot(events=events), 100, 50))
+    assert "device_offline" in text and "norm_bound job j3" in text
+    assert "job j49" in text and "job j10 " not in text  # the newest routine ones fill the rest
+
+
+def test_accuracy_shows_an_axis_the_loss_and_the_version_range() -> None:
+    acc = (AccuracyPoint(1.0, 2, 0.5, 1.25), AccuracyPoint(2.0, 4, 0.8, 0.5))
+    text = "\n".join(_screen(_snapshot(accuracy=acc, target_accuracy=0.9999), 100, 50))
+    assert "0 ▅▇ 1   v2..v4" in text
+    assert "acc 0.800  loss 0.5  (v4)   best 0.800   target 0.9999" in text
+
+
+def test_phases_show_each_step_before_training_with_its_time() -> None:
+    from ftte_cli.ui.dashboard import Phases
+
+    out = io.StringIO()
+    clock = iter([0.0, 1.5, 26.0])
+    phases = Phases(Console(file=out, width=100, color_system=None), live=False,
+                    get_time=lambda: next(clock))
+    phases.update("profiles -> memory budget -> plan search")
+    phases.update("deploy pi4: changed bundle abc installed")
+    phases.close()
+    assert out.getvalue().splitlines() == [
+        "[  1.5s] profiles -> memory budget -> plan search",
+        "[ 26.0s] deploy pi4: changed bundle abc installed"]

@@ -268,3 +268,60 @@ def test_device_scripts_parse_as_python_3_9() -> None:
 
     for script in (deploy._PRECHECK, deploy._INSTALL, launch._LAUNCH, launch._GROUP):
         ast.parse(script, feature_version=(3, 9))
+
+
+# ---- issue 13, fault 4: a full disk on a device -------------------------------------------------
+
+def _tmpfs(path: Path, size: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                   check=True)
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _disk(path: Path, mount: Path) -> tuple[list[str], int]:
+    """What a folder holds (names, recursively) and the free blocks of the small mount."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")), os.statvfs(mount).f_bavail
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI is root)")
+@pytest.mark.parametrize("where", ["bundles", "workdir"])
+def test_a_full_disk_leaves_the_previous_bundle_and_the_disk_as_they_were(
+        sshd: SshServer, tmp_path: Path, recipe: Recipe, where: str) -> None:
+    device = _fleet(sshd, tmp_path)[0]  # a real sshd: the upload goes through SFTP
+    workdir = Path(device.workdir)
+    first = _bundles(recipe, [device], tmp_path / "a")[device.name]
+    wide = replace(recipe, model=replace(recipe.model, width=3.0))
+    big = _bundles(wide, [device], tmp_path / "b")[device.name]  # another sha, ~9x the bytes
+    size = len(bundle_archive(first))
+    assert len(bundle_archive(big)) > 7 * size
+    mount = workdir / "bundles" if where == "bundles" else workdir
+    _tmpfs(mount, 2 * size + (2 << 20))  # room for the first bundle, not for the big one
+    try:
+        assert ship_bundles([device], {device.name: first}, OPTS)[device.name].outcome == \
+            Outcome.changed
+        before = _disk(workdir, mount)
+        # 1. the pre-check sees the full filesystem (also bundles/ on its own) before copying
+        res = ship_bundles([device], {device.name: big}, OPTS)[device.name]
+        assert res.outcome == Outcome.failed
+        assert f"not enough free disk in {mount}:" in res.detail and "needed" in res.detail
+        assert _disk(workdir, mount) == before
+        # 2. the disk fills during the upload or the unpack itself (no pre-check to save us)
+        archive = bundle_archive(big)
+        with connect(device, OPTS) as session, pytest.raises(DeployFailed) as err:
+            install_archive(session, str(workdir), archive,
+                            hashlib.sha256(archive).hexdigest(), big.sha256)
+        message = str(err.value)
+        assert "bytes free" in message and f"{len(archive)} needed" in message or \
+            "needed (upload and partial copy removed" in message, message
+        assert str(workdir) in message and "Failure" not in message.split(":")[0]
+        assert _disk(workdir, mount)[0] == before[0]  # no .upload-*.tar, no bundles/<sha>.tmp
+        assert abs(_disk(workdir, mount)[1] - before[1]) <= 2  # blocks: the disk is as it was
+        assert (workdir / "bundle" / "manifest.json").exists()  # the old bundle still works
+        manifest = json.loads((workdir / "bundle" / "manifest.json").read_text())
+        assert manifest["bundle_sha256"] == first.sha256
+    finally:
+        _umount(mount)

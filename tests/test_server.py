@@ -181,7 +181,10 @@ def test_offline_device_releases_job_and_rejoins(served: tuple[ServerThread, lis
     assert row.status == DeviceStatus.offline
     assert st.server.call(lambda c: c.in_flight) == 0  # its job was released
     assert dev.heartbeat() == 409  # must register again
-    assert dev.update(job, _small_delta(job))[0] == 409
+    # issue 13 (fault 6): its late update is judged by the staleness rule, not refused with 409
+    status, body = dev.update(job, _small_delta(job))
+    assert status == 200 and body["accepted"] and body["late"] and body["staleness"] == 0
+    assert dev.heartbeat() == 409  # still offline until it registers
     dev.register()
     assert any(e["kind"] == "device_rejoined" for e in events)
     status, job2 = dev.task(wait=5)

@@ -216,3 +216,48 @@ def test_fedavg_round_closes_when_jobs_are_lost() -> None:
     strat.begin_round(1)
     assert strat.job_lost(cur) is None  # nothing arrived: no step
     assert not math.isnan(float(cur["w"][0]))
+
+
+def test_trimmed_mean_and_median_against_hand_values() -> None:
+    # weights (1, 1, 2): u_i = 3 w_i / 4 * d_i = (0.75, 0.75, 1.5) * d_i
+    d = [{"w": torch.tensor([4.0, 0.0])}, {"w": torch.tensor([8.0, 4.0])},
+         {"w": torch.tensor([1e6, 2.0])}]
+    pairs = list(zip(d, [1.0, 1.0, 2.0]))
+    # u per coordinate: [3, 6, 1.5e6] and [0, 3, 3]
+    tm = aggregate.trimmed_mean(pairs, 1 / 3)  # drops one at each end: the middle value
+    assert torch.allclose(tm["w"], torch.tensor([6.0, 3.0]))
+    med = aggregate.coordinate_median(pairs)
+    assert torch.allclose(med["w"], torch.tensor([6.0, 3.0]))
+    # trim 0 is exactly the weighted mean
+    assert torch.allclose(aggregate.trimmed_mean(pairs, 0.0)["w"],
+                          aggregate.weighted_mean(pairs)["w"])
+    # even K: the median is the mean of the two middle values ([0.5, 1, 3, 100] -> 2)
+    even = [({"w": torch.tensor([v])}, 1.0) for v in (100.0, 0.5, 3.0, 1.0)]
+    assert aggregate.coordinate_median(even)["w"].item() == pytest.approx(2.0)
+    # a cut that would drop everything keeps the middle
+    assert aggregate.trimmed_mean(even[:2], 0.49)["w"].item() == pytest.approx(50.25)
+    with pytest.raises(ValueError):
+        aggregate.coordinate_median([])
+
+
+def test_norm_scale_and_finite_helpers() -> None:
+    t = {"a": torch.tensor([3.0]), "b": torch.tensor([4.0])}
+    assert aggregate.l2_norm(t) == pytest.approx(5.0)
+    assert aggregate.l2_norm({"a": torch.full((4,), 1e30)}) == pytest.approx(2e30)  # no overflow
+    assert torch.equal(aggregate.scale(t, 0.5)["b"], torch.tensor([2.0]))
+    assert aggregate.all_finite(t)
+    assert not aggregate.all_finite({"a": torch.tensor([1.0, float("inf")])})
+
+
+def test_ftte_with_median_aggregator_ignores_one_outlier() -> None:
+    from ftte_cli.config.recipe import GuardConfig
+
+    cfg = StrategyConfig(buffer_size=3, max_concurrency=3, variance_beta=0.0,
+                         staleness_weight=StalenessConfig(kind="constant"),
+                         guard=GuardConfig(aggregator="median"))
+    s = make_strategy(cfg)
+    cur = {"w": torch.zeros(2)}
+    assert s.ingest(_arrival(1, 0.1), cur) is None
+    assert s.ingest(_arrival(2, 1e6), cur) is None
+    new = s.ingest(_arrival(3, 0.2), cur)
+    assert new is not None and torch.allclose(new["w"], torch.full((2,), 0.2))

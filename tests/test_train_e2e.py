@@ -68,7 +68,7 @@ def test_strict_fedavg_refuses_when_no_device_can_hold_full_training(tmp_path: P
     assert proc.wait(timeout=120) == 3  # ExitCode.INFEASIBLE
     error = last_json(tmp_path)
     assert "strict FedAvg excludes every device" in error["error"]
-    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("agent.pid"))
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("agent*.pid"))
 
 
 def test_cli_errors_are_one_line_json_with_exit_codes(tmp_path: Path) -> None:

@@ -352,9 +352,12 @@ class Agent:
     def _upload(self, update: wire.UpdateMessage) -> None:
         body = wire.encode_update(update)
         status, reply = self.client.request("POST", "/update", body, wire.TENSOR_TYPE)
+        text = reply.decode("utf-8", "replace")[:200]
         if status != 200:
-            log.warning("update for job %s refused (%d): %s", update.job_id, status,
-                        reply.decode("utf-8", "replace")[:200])
+            log.warning("update for job %s refused (%d): %s", update.job_id, status, text)
+        elif '"late"' in text:  # the server had released the job: say what it decided
+            log.info("late update for job %s accepted by the staleness rule: %s",
+                     update.job_id, text)
 
     def _heartbeats(self) -> None:
         while not self.stop.wait(self.opts.heartbeat):
@@ -381,8 +384,9 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def _write_pid(folder: Path) -> Path:
-    path = folder / PID_FILE
-    tmp = folder / f".{PID_FILE}.tmp"
+    name = os.environ.get("FTTE_AGENT_PID_FILE", PID_FILE)  # per run when `ftte train` starts us
+    path = folder / os.path.basename(name)
+    tmp = folder / f".{path.name}.tmp"
     tmp.write_text(f"{os.getpid()}\n")
     os.replace(tmp, path)
     return path

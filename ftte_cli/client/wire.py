@@ -29,6 +29,7 @@ UNAUTHORIZED = 401  # unknown device or wrong token
 REGISTER_AGAIN = 409  # the server does not know this device as online: register first
 RUN_OVER = 410  # the run has ended: the agent exits with code 0
 TOO_LARGE = 413
+MAX_SAMPLES = 2**31 - 1  # num_samples above this is no shard a device holds
 
 
 class WireError(ValueError):
@@ -127,11 +128,17 @@ def decode_update(data: bytes, max_bytes: int) -> UpdateMessage:
     tensors, meta = _decode(data, max_bytes)
     peak = meta.get("peak_memory", "")
     num_samples = _field(meta, "num_samples", int)
-    if num_samples <= 0:
-        raise WireError("metadata: num_samples: must be > 0")
+    if not 0 < num_samples <= MAX_SAMPLES:
+        raise WireError(f"metadata: num_samples: must be in 1..{MAX_SAMPLES}")
+    grad_variance = _field(meta, "grad_variance", float)
+    if grad_variance < 0:  # a mean of squares: a negative one would flip the variance weight
+        raise WireError("metadata: grad_variance: must be >= 0")
+    version = _field(meta, "version", int)
+    if version < 0:
+        raise WireError("metadata: version: must be >= 0")
     return UpdateMessage(
-        job_id=_field(meta, "job_id", str), version=_field(meta, "version", int),
-        num_samples=num_samples, grad_variance=_field(meta, "grad_variance", float),
+        job_id=_field(meta, "job_id", str), version=version,
+        num_samples=num_samples, grad_variance=grad_variance,
         peak_memory=int(peak) if peak.isdigit() else None, delta=tensors,
     )
 

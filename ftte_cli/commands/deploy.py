@@ -46,15 +46,21 @@ def deploy(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Ship the recipe's bundle (runtime, plan, model, data shard, token) to every device."""
+    from ftte_cli.errors import ExitCode
     from ftte_cli.fleet.recap import exit_with, render_recap
+    from ftte_cli.fleet.ssh import FleetInterrupted
 
     with handle_errors(fmt):
         opts = ssh_options(forks=forks, accept_new_host_keys=accept_new_host_keys,
                            known_hosts=known_hosts, connect_timeout=connect_timeout,
                            command_timeout=command_timeout)
-        with _status(fmt) as say:
-            results = api.deploy(recipe, inventory, limit=limit, dry_run=dry_run, ssh=opts,
-                                 say=say)
+        try:
+            with _status(fmt) as say:
+                results = api.deploy(recipe, inventory, limit=limit, dry_run=dry_run, ssh=opts,
+                                     say=say)
+        except FleetInterrupted as stop:  # Ctrl-C: say what each device ended with
+            render_recap(stop.results, fmt, title="Deploy (interrupted)", with_values=True)
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     render_recap(results, fmt, title="Deploy (dry run)" if dry_run else "Deploy",
                  with_values=True)
     exit_with(results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -60,9 +61,15 @@ def train(
                             connect_timeout=connect_timeout, command_timeout=300.0),
             dashboard=False if (no_dashboard or fmt == Format.json) else None,
         )
-        result = run_training(opts)
+        from ftte_cli.ui.dashboard import Phases
+
+        phases = Phases(live=None if opts.dashboard is None else False)
+        try:
+            result = run_training(replace(opts, phases=phases))
+        finally:
+            phases.close()
         _render(result, fmt)
-        if result.stop_reason.value in ("no_devices", "error"):
+        if result.stop_reason.value in ("no_devices", "stalled", "error"):
             raise typer.Exit(int(ExitCode.FAILURE))
 
 

@@ -5,7 +5,11 @@ its children), each group a mapping with `hosts` (name -> vars or empty), `vars`
 (name -> group, or empty to refer to a group defined elsewhere). A host may sit in several groups.
 
 Variable precedence, lowest first: `all` vars, then group vars from the outermost to the innermost
-group (depth from `all`; groups at the same depth in name order, as Ansible does), then host vars.
+group (depth from `all`; at the same depth by `ansible_group_priority` (default 1), then name, as
+Ansible's sort_groups does), then host vars. tests/data holds an inventory and the output of
+`ansible-inventory --list` for it, which the tests compare. When a host's groups give it
+different addresses (ansible_host or ansible_port) and no host var settles it, a warning names
+the groups and the one that wins.
 
 Understood keys: ansible_host, ansible_port, ansible_user (and their old ansible_ssh_* aliases),
 ansible_connection (ssh | local), ansible_ssh_private_key_file, ansible_python_interpreter, and
@@ -370,7 +374,28 @@ def _groups_of(tree: _Tree, host: str, depth: dict[str, int]) -> list[str]:
             found.add(g)
             stack.extend(parents.get(g, []))
     found.add("all")
-    return sorted(found, key=lambda g: (depth.get(g, 0), g))
+    return sorted(found, key=lambda g: (depth.get(g, 0), _priority(tree, g), g))
+
+
+def _priority(tree: _Tree, group: str) -> int:
+    """A group's ansible_group_priority (Ansible's default 1; higher merges later, so wins)."""
+    try:
+        return int(tree.group_vars.get(group, {}).get("ansible_group_priority", 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _warn_address_merge(path: Path, host: str, groups: list[str], tree: _Tree) -> None:
+    """Warn when the host's groups disagree on its address and the precedence picked one."""
+    for key in ("ansible_host", "ansible_port"):
+        if key in tree.host_vars[host]:
+            continue  # the host says it itself: nothing was decided by the merge
+        said = [(g, tree.group_vars[g][key]) for g in groups if key in tree.group_vars[g]]
+        if len({v for _, v in said}) > 1:
+            winner = said[-1]
+            log.warning("%s: host %s: %s %s from group %s (over %s): groups disagree, the "
+                        "Ansible precedence picked it", path, host, key, winner[1], winner[0],
+                        ", ".join(f"{v} from {g}" for g, v in said[:-1]))
 
 
 # --- resolution ---------------------------------------------------------------------------------
@@ -479,6 +504,8 @@ def load_inventory(
         for g in groups:
             v.update(tree.group_vars[g])
         v.update(tree.host_vars[host])
+        v.pop("ansible_group_priority", None)  # a group setting, not a host var (as Ansible)
+        _warn_address_merge(path, host, groups, tree)
         merged[host], member_of[host] = v, tuple(groups)
     devices = {
         h: resolve_device(h, merged[h], member_of[h], ssh, path.parent.resolve(),

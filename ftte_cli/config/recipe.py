@@ -19,6 +19,8 @@ STRATEGIES = ("ftte", "fedbuff", "fedasync", "fedavg")
 STALENESS_FORMS = ("polynomial", "constant", "hinge")
 NORMALIZERS = ("weights", "buffer")
 SERVER_OPTIMIZERS = ("none", "momentum", "adam")
+AGGREGATORS = ("mean", "trimmed_mean", "median")
+NORM_ACTIONS = ("reject", "clip")
 PLAN_METHODS = ("contribution", "gradnorm")
 INIT_METHODS = ("random", "checkpoint", "pretrain")
 
@@ -177,6 +179,37 @@ class ServerOptimizerConfig:
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    """What keeps one hostile or broken update from ruining the model (README "Reliability").
+
+    An update whose L2 norm exceeds `norm_bound` x the running median of the last `norm_window`
+    accepted update norms is rejected or clipped (`norm_action`); before `norm_warmup` updates
+    were accepted the reference is the norm of the current trainable subset w* itself.
+    """
+
+    norm_bound: Optional[float] = 10.0  # None: no norm bound
+    norm_action: str = "reject"  # reject | clip (scale the delta down to the bound)
+    norm_window: int = 50  # accepted update norms the running median is taken over
+    norm_warmup: int = 3  # accepted updates before the median replaces ||w*||
+    aggregator: str = "mean"  # mean (weighted) | trimmed_mean | median (coordinate-wise)
+    trim_fraction: float = 0.1  # trimmed_mean: fraction dropped at each end per coordinate
+    diverge_factor: Optional[float] = 10.0  # loss over this x the last good loss = diverged
+
+    def validate(self, where: str) -> None:
+        _check(self.norm_bound is None or self.norm_bound > 0, where, "norm_bound",
+               "must be > 0 (or null for no bound)")
+        _check(self.norm_action in NORM_ACTIONS, where, "norm_action",
+               f"must be one of {', '.join(NORM_ACTIONS)}")
+        _check(self.norm_window > 0, where, "norm_window", "must be > 0")
+        _check(self.norm_warmup >= 0, where, "norm_warmup", "must be >= 0")
+        _check(self.aggregator in AGGREGATORS, where, "aggregator",
+               f"must be one of {', '.join(AGGREGATORS)}")
+        _check(0 <= self.trim_fraction < 0.5, where, "trim_fraction", "must be in [0, 0.5)")
+        _check(self.diverge_factor is None or self.diverge_factor > 1, where, "diverge_factor",
+               "must be > 1 (or null for no divergence check)")
+
+
+@dataclass(frozen=True)
 class StrategyConfig:
     """Server aggregation; names follow FedBuff/FedScale/NVFlare usage."""
 
@@ -197,6 +230,7 @@ class StrategyConfig:
     fedavg_clients: Optional[int] = None  # m per round; None = all reachable
     baseline_memory: str = "strict"  # strict: FedAvg leaves out devices that cannot hold full
     # training (FedAvg only: the asynchronous baselines keep every device)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def validate(self, where: str) -> None:
         _check(self.name in STRATEGIES, where, "name", f"must be one of {', '.join(STRATEGIES)}")
@@ -241,9 +275,16 @@ class StopConfig:
     max_versions: int = 300
     time_limit: float = 3600.0  # seconds
     eval_every: int = 2  # evaluate the global model every N versions
+    # watchdog (ftte train): stop when no version appears for stall_factor x the median time
+    # between versions, and never sooner than stall_min seconds; stall_factor null = never
+    stall_factor: Optional[float] = 20.0
+    stall_min: float = 600.0
 
     def validate(self, where: str) -> None:
         _check(0 < self.target_accuracy <= 1, where, "target_accuracy", "must be in (0, 1]")
+        _check(self.stall_factor is None or self.stall_factor > 1, where, "stall_factor",
+               "must be > 1 (or null for no watchdog)")
+        _check(self.stall_min > 0, where, "stall_min", "must be > 0")
         _check(self.max_versions > 0, where, "max_versions", "must be > 0")
         _check(self.time_limit > 0, where, "time_limit", "must be > 0")
         _check(self.eval_every > 0, where, "eval_every", "must be > 0")
@@ -312,8 +353,11 @@ def load_recipe(path: Union[str, Path]) -> Recipe:
     if isinstance(raw, dict) and isinstance(raw.get("init"), str):
         raw = {**raw, "init": _init_shorthand(raw["init"])}
     recipe = build(Recipe, raw, f"{path}:")
+    data_path = _beside(path, recipe.data.path)
+    if data_path is not None:
+        _DATA_ORIGINS[data_path] = path
     return replace(recipe, source=path,
-                   data=replace(recipe.data, path=_beside(path, recipe.data.path)),
+                   data=replace(recipe.data, path=data_path),
                    init=replace(recipe.init, checkpoint=_beside(path, recipe.init.checkpoint)))
 
 
@@ -329,6 +373,17 @@ def _init_shorthand(value: str) -> dict[str, Any]:
     if value in INIT_METHODS:
         return {"method": value}
     return {"method": "checkpoint", "checkpoint": value}
+
+
+# data.path -> the recipe file that named it. A recipe loads without its data (datasets are
+# downloaded separately); the loader asks here so a missing path names the recipe and the key.
+_DATA_ORIGINS: dict[Path, Path] = {}
+
+
+def data_path_origin(data_path: Path) -> str:
+    """'<recipe file>: data.path' for a path a loaded recipe named, else 'data.path'."""
+    origin = _DATA_ORIGINS.get(data_path)
+    return f"{origin}: data.path" if origin is not None else "data.path"
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

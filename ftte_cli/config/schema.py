@@ -23,12 +23,40 @@ def load_yaml(path: Path) -> Any:
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKey as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+
+
+class DuplicateKey(Exception):
+    """One YAML mapping names a key twice (YAML would silently keep the last)."""
+
+
+def _strict_loader() -> Any:
+    """yaml.SafeLoader that refuses a key written twice in one mapping, naming both lines."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` may repeat keys on purpose: explicit ones win
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise DuplicateKey(f"duplicate key {key!r} at lines {seen[key]} and {line} "
+                                       "of one mapping (YAML would keep only the last)")
+                if isinstance(key, (str, int, float, bool)):
+                    seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
 
 
 def build(cls: type[T], data: Any, where: str) -> T:

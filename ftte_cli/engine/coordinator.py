@@ -8,6 +8,17 @@ decide whether the model advances, evaluates every `eval_every` versions and kee
 It never reads a clock or a global RNG: `now` comes in, and every chance decision (which idle
 clients get jobs, job seeds) uses its own seeded `random.Random`, saved in `state()`.
 
+Guards (recipe `strategy.guard`, README "Reliability"): an update whose norm is over the bound
+(a multiple of the running median of accepted update norms) is rejected or clipped; every
+aggregation result is checked before it is installed (finite values; at evaluated versions a
+finite loss not `diverge_factor` x over the last good one), and one that fails is replaced by the
+last good model, installed as the next version (versions only go forward), with a `GuardEvent`.
+
+Late updates: a job released because its client went offline is remembered (one per client)
+as lost; if its update still arrives it is judged by the staleness rule like any other
+(accepted with its weight, or `too_stale` past `max_staleness`), `SubmitResult.late` set.
+Synchronous rounds cannot take a late update (its round slot was given up): `too_stale`.
+
 Memory: parameters are never changed in place; a step builds a new dict. Each job refers to the
 snapshot w*_t of the version it started from (needed by FedAsync, and to hand out), kept only
 while some job in flight refers to it.
@@ -16,9 +27,11 @@ while some job in flight refers to it.
 from __future__ import annotations
 
 import random
+import statistics
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 import torch
 from torch import Tensor
@@ -27,7 +40,7 @@ from ftte_cli.config.recipe import StrategyConfig
 from ftte_cli.engine import sparse
 from ftte_cli.engine.metrics import EvalPoint, RunMetrics
 from ftte_cli.engine.plan import Plan
-from ftte_cli.engine.strategies import Arrival, Strategy
+from ftte_cli.engine.strategies import Arrival, Strategy, aggregate
 from ftte_cli.engine.strategies.aggregate import nbytes
 
 Tensors = Dict[str, Tensor]
@@ -44,6 +57,7 @@ class RejectReason(str, Enum):
     duplicate_job = "duplicate_job"  # this job id was already accepted
     too_stale = "too_stale"  # tau > max_staleness
     unknown_job = "unknown_job"  # no such job in flight (or client / version do not match it)
+    norm_bound = "norm_bound"  # L2 norm over the guard's bound (strategy.guard.norm_action reject)
 
 
 class ClientState(str, Enum):
@@ -88,6 +102,18 @@ class SubmitResult:
     advanced: bool
     version: int
     staleness: Optional[int]
+    clipped: bool = False  # accepted after scaling the delta down to the norm bound
+    late: bool = False  # the job had been released (its client went offline) before it arrived
+    detail: str = ""  # the guard's figures when it acted (norm, bound)
+
+
+@dataclass(frozen=True)
+class GuardEvent:
+    """A model check that failed: the candidate was dropped and the last good model restored."""
+
+    kind: str  # "model_rolled_back"
+    version: int  # the version installed instead of the candidate
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -132,10 +158,17 @@ class Coordinator:
         self._version = 0
         self._snapshots: Dict[int, Tensors] = {}
         self._jobs: Dict[str, _InFlight] = {}
+        self._lost: Dict[str, _InFlight] = {}  # client -> its last job released while in flight
         self._clients = {cid: _ClientRecord(n) for cid, n in clients.items()}
         self._accepted: Set[str] = set()
         self._rng = random.Random(seed)
         self._counter = 0
+        guard = config.strategy.guard
+        self._norms: Deque[float] = deque(maxlen=guard.norm_window)  # accepted update norms
+        self._good: Tensors = self._subset  # the last model that passed an evaluation
+        self._good_version = 0
+        self._good_loss: Optional[float] = None  # its test loss (computed when first needed)
+        self.guard_events: List[GuardEvent] = []  # the server drains and records them
 
     # -- views -----------------------------------------------------------------------------
     @property
@@ -179,6 +212,7 @@ class Coordinator:
         self._clients[client_id].state = ClientState.offline
         advanced = False
         for job in [j for j in self._jobs.values() if j.client_id == client_id]:
+            self._lost[client_id] = job  # its update may still arrive, late
             self._finish(job)
             self.metrics.jobs_lost += 1
             advanced = self._apply(self.strategy.job_lost(self._subset), now) or advanced
@@ -217,26 +251,89 @@ class Coordinator:
         if update.job_id in self._accepted:
             return self._reject(RejectReason.duplicate_job, None)
         job = self._jobs.get(update.job_id)
+        late = job is None and self._is_lost(update)
+        if late:
+            job = self._lost.pop(update.client_id)
         if job is None or job.client_id != update.client_id or job.version != update.version:
             return self._reject(RejectReason.unknown_job, None)
-        base = self._snapshots[job.version]
-        self._finish(job)
+        base = self._snapshots.get(job.version)
+        if late:
+            self._drop_snapshot_if_unused(job.version)
+        else:
+            self._finish(job)
         staleness = self._version - job.version
         reason = self._check(update, staleness)
-        if reason is not None:
+        if late and reason is None and (self.strategy.synchronous or
+                                        (self.strategy.needs_base and base is None)):
+            reason = RejectReason.too_stale  # its round (or base model) is gone
+        guarded: Optional[Tensors] = None
+        clipped, detail = False, ""
+        if reason is None:
+            guarded, clipped, detail = self._norm_guard(update.delta)
+            reason = RejectReason.norm_bound if guarded is None else None
+        if reason is not None or guarded is None:
+            reason = reason or RejectReason.norm_bound
             self._reject(reason, staleness)
-            advanced = self._apply(self.strategy.job_lost(self._subset), now)
-            return SubmitResult(False, reason, advanced, self._version, staleness)
+            # a late job's slot was already given back to the strategy when it was released
+            advanced = False if late else self._apply(self.strategy.job_lost(self._subset), now)
+            return SubmitResult(False, reason, advanced, self._version, staleness, detail=detail,
+                                late=late)
+        delta = guarded
+        self.metrics.clipped += int(clipped)
+        self.metrics.jobs_lost -= int(late)  # it was not lost after all
         self._accepted.add(update.job_id)
         self.metrics.accepted += 1
         self.metrics.staleness[staleness] += 1
         rec = self._clients[update.client_id]
         rec.updates += 1
         rec.last_staleness = staleness
-        arrival = Arrival(update.job_id, update.client_id, update.delta, update.num_samples,
+        arrival = Arrival(update.job_id, update.client_id, delta, update.num_samples,
                           update.grad_variance, staleness, base)
         advanced = self._apply(self.strategy.ingest(arrival, self._subset), now)
-        return SubmitResult(True, None, advanced, self._version, staleness)
+        return SubmitResult(True, None, advanced, self._version, staleness, clipped=clipped,
+                            late=late, detail=detail)
+
+    def _is_lost(self, update: Update) -> bool:
+        lost = self._lost.get(update.client_id)
+        return lost is not None and lost.job_id == update.job_id
+
+    def _referenced(self, version: int) -> bool:
+        """True while a job in flight (or a lost one, for strategies reading the base) needs
+        the snapshot of `version`."""
+        if any(j.version == version for j in self._jobs.values()):
+            return True
+        limit = self.config.strategy.max_staleness
+        return self.strategy.needs_base and any(
+            j.version == version and (limit is None or self._version - j.version <= limit)
+            for j in self._lost.values())
+
+    def _drop_snapshot_if_unused(self, version: int) -> None:
+        if version != self._version and not self._referenced(version):
+            self._snapshots.pop(version, None)
+
+    def _norm_guard(self, delta: Tensors) -> Tuple[Optional[Tensors], bool, str]:
+        """(delta to use or None to reject, clipped, detail) under strategy.guard's norm bound.
+
+        The reference is the median of the last accepted norms; before `norm_warmup` of them it
+        is ||w*_t|| itself (no honest delta is a multiple of the weights it changes).
+        """
+        guard = self.config.strategy.guard
+        norm = aggregate.l2_norm(delta)
+        if guard.norm_bound is None:
+            return delta, False, ""
+        if len(self._norms) >= max(guard.norm_warmup, 1):
+            ref, of = statistics.median(self._norms), "median accepted norm"
+        else:
+            ref, of = aggregate.l2_norm(self._subset), "||w*||"
+        limit = guard.norm_bound * ref
+        if ref <= 0 or norm <= limit:
+            self._norms.append(norm)
+            return delta, False, ""
+        detail = f"norm {norm:.3g} over bound {limit:.3g} ({guard.norm_bound:g} x {of} {ref:.3g})"
+        if guard.norm_action == "reject":
+            return None, False, detail
+        self._norms.append(limit)
+        return aggregate.scale(delta, limit / norm), True, f"clipped: {detail}"
 
     def _check(self, update: Update, staleness: int) -> Optional[RejectReason]:
         delta = update.delta
@@ -263,23 +360,75 @@ class Coordinator:
         rec = self._clients[job.client_id]
         if rec.state == ClientState.busy:
             rec.state = ClientState.idle
-        if job.version != self._version and all(j.version != job.version
-                                                for j in self._jobs.values()):
-            self._snapshots.pop(job.version, None)
+        self._drop_snapshot_if_unused(job.version)
 
     def _apply(self, new_subset: Optional[Tensors], now: float) -> bool:
-        """Install a new w* as the next version; evaluate every eval_every versions."""
+        """Install a new w* as the next version (or, when it fails the model check, the last
+        good one); evaluate every eval_every versions, the candidate before it is installed."""
         if new_subset is None:
             return False
-        if self._version not in {j.version for j in self._jobs.values()}:
+        version = self._version + 1
+        params = sparse.insert(self._params, self.plan, new_subset)
+        due = version % self.config.eval_every == 0 and self._evaluate is not None
+        scores: Optional[Tuple[float, float]] = None
+        problem = None if aggregate.all_finite(new_subset) else "non-finite values"
+        if problem is None and due:
+            scores = self._score(params)
+            problem = self._diverged(scores[1])
+        if problem is not None:
+            self.metrics.rollbacks += 1
+            self.guard_events.append(GuardEvent(
+                "model_rolled_back", version,
+                f"candidate v{version}: {problem}; installed v{self._good_version}'s model"))
+            new_subset = self._good
+            params = sparse.insert(self._params, self.plan, new_subset)
+            scores = None
+        if not self._referenced(self._version):
             self._snapshots.pop(self._version, None)
-        self._subset = new_subset
-        self._params = sparse.insert(self._params, self.plan, new_subset)
-        self._version += 1
+        self._subset, self._params, self._version = new_subset, params, version
+        self._forget_too_stale_lost()
         self.metrics.version_times.append(now)
-        if self._version % self.config.eval_every == 0:
-            self.evaluate_now(now)
+        if due:
+            point = self._record_eval(now, scores)
+            if problem is None and point is not None:
+                self._good, self._good_version, self._good_loss = new_subset, version, point.loss
         return True
+
+    def _forget_too_stale_lost(self) -> None:
+        """A lost job past max_staleness can never be accepted: its base snapshot may go (the
+        small record stays, so its late update is still answered `too_stale`)."""
+        if self.config.strategy.max_staleness is None or not self.strategy.needs_base:
+            return
+        for job in list(self._lost.values()):
+            self._drop_snapshot_if_unused(job.version)
+
+    def _score(self, params: Tensors) -> Tuple[float, float]:
+        assert self._evaluate is not None
+        acc, loss = self._evaluate(params)
+        return float(acc), float(loss)
+
+    def _diverged(self, loss: float) -> Optional[str]:
+        """Why a candidate with this test loss must not be installed (None: it may be)."""
+        if loss != loss or loss in (float("inf"), float("-inf")):
+            return f"loss {loss}"
+        factor = self.config.strategy.guard.diverge_factor
+        if factor is None:
+            return None
+        if self._good_loss is None:  # the initial model's loss, once
+            self._good_loss = self._score(sparse.insert(self._params, self.plan, self._good))[1]
+        if loss > factor * max(self._good_loss, 1e-6):
+            return (f"loss {loss:.4g} over {factor:g} x the last good loss {self._good_loss:.4g}"
+                    f" (v{self._good_version})")
+        return None
+
+    def _record_eval(self, now: float,
+                     scores: Optional[Tuple[float, float]]) -> Optional[EvalPoint]:
+        """Record an evaluation of the installed model (`scores` when already computed)."""
+        if scores is None:
+            return self.evaluate_now(now)
+        point = EvalPoint(now, self._version, scores[0], scores[1], self.metrics.bytes_total)
+        self.metrics.evals.append(point)
+        return point
 
     def evaluate_now(self, now: float) -> Optional[EvalPoint]:
         """Evaluate the current model (if an evaluate callable was given) and record it."""
@@ -290,6 +439,8 @@ class Coordinator:
         acc, loss = self._evaluate(self._params)
         point = EvalPoint(now, self._version, float(acc), float(loss), self.metrics.bytes_total)
         self.metrics.evals.append(point)
+        if self._version == self._good_version and self._good_loss is None:
+            self._good_loss = point.loss  # the divergence check's first reference, for free
         return point
 
     # -- checkpoint ------------------------------------------------------------------------
@@ -306,13 +457,17 @@ class Coordinator:
             "version": self._version, "counter": self._counter,
             "snapshots": sorted(self._snapshots),
             "jobs": [vars(j) for j in self._jobs.values()],
+            "lost": [vars(j) for j in self._lost.values()],
             "clients": self.client_info(),
             "accepted": sorted(self._accepted),
             "rng": [rng_version, list(rng_internal), rng_gauss],
             "metrics": self.metrics.to_dict(),
             "strategy": {"name": self.strategy.name, "state": strat_meta},
             "bound": self._bound,
+            "guard": {"norms": list(self._norms), "good_version": self._good_version,
+                      "good_loss": self._good_loss},
         }
+        tensors.update({f"good/{k}": v for k, v in self._good.items()})
         return tensors, meta
 
     @classmethod
@@ -333,6 +488,7 @@ class Coordinator:
         coord._snapshots = {int(v): _ordered(_prefixed(tensors, f"snap/{v}/"), names)
                             for v in meta["snapshots"]}
         coord._jobs = {j["job_id"]: _InFlight(**j) for j in meta["jobs"]}
+        coord._lost = {j["client_id"]: _InFlight(**j) for j in meta.get("lost", [])}
         for cid, c in meta["clients"].items():
             coord._clients[cid] = _ClientRecord(int(c["num_samples"]), ClientState(c["state"]),
                                                 int(c["updates"]), c["last_staleness"])
@@ -341,6 +497,14 @@ class Coordinator:
         coord._rng.setstate((rng_version, tuple(rng_internal), rng_gauss))
         coord.metrics = RunMetrics.from_dict(meta["metrics"])
         coord._bound = int(meta["bound"])
+        guard = meta.get("guard")
+        if guard is not None:  # checkpoints written before the guards have none
+            coord._norms.extend(float(n) for n in guard["norms"])
+            coord._good = _ordered(_prefixed(tensors, "good/"), names)
+            coord._good_version = int(guard["good_version"])
+            coord._good_loss = guard["good_loss"]
+        else:
+            coord._good, coord._good_version = coord._subset, coord._version
         strategy.load_state(_prefixed(tensors, "strategy/"), meta["strategy"]["state"])
         return coord
 

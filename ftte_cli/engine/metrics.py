@@ -32,6 +32,8 @@ class RunMetrics:
     jobs_dispatched: int = 0
     jobs_lost: int = 0  # dispatched, never arrived (client went offline)
     accepted: int = 0
+    clipped: int = 0  # accepted after scaling down to the norm bound (guard norm_action clip)
+    rollbacks: int = 0  # aggregations whose result failed the model check and was not installed
     staleness: Counter = field(default_factory=Counter)  # tau -> accepted updates
     dropped: Counter = field(default_factory=Counter)  # reject reason -> updates
     evals: List[EvalPoint] = field(default_factory=list)
@@ -47,7 +49,7 @@ class RunMetrics:
         return {
             "bytes_down": self.bytes_down, "bytes_up": self.bytes_up,
             "jobs_dispatched": self.jobs_dispatched, "jobs_lost": self.jobs_lost,
-            "accepted": self.accepted,
+            "accepted": self.accepted, "clipped": self.clipped, "rollbacks": self.rollbacks,
             "staleness": {str(k): v for k, v in sorted(self.staleness.items())},
             "dropped": dict(sorted(self.dropped.items())),
             "evals": [vars(e) for e in self.evals],
@@ -60,7 +62,8 @@ class RunMetrics:
         return cls(
             bytes_down=int(data["bytes_down"]), bytes_up=int(data["bytes_up"]),
             jobs_dispatched=int(data["jobs_dispatched"]), jobs_lost=int(data["jobs_lost"]),
-            accepted=int(data["accepted"]),
+            accepted=int(data["accepted"]), clipped=int(data.get("clipped", 0)),
+            rollbacks=int(data.get("rollbacks", 0)),
             staleness=Counter({int(k): int(v) for k, v in data["staleness"].items()}),
             dropped=Counter({str(k): int(v) for k, v in data["dropped"].items()}),
             evals=[EvalPoint(**e) for e in data["evals"]],

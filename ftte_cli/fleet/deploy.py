@@ -72,10 +72,16 @@ def version(name):
         return "present"
 info["torch"] = version("torch")
 info["safetensors"] = version("safetensors")
-p = w
-while not os.path.isdir(p):
-    p = os.path.dirname(p)
+def near(p):
+    while not os.path.isdir(p):
+        p = os.path.dirname(p)
+    return p
+p, pb = near(w), near(os.path.join(w, "bundles"))
 info["free"] = shutil.disk_usage(p).free
+# bundles/ may be its own (smaller) filesystem: the unpacked copy needs room there
+info["free_bundles"] = shutil.disk_usage(pb).free
+info["bundles_path"] = os.path.join(w, "bundles")
+info["same_fs"] = os.stat(p).st_dev == os.stat(pb).st_dev
 b = os.path.join(w, "bundle")
 try:
     with open(os.path.join(b, "manifest.json")) as f:
@@ -106,17 +112,29 @@ root = os.path.join(w, "bundles")
 final = os.path.join(root, bsha)
 tmp = final + ".tmp"
 shutil.rmtree(tmp, ignore_errors=True)
-os.makedirs(tmp)
-with tarfile.open(tar_path) as t:
-    members = t.getmembers()
-    for m in members:
-        if not m.isfile() or "/" in m.name or m.name.startswith("."):
-            sys.stderr.write("unexpected archive member %r\n" % m.name)
-            sys.exit(4)
-    for m in members:
-        with open(os.path.join(tmp, m.name), "wb") as out:
-            shutil.copyfileobj(t.extractfile(m), out)
-        os.chmod(os.path.join(tmp, m.name), m.mode & 0o700 | (m.mode & 0o044))
+needed = 0
+try:
+    os.makedirs(tmp)
+    with tarfile.open(tar_path) as t:
+        members = t.getmembers()
+        needed = sum(m.size for m in members)
+        for m in members:
+            if not m.isfile() or "/" in m.name or m.name.startswith("."):
+                shutil.rmtree(tmp, ignore_errors=True)
+                os.unlink(tar_path)
+                sys.stderr.write("unexpected archive member %r\n" % m.name)
+                sys.exit(4)
+        for m in members:
+            with open(os.path.join(tmp, m.name), "wb") as out:
+                shutil.copyfileobj(t.extractfile(m), out)
+            os.chmod(os.path.join(tmp, m.name), m.mode & 0o700 | (m.mode & 0o044))
+except OSError as e:  # a full disk: leave the device as it was (old bundle, no strays)
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.unlink(tar_path)
+    free = shutil.disk_usage(root if os.path.isdir(root) else w).free
+    sys.stderr.write("%s: %s; %d bytes free, %d needed (upload and partial copy removed, "
+                     "previous bundle kept)\n" % (e.filename or tmp, e.strerror or e, free, needed))
+    sys.exit(5)
 shutil.rmtree(final, ignore_errors=True)
 os.rename(tmp, final)
 link = os.path.join(w, "bundle")
@@ -157,6 +175,9 @@ class DeviceCheck:
     free: int
     bundle_sha256: Optional[str]
     torch_error: str = ""
+    free_bundles: Optional[int] = None  # free bytes where bundles/ lives (None: not measured)
+    bundles_path: str = ""
+    same_fs: bool = True  # bundles/ on the work dir's filesystem
 
 
 class DeployFailed(Exception):
@@ -226,7 +247,7 @@ def _deploy_one(session: Session, bundle: LocalBundle, dry_run: bool) -> DeviceR
     try:
         check = precheck(session)
         archive = bundle_archive(bundle)
-        _require(check, device, needed=2 * len(archive) + DISK_MARGIN)
+        _require(check, device, needed=2 * len(archive) + DISK_MARGIN, archive=len(archive))
     except DeployFailed as err:
         return DeviceResult(device, Outcome.failed, str(err))
     remote = f"{check.workdir}/bundle"
@@ -265,10 +286,12 @@ def precheck(session: Session) -> DeviceCheck:
         python=tuple(raw["python"]), workdir=raw["workdir"], torch=raw.get("torch"),
         safetensors=raw.get("safetensors"), free=int(raw["free"]),
         bundle_sha256=raw.get("bundle_sha256"), torch_error=raw.get("torch_error", ""),
+        free_bundles=raw.get("free_bundles"), bundles_path=raw.get("bundles_path", ""),
+        same_fs=bool(raw.get("same_fs", True)),
     )
 
 
-def _require(check: DeviceCheck, device: Device, needed: int) -> None:
+def _require(check: DeviceCheck, device: Device, needed: int, archive: int = 0) -> None:
     """Fail with the first unmet requirement (nothing has been copied yet)."""
     py = ".".join(map(str, check.python))
     if check.python < MIN_PYTHON:
@@ -279,9 +302,31 @@ def _require(check: DeviceCheck, device: Device, needed: int) -> None:
     if check.safetensors is None:
         raise DeployFailed(f"safetensors is not importable by {device.python}; "
                            "pip install safetensors on the device")
-    if check.free < needed:
+    if needed <= 0:  # checks only (precheck_fleet): the bundle's size is not known yet
+        return
+    if check.same_fs or check.free_bundles is None:
+        if check.free < needed:
+            raise DeployFailed(f"not enough free disk in {check.workdir}: {check.free} bytes "
+                               f"free, {needed} needed")
+        return
+    # bundles/ is its own filesystem: the tar goes to the work dir, the unpacked copy there
+    if check.free < archive + DISK_MARGIN:
         raise DeployFailed(f"not enough free disk in {check.workdir}: {check.free} bytes free, "
-                           f"{needed} needed")
+                           f"{archive + DISK_MARGIN} needed")
+    if check.free_bundles < archive + DISK_MARGIN:
+        raise DeployFailed(f"not enough free disk in {check.bundles_path}: {check.free_bundles} "
+                           f"bytes free, {archive + DISK_MARGIN} needed")
+
+
+def _free_bytes(session: Session, path: str) -> str:
+    """Free bytes on the filesystem of `path` on the device ("?" when it cannot be asked)."""
+    script = "import shutil,sys,os; print(shutil.disk_usage(os.path.expanduser(sys.argv[1])).free)"
+    try:
+        out = session.run(f"{session.device.python} -c {shlex.quote(script)} "
+                          f"{shlex.quote(path)}", check=False)
+        return out.stdout.strip() or "?"
+    except Exception:  # noqa: BLE001 - only for the message
+        return "?"
 
 
 def install_archive(session: Session, workdir: str, archive: bytes, archive_sha256: str,
@@ -293,10 +338,16 @@ def install_archive(session: Session, workdir: str, archive: bytes, archive_sha2
     with tempfile.TemporaryDirectory(prefix="ftte-deploy-") as tmp:
         local = Path(tmp) / "bundle.tar"
         local.write_bytes(archive)
-        session.put(local, upload)
+        try:
+            session.put(local, upload)
+        except (OSError, EOFError) as err:  # paramiko says only "Failure" for a full disk
+            session.run(f"rm -f {shlex.quote(upload)}", check=False)
+            raise DeployFailed(f"{upload}: upload failed ({err or type(err).__name__}): "
+                               f"{_free_bytes(session, workdir)} bytes free, {len(archive)} "
+                               "needed (partial upload removed, previous bundle kept)") from None
     args = " ".join(shlex.quote(a) for a in (workdir, upload, archive_sha256, bundle_sha256))
     result = session.run(f"{device.python} -c {shlex.quote(_INSTALL)} {args}", check=False)
     if result.rc != 0:
-        tail = (result.stderr.strip().splitlines() or [f"exit {result.rc}"])[-1][:200]
+        tail = (result.stderr.strip().splitlines() or [f"exit {result.rc}"])[-1][:500]
         raise DeployFailed(f"install failed: {tail}")
     return f"{workdir}/bundle"

@@ -45,17 +45,31 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 5.0  # SIGTERM first: the agent may say goodbye to the server
 KEEPALIVE_S = 15  # SSH keepalives keep NAT and idle timers from dropping the tunnel
 
-# argv: bundle dir, server URL, log mode (wb|ab). Prints the agent's pid (= its process group).
+# argv: bundle dir, server URL, log mode (wb|ab), run id, lock path. Takes the device lock
+# (fleet/locks.py) and hands it to the agent, whose life it then lasts; the log and pid file
+# are the run's own. Prints "<pid> <bundle dir>", or "busy <holder record>".
 _LAUNCH = r"""
-import os, subprocess, sys
+import fcntl, json, os, socket, subprocess, sys
 b = os.path.realpath(os.path.expanduser(sys.argv[1]))
-url, mode = sys.argv[2], sys.argv[3]
-log = open(os.path.join(b, "agent.log"), mode)
+url, mode, run, lock = sys.argv[2], sys.argv[3], sys.argv[4], os.path.expanduser(sys.argv[5])
+fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except OSError:
+    print("busy " + os.read(fd, 4096).decode("utf-8", "replace").strip()); sys.exit(0)
+log = open(os.path.join(b, "agent-%s.log" % run), mode)
+env = dict(os.environ, FTTE_AGENT_PID_FILE="agent-%s.pid" % run)
 p = subprocess.Popen([sys.executable, os.path.join(b, "ftte-agent.pyz"), "--bundle", b,
                       "--server", url], cwd=b, stdin=subprocess.DEVNULL, stdout=log,
-                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-with open(os.path.join(b, "agent.pid"), "w") as f:
-    f.write("%d\n" % p.pid)
+                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                     pass_fds=(fd,), env=env)
+try:
+    boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+except OSError:
+    boot = ""
+os.ftruncate(fd, 0)
+os.write(fd, json.dumps({"run": run, "pid": p.pid, "host": socket.gethostname(),
+                         "boot_id": boot}).encode())
 print("%d %s" % (p.pid, b))
 """
 
@@ -101,6 +115,10 @@ print("alive" if members() else "gone")
 """
 
 
+class DeviceBusy(Exception):
+    """Another run's agent holds the device's lock (fleet/locks.py)."""
+
+
 class TunnelRefused(Exception):
     """The device's sshd would not forward a port back to us (AllowTcpForwarding no)."""
 
@@ -132,11 +150,12 @@ class AgentFleet:
     """The agents of one run: `alive`, `restart`, `stop_all`; results of the start per device."""
 
     def __init__(self, agents: dict[str, _Agent], results: FleetResults, opts: SshOptions,
-                 run_dir: Path) -> None:
+                 run_dir: Path, run_id: str = "run") -> None:
         self._agents = agents
         self.results = results  # how each device's start ended (failed ones have no agent)
         self.opts = opts
         self.run_dir = run_dir
+        self.run_id = run_id
         self._lock = threading.Lock()
         self._stopped = False
 
@@ -181,7 +200,7 @@ class AgentFleet:
             self._reconnect(agent)
         if agent.pid is not None:
             _group(agent.session, agent.pid, str(STOP_GRACE_S))
-        return _launch(agent, log_mode="ab")
+        return _launch(agent, log_mode="ab", run_id=self.run_id)
 
     def _reconnect(self, agent: _Agent) -> None:
         log.info("%s: SSH session lost; reconnecting", agent.device.name)
@@ -245,7 +264,7 @@ class AgentFleet:
             return
         target = self.run_dir / "devices" / f"{agent.device.name}.log"
         try:
-            session.get(f"{agent.real_bundle}/agent.log", target)
+            session.get(f"{agent.real_bundle}/agent-{self.run_id}.log", target)
         except (OSError, FileNotFoundError) as err:
             log.info("%s: no agent log fetched: %s", agent.device.name, err)
 
@@ -257,6 +276,7 @@ def start_agents(
     opts: SshOptions,
     run_dir: Path,
     direct: Optional[str] = None,
+    run_id: str = "run",
 ) -> AgentFleet:
     """Open sessions (and tunnels unless `direct`), start one agent per device; never raises.
 
@@ -273,13 +293,14 @@ def start_agents(
         try:
             session = connect(device, opts)
             agent = _open(device, session, remote_bundles[device.name], server_port, direct)
-            pid = _launch(agent, log_mode="wb")
+            pid = _launch(agent, log_mode="wb", run_id=run_id)
             with lock:
                 agents[device.name] = agent
             return DeviceResult(device, Outcome.changed, f"agent pid {pid} -> {agent.url}",
                                 value=pid)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an outcome
-            outcome, detail = classify(exc, device)
+            outcome, detail = (Outcome.busy, str(exc)) if isinstance(exc, DeviceBusy) else \
+                classify(exc, device)
             if agent is not None and agent.tunnel is not None:
                 agent.tunnel.close()
             if session is not None:
@@ -289,7 +310,7 @@ def start_agents(
     done = _parallel(list(devices), start, opts.forks)
     results = FleetResults({r.device.name: r for r in done})
     ordered = {d.name: agents[d.name] for d in devices if d.name in agents}
-    return AgentFleet(ordered, results, opts, run_dir)
+    return AgentFleet(ordered, results, opts, run_dir, run_id)
 
 
 def _open(device: Device, session: Session, bundle: str, server_port: int,
@@ -309,12 +330,19 @@ def _open(device: Device, session: Session, bundle: str, server_port: int,
     return _Agent(device, session, bundle, f"http://127.0.0.1:{remote_port}", tunnel)
 
 
-def _launch(agent: _Agent, log_mode: str) -> int:
-    """Start the agent detached in its own session; returns its pid (= process group id)."""
+def _launch(agent: _Agent, log_mode: str, run_id: str) -> int:
+    """Start the agent detached in its own session, holding the device lock; returns its pid
+    (= process group id). DeviceBusy when another run's agent holds the lock."""
+    from ftte_cli.fleet.locks import DEVICE_LOCK, holder_text
+
     python = agent.device.python
-    args = " ".join(shlex.quote(a) for a in (agent.bundle, agent.url, log_mode))
+    lock = f"{agent.device.workdir.rstrip('/')}/{DEVICE_LOCK}"
+    args = " ".join(shlex.quote(a) for a in (agent.bundle, agent.url, log_mode, run_id, lock))
     result = agent.session.run(f"{python} -c {shlex.quote(_LAUNCH)} {args}")
-    pid_text, _, real = result.stdout.strip().splitlines()[-1].partition(" ")
+    last = result.stdout.strip().splitlines()[-1]
+    if last.startswith("busy"):
+        raise DeviceBusy(f"in use by {holder_text(last[5:])}")
+    pid_text, _, real = last.partition(" ")
     agent.pid, agent.real_bundle, agent.state = int(pid_text), real, AgentState.running
     log.info("%s: agent pid %s dials %s", agent.device.name, agent.pid, agent.url)
     return agent.pid

@@ -26,6 +26,8 @@ STYLES = {
     Outcome.hostkey_mismatch: "bold red",
     Outcome.timeout: "red",
     Outcome.failed: "red",
+    Outcome.busy: "magenta",
+    Outcome.interrupted: "bold yellow",
 }
 COLUMNS = ("device", "host", "outcome", "detail", "elapsed")
 

@@ -81,6 +81,8 @@ class Outcome(str, Enum):
     hostkey_mismatch = "hostkey_mismatch"  # unknown (not opted in) or changed host key
     timeout = "timeout"  # connect or command ran past its deadline
     failed = "failed"  # the step ran and failed (non-zero exit, bad output, bug)
+    busy = "busy"  # another run holds the device (fleet/locks.py); left untouched
+    interrupted = "interrupted"  # Ctrl-C came before this device's step started: untouched
 
     @property
     def succeeded(self) -> bool:
@@ -92,9 +94,11 @@ class Outcome(str, Enum):
 # problem may be an attack and auth failures need the operator, so they outrank a step that ran
 # and failed; a timeout or an unreachable device is most often transient.
 SEVERITY: tuple[Outcome, ...] = (
+    Outcome.interrupted,
     Outcome.hostkey_mismatch,
     Outcome.auth_failed,
     Outcome.failed,
+    Outcome.busy,
     Outcome.timeout,
     Outcome.unreachable,
 )
@@ -104,6 +108,8 @@ EXIT_CODES: dict[Outcome, ExitCode] = {
     Outcome.hostkey_mismatch: ExitCode.HOSTKEY_MISMATCH,
     Outcome.auth_failed: ExitCode.AUTH_FAILED,
     Outcome.failed: ExitCode.DEVICE_FAILED,
+    Outcome.busy: ExitCode.BUSY,
+    Outcome.interrupted: ExitCode.INTERRUPTED,
     Outcome.timeout: ExitCode.TIMEOUT,
     Outcome.unreachable: ExitCode.UNREACHABLE,
 }
@@ -707,12 +713,45 @@ def run_on_fleet(
     if not devices:
         return FleetResults({})
     pool = ThreadPoolExecutor(max_workers=max(1, opts.forks), thread_name_prefix="ftte-ssh")
+    futures = [pool.submit(work, d) for d in devices]
     try:
-        futures = [pool.submit(work, d) for d in devices]
         done = [f.result() for f in futures]
-    except BaseException:  # Ctrl-C: start no further device; running ones end at their deadline
+    except KeyboardInterrupt:
+        raise FleetInterrupted(_after_interrupt(devices, futures, pool)) from None
+    except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
     return FleetResults({r.device.name: r for r in done})
+
+
+class FleetInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a fleet step: `results` says what each device ended with."""
+
+    def __init__(self, results: FleetResults) -> None:
+        super().__init__("interrupted")
+        self.results = results
+
+
+def _after_interrupt(devices: list[Device], futures: list[Any],
+                     pool: ThreadPoolExecutor) -> FleetResults:
+    """Ctrl-C: start no further device, let the steps in flight finish (each is atomic on its
+    device, so finishing is the safe way to stop); a second Ctrl-C abandons them."""
+    for f in futures:
+        f.cancel()  # only those not started yet
+    try:
+        pool.shutdown(wait=True)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+    out = {}
+    for device, f in zip(devices, futures):
+        if f.cancelled():
+            out[device.name] = DeviceResult(device, Outcome.interrupted,
+                                            "not started: interrupted (Ctrl-C); left as it was")
+        elif f.done() and f.exception() is None:
+            out[device.name] = f.result()
+        else:
+            out[device.name] = DeviceResult(device, Outcome.interrupted,
+                                            "abandoned mid-step by a second Ctrl-C")
+    return FleetResults(out)
 

@@ -30,6 +30,7 @@ from ftte_cli.engine.coordinator import (
 )
 from ftte_cli.server.protocol import ServerConfig, ServerReason, authenticate
 from ftte_cli.server.snapshot import (
+    NOTABLE_EVENTS,
     AccuracyPoint,
     DeviceRow,
     DeviceStatus,
@@ -107,6 +108,8 @@ class FtteServer:
         self._issued: OrderedDict[str, str] = OrderedDict()
         self._issued_cap = max(ISSUED_PER_DEVICE * len(config.tokens), 1024)
         self._events: deque[EventLine] = deque(maxlen=config.event_log_lines)
+        # notable ones (offline, rejected, ...) also here, so routine ones never push them out
+        self._notable: deque[EventLine] = deque(maxlen=config.event_log_lines)
         self._accept_times: deque[float] = deque()
         self._stale_sum = 0  # running figures, not a list: memory must not grow per update
         self._stale_max: Optional[int] = None
@@ -123,11 +126,24 @@ class FtteServer:
         self._monitor: Optional[asyncio.Task[None]] = None
         self._started = False
         self._first_join: Optional[float] = None
+        self._carry_counters()
         # Nobody is connected yet: clients become idle when their agent registers. On --resume
         # this also releases the jobs the previous server had in flight (their agents are gone).
         for name in config.tokens:
             coordinator.client_offline(name, self.now())
         self._sync_coordinator_view()
+
+    def _carry_counters(self) -> None:
+        """On --resume the dashboard goes on counting from the checkpoint, not from 0."""
+        metrics = self.coordinator.metrics
+        self._accepted = metrics.accepted
+        self._dropped = dict(metrics.dropped)
+        self._stale_sum = sum(tau * n for tau, n in metrics.staleness.items())
+        self._stale_max = max(metrics.staleness, default=None)
+        for name, info in self.coordinator.client_info().items():
+            if name in self._devices:
+                self._devices[name].accepted = int(info["updates"])
+                self._devices[name].staleness = info["last_staleness"]
 
     # ---- time, events, snapshots -------------------------------------------------------------
 
@@ -138,8 +154,11 @@ class FtteServer:
     def event(self, kind: str, device: str = "", detail: str = "", **fields: Any) -> None:
         """Record an event in the log shown on the dashboard and in events.jsonl."""
         now = self.now()
+        line = EventLine(now, kind, device, detail)
         with self._lock:
-            self._events.append(EventLine(now, kind, device, detail))
+            self._events.append(line)
+            if kind in NOTABLE_EVENTS:
+                self._notable.append(line)
         record = {"t": round(now, 3), "kind": kind, "device": device, "detail": detail, **fields}
         if self._on_event is not None:
             self._on_event(record)
@@ -161,9 +180,15 @@ class FtteServer:
                 staleness_mean=self._stale_sum / accepted if accepted else None,
                 staleness_max=self._stale_max, accepted=accepted,
                 dropped=dict(self._dropped), accuracy=tuple(self._accuracy),
-                target_accuracy=self._target, devices=rows, events=tuple(self._events),
+                target_accuracy=self._target, devices=rows, events=self._event_lines(),
                 stop_reason=self._stop_reason,
             )
+
+    def _event_lines(self) -> tuple[EventLine, ...]:
+        """Recent events plus every remembered notable one, oldest first (under the lock)."""
+        oldest = self._events[0].elapsed if self._events else float("inf")
+        older = [e for e in self._notable if e.elapsed < oldest]
+        return (*older, *self._events)
 
     def _prune_accept_times(self) -> None:
         """Keep the last minute of accept times (under the lock): the rate window, bounded."""
@@ -240,7 +265,7 @@ class FtteServer:
         """Copy what the snapshot shows from the coordinator (coordinator thread or init only)."""
         c = self.coordinator
         # Only the new evaluations: this runs after every update, and a long run has thousands.
-        new = [AccuracyPoint(e.time, e.version, e.accuracy)
+        new = [AccuracyPoint(e.time, e.version, e.accuracy, e.loss)
                for e in c.metrics.evals[len(self._accuracy):]]
         with self._lock:
             self._version = c.version
@@ -266,7 +291,14 @@ class FtteServer:
     def _release(self, device: str, now: float) -> None:
         """The device lost its job (offline, restarted): give the coordinator its slot back."""
         self.coordinator.client_offline(device, now)
+        self._record_guard_events()
         self._dispatch(now)
+
+    def _record_guard_events(self) -> None:
+        """Move the coordinator's model-check events (roll-backs) into the event log."""
+        events, self.coordinator.guard_events[:] = list(self.coordinator.guard_events), []
+        for ev in events:
+            self.event(ev.kind, detail=ev.detail, version=ev.version)
 
     def _rejoin(self, device: str, now: float) -> list[str]:
         """The device (re)registered and holds no job: anything it had in flight is lost."""
@@ -295,6 +327,7 @@ class FtteServer:
         if self.done:
             return None
         result = self.coordinator.submit(update, now)
+        self._record_guard_events()
         if result.advanced:
             if self._on_version is not None:
                 self._on_version(self.coordinator, now, result)
@@ -467,7 +500,9 @@ class FtteServer:
     async def _update(self, request: web.Request) -> web.Response:
         device = self._auth(request)
         self._check_running(device)
-        self._require_online(device)
+        # An offline device may still deliver the job it was issued (stalled, then resumed):
+        # that late update goes to the coordinator's staleness rule, not back with a 409.
+        online = self._touch(device) in ONLINE
         bound = self.config.update_max_bytes
         try:
             body = await _read_bounded(request, bound)
@@ -482,6 +517,8 @@ class FtteServer:
         with self._lock:
             owner = self._issued.get(msg.job_id)
             self._devices[device].bytes_up += len(body)
+        if not online and owner != device:
+            raise web.HTTPConflict(text="register first")
         if owner is not None and owner != device:
             self._reject(device, ServerReason.wrong_device, f"job {msg.job_id} is {owner}'s")
             return self._update_reply(False, ServerReason.wrong_device.value)
@@ -497,7 +534,8 @@ class FtteServer:
             self._announce_end()
         self._wake(list(self._pending))
         reason = None if result.reason is None else RejectReason(result.reason).value
-        return self._update_reply(result.accepted, reason, result.version)
+        return self._update_reply(result.accepted, reason, result.version,
+                                  staleness=result.staleness, late=result.late)
 
     async def _decode_update(self, body: bytes, bound: int) -> wire.UpdateMessage:
         """Parse an update; large bodies on the default thread pool, never the coordinator's."""
@@ -507,9 +545,11 @@ class FtteServer:
         return await loop.run_in_executor(None, wire.decode_update, body, bound)
 
     def _update_reply(self, accepted: bool, reason: Optional[str],
-                      version: Optional[int] = None) -> web.Response:
+                      version: Optional[int] = None, **extra: Any) -> web.Response:
         body = {"accepted": accepted, "reason": reason,
                 "version": self._version if version is None else version}
+        if extra.get("late"):  # only late updates say more: the agent logs the verdict
+            body.update(extra)
         return web.json_response(body, status=200 if accepted else 422)
 
     def _record(self, device: str, msg: wire.UpdateMessage, result: SubmitResult) -> None:
@@ -528,13 +568,18 @@ class FtteServer:
                 self._stale_max = stale if self._stale_max is None else max(self._stale_max, stale)
                 self._accept_times.append(self.now())
                 self._prune_accept_times()
+        late = " late (released when the device went offline)" if result.late else ""
         if result.accepted:
             self.event("update_accepted", device,
-                       f"job {msg.job_id} v{msg.version} staleness {result.staleness}"
-                       + (f" -> v{result.version}" if result.advanced else ""),
-                       job_id=msg.job_id, staleness=result.staleness, version=result.version)
+                       f"job {msg.job_id} v{msg.version} staleness {result.staleness}{late}"
+                       + (f" -> v{result.version}" if result.advanced else "")
+                       + (f" ({result.detail})" if result.clipped else ""),
+                       job_id=msg.job_id, staleness=result.staleness, version=result.version,
+                       clipped=result.clipped, late=result.late)
         else:
-            self._reject(device, RejectReason(result.reason), f"job {msg.job_id}")
+            age = "" if result.staleness is None else f" staleness {result.staleness}"
+            self._reject(device, RejectReason(result.reason),
+                         f"job {msg.job_id}{age}{late} {result.detail}".strip())
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
         device = self._auth(request)

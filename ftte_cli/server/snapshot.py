@@ -39,6 +39,7 @@ class StopReason(str, Enum):
     time_limit = "time_limit"
     interrupted = "interrupted"
     no_devices = "no_devices"
+    stalled = "stalled"  # the progress watchdog: no new version for too long
     error = "error"
 
 
@@ -59,6 +60,14 @@ class DeviceRow:
     rejected: int = 0
 
 
+# Events the dashboard keeps in view however many routine ones (update_accepted) follow.
+NOTABLE_EVENTS = frozenset({
+    "device_offline", "device_rejoined", "device_failed", "agent_restarted", "job_lost",
+    "update_rejected", "auth_failed", "model_rolled_back", "run_stalled", "device_busy",
+    "deploy_failed", "launch_failed", "run_finished",
+})
+
+
 @dataclass(frozen=True)
 class EventLine:
     """One line of the event log."""
@@ -76,6 +85,7 @@ class AccuracyPoint:
     elapsed: float
     version: int
     accuracy: float
+    loss: Optional[float] = None  # the global test loss at the same evaluation
 
 
 @dataclass(frozen=True)

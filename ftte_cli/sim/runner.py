@@ -66,7 +66,7 @@ class SimSettings:
 
     recipe: Recipe
     strategies: Tuple[str, ...] = ("ftte", "fedbuff", "fedavg")
-    clients: Optional[int] = None  # default: recipe.sim.clients
+    clients: Optional[int] = None  # default: recipe.data.clients, else recipe.sim.clients
     stragglers: Optional[float] = None  # default: recipe.sim.stragglers
     seed: Optional[int] = None  # default: recipe.seed
     fleet: Optional[Path] = None  # profiles JSON to replay instead of the distribution
@@ -208,7 +208,7 @@ def prepare(settings: SimSettings) -> World:
     for name in settings.strategies:
         if name not in STRATEGIES:
             raise ConfigError(f"--strategies: unknown {name!r} (known: {', '.join(STRATEGIES)})")
-    clients = settings.clients or recipe.sim.clients
+    clients = settings.clients or recipe.data.clients or recipe.sim.clients  # docs/recipes.md
     seed = recipe.seed if settings.seed is None else settings.seed
     data = _load_federated(recipe, clients, seed)
     model, start = start_model(replace(recipe, seed=seed), data.input_shape, data.num_classes,

@@ -6,6 +6,13 @@ each step is recorded in the state file before the next. It then writes the clie
 `known_hosts` and `inventory.yaml`. `down` reads the state and undoes each recorded thing that
 still exists, so it is idempotent and safe after a half-finished `up`. Without root there are no
 namespaces or cgroups: each sshd listens on a loopback port, uncapped, and the notes say so.
+
+Reaping: `up` makes the calling process a child subreaper (Linux prctl), so what the testbed
+starts and orphans (sshd's sessions, processes left running over SSH) becomes its child rather
+than PID 1's, and `down` reaps every process it stopped: no zombies, also under a PID 1 that
+never reaps (many containers). A testbed brought up by one process and taken down by another
+(two `ftte testbed` calls) leaves its sshds to PID 1 when the first exits; there, run under an
+init that reaps (`docker run --init`, tini) or use `ftte demo`, which does both in one process.
 """
 
 from __future__ import annotations
@@ -78,6 +85,7 @@ def can_isolate() -> tuple[bool, str]:
 def up(directory: Path, devices: int, mix: str, bandwidth: bool = True) -> st.TestbedState:
     """Start `devices` emulated devices in `directory`; returns the saved state."""
     classes = parse_mix(mix, devices)
+    become_subreaper()
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     _refuse_if_running(directory)
@@ -327,7 +335,40 @@ def _stop_device(dev: st.DeviceState) -> list[int]:
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline and any(sshd.pid_alive(p) for p in targets):
         time.sleep(0.05)
+    _reap_all(targets)
     return targets
+
+
+def become_subreaper() -> bool:
+    """Make this process adopt its orphaned descendants (PR_SET_CHILD_SUBREAPER, Linux only);
+    False where that is not possible."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(36, 1, 0, 0, 0)) == 0  # 36 = PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def _reap_all(pids: list[int], timeout: float = 3.0) -> None:
+    """Collect the exit status of every stopped process that is our child (sshd, and what we
+    adopted as subreaper), waiting briefly for the last ones to turn into zombies."""
+    todo = set(pids)
+    deadline = time.monotonic() + timeout
+    while todo and time.monotonic() < deadline:
+        for pid in list(todo):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not ours (or already collected): nothing to reap
+                todo.discard(pid)
+                continue
+            if done:
+                todo.discard(pid)
+        if todo:
+            time.sleep(0.02)
 
 
 def _signal_all(pids: list[int], sig: signal.Signals) -> None:

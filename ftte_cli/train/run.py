@@ -15,6 +15,7 @@ Lifecycle of `run_training(opts)`:
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import signal
 import time
@@ -43,6 +44,7 @@ from ftte_cli.server.snapshot import DeviceStatus, RunSnapshot, StopReason
 from ftte_cli.store import new_run_dir
 from ftte_cli.train import planning
 from ftte_cli.train.rundir import RunDir, file_sha256, package_versions
+from ftte_cli.train.watchdog import Watchdog
 from ftte_cli.ui.dashboard import Dashboard
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class TrainOptions:
     offline_after: float = 10.0
     bundle_root: Path = Path(".ftte")
     checkpoint_every: int = 1
+    phases: Optional[Any] = None  # ui.dashboard.Phases: the steps before training, shown live
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,9 @@ def _deploy(run: _Run, opts: TrainOptions) -> tuple[dict[str, str], dict[str, st
                             root=opts.bundle_root)
     run.manifest["bundles"] = {n: b.sha256 for n, b in bundles.items()
                                if n in {d.name for d in run.devices}}
-    results = ship_bundles(run.devices, bundles, opts.ssh)
+    _say(opts, f"deploying bundles to {len(run.devices)} devices")
+    results = ship_bundles(run.devices, bundles, opts.ssh, on_done=lambda r: _say(
+        opts, f"deploy {r.device.name}: {r.outcome.value} {r.detail}"))
     for name, res in results.failed.items():
         run.rundir.event({"t": run.elapsed_offset, "kind": "deploy_failed", "device": name,
                           "detail": res.detail, "outcome": res.outcome.value})
@@ -239,12 +244,23 @@ def _deploy(run: _Run, opts: TrainOptions) -> tuple[dict[str, str], dict[str, st
     return remote, tokens
 
 
-def _stop_previous_agents(run: _Run, opts: TrainOptions) -> None:
-    """On --resume: agents of the crashed server may still be retrying; end their process groups."""
+def _stop_previous_agents(opts: TrainOptions) -> None:
+    """On --resume: agents of the crashed server may still be retrying; end their process groups.
+
+    Runs before anything else of the resume (only the manifest and the inventory are read), so
+    the old agents are stopped even when the resume itself then fails.
+    """
     from ftte_cli.fleet.ssh import connect
 
-    pids: dict[str, int] = run.manifest.get("agent_pids", {})
-    for device in run.devices:
+    assert opts.resume is not None
+    rundir = RunDir(opts.resume)
+    try:
+        manifest = rundir.read_manifest()
+    finally:
+        rundir.close()
+    pids: dict[str, int] = manifest.get("agent_pids", {})
+    inventory = load_inventory(Path(manifest["inventory"]))
+    for device in inventory.devices.values():
         pid = pids.get(device.name)
         if not pid:
             continue
@@ -329,11 +345,18 @@ def _drive(run: _Run, server: FtteServer, watch: Optional[_AgentWatch],
     """Watch the run until a stop rule fires; dead agents are restarted once, then failed."""
     next_check = time.monotonic() + FAILURE_CHECK_S
     offline: set[str] = set()
+    first = server.snapshot()
+    watchdog = Watchdog(run.recipe.stop.stall_factor, run.recipe.stop.stall_min, first.version,
+                        first.elapsed)
     while True:
         snap = server.snapshot()
         reason = stop_rule(snap, run.recipe)
         if reason is not None:
             return reason
+        stalled = watchdog.observe(snap.version, snap.elapsed)
+        if stalled is not None:
+            server.event("run_stalled", detail=stalled)
+            return StopReason.stalled
         dashboard.tick()
         now_offline = {d.name for d in snap.devices if d.status == DeviceStatus.offline}
         if watch is not None and (now_offline - offline or time.monotonic() >= next_check):
@@ -388,9 +411,59 @@ def _wait_agents_left(server: FtteServer, agents: Any, names: list[str]) -> None
 
 def run_training(opts: TrainOptions) -> TrainResult:
     """One whole run (see the module docstring); always stops every agent it started."""
-    run = _resumed(opts) if opts.resume is not None else _fresh(opts)
+    from ftte_cli.fleet.locks import InventoryLock
+
+    with InventoryLock(_inventory_path(opts), f"starting (pid {os.getpid()})") as lock:
+        return _run_training(opts, lock)
+
+
+def _inventory_path(opts: TrainOptions) -> Path:
     if opts.resume is not None:
-        _stop_previous_agents(run, opts)
+        rundir = RunDir(opts.resume)
+        try:
+            return Path(rundir.read_manifest()["inventory"])
+        finally:
+            rundir.close()
+    if opts.inventory is None:
+        raise ConfigError("train: --recipe and --inventory are required (or --resume RUN_DIR)")
+    return Path(opts.inventory)
+
+
+def _leave_out_busy(run: _Run, opts: TrainOptions) -> None:
+    """Devices another run holds are left alone (outcome busy, naming that run)."""
+    from ftte_cli.fleet.locks import busy_devices
+    from ftte_cli.fleet.ssh import Outcome
+
+    busy = {r.device.name: r.detail for r in busy_devices(run.devices, opts.ssh)
+            if r.outcome == Outcome.busy}
+    for name, detail in busy.items():
+        run.rundir.event({"t": run.elapsed_offset, "kind": "device_busy", "device": name,
+                          "detail": detail, "outcome": Outcome.busy.value})
+        run.excluded[name] = f"busy: {detail}"
+        run.coordinator.client_offline(name, run.elapsed_offset)  # no job will be sent to it
+        log.warning("%s: %s", name, detail)
+    run.devices = [d for d in run.devices if d.name not in busy]
+    if not run.devices:
+        raise RunError("every device is busy: "
+                       + "; ".join(f"{n}: {d}" for n, d in busy.items()))
+
+
+def _say(opts: TrainOptions, message: str) -> None:
+    if opts.phases is not None:
+        opts.phases.update(message)
+
+
+def _run_training(opts: TrainOptions, lock: Any) -> TrainResult:
+    if opts.resume is not None:
+        _say(opts, "stopping the agents the crashed run left")
+        _stop_previous_agents(opts)
+    _say(opts, "resuming: checkpoint, plan and data" if opts.resume is not None else
+         "profiles -> memory budget -> plan search (profiling devices without a cached profile)")
+    run = _resumed(opts) if opts.resume is not None else _fresh(opts)
+    lock.name(run.manifest["run_id"])
+    _say(opts, f"checking that no other run holds the {len(run.devices)} devices")
+    _leave_out_busy(run, opts)
+    if opts.resume is not None:
         if opts.direct is None:  # a resumed run keeps how its devices reached the server
             opts = replace(opts, direct=run.manifest.get("direct"))
         run.manifest["direct"] = opts.direct
@@ -402,8 +475,11 @@ def run_training(opts: TrainOptions) -> TrainResult:
     agents = None
     with ServerThread(server, host, port) as st, _sigterm_interrupts():
         try:
+            _say(opts, f"starting {len(remote)} agents")
             agents = _start_agents(run, remote, st.port, opts)
             watch = _AgentWatch(run, server, agents)
+            if opts.phases is not None:
+                opts.phases.close()
             with _dashboard(server, opts) as dashboard:
                 try:
                     reason = _drive(run, server, watch, dashboard)
@@ -448,7 +524,8 @@ def _start_agents(run: _Run, remote: dict[str, str], port: int, opts: TrainOptio
     from ftte_cli.fleet.launch import start_agents
 
     devices = [d for d in run.devices if d.name in remote]
-    fleet = start_agents(devices, remote, port, opts.ssh, run.rundir.path, direct=opts.direct)
+    fleet = start_agents(devices, remote, port, opts.ssh, run.rundir.path, direct=opts.direct,
+                         run_id=run.manifest["run_id"])
     for name, res in fleet.results.failed.items():
         run.rundir.event({"t": run.elapsed_offset, "kind": "launch_failed", "device": name,
                           "detail": res.detail, "outcome": res.outcome.value})

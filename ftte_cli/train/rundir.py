@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import platform
 import re
 import threading
@@ -20,12 +21,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ftte_cli.engine.coordinator import Coordinator
-from ftte_cli.errors import RunError
+from ftte_cli.errors import ConfigError, RunError
 from ftte_cli.store import JsonlWriter, load_checkpoint, read_json, save_checkpoint, write_json
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 3
 _CKPT = re.compile(r"^v(\d{6,})\.json$")
+_TENSORS = re.compile(r"^v(\d{6,})\.safetensors$")
+_TMP = re.compile(r"^\..+\.tmp\d+$")  # engine/serialize.atomic_write_bytes's temporary files
+_META_KEYS = ("version", "counter", "snapshots", "jobs", "clients", "accepted", "rng",
+              "metrics", "strategy", "bound")
+log = logging.getLogger(__name__)
 
 
 def file_sha256(path: Path) -> str:
@@ -110,12 +116,61 @@ class RunDir:
         return sorted(found, key=lambda p: int(_CKPT.match(p.name).group(1)))  # type: ignore[union-attr]
 
     def latest_checkpoint(self) -> Optional[tuple[dict, dict]]:
-        """(tensors, meta) of the newest checkpoint, or None when there is none yet."""
-        ckpts = self.checkpoints()
-        if not ckpts:
-            return None
-        return load_checkpoint(self.path / CHECKPOINTS, ckpts[-1].stem)
+        """(tensors, meta) of the newest complete checkpoint, or None when there is none yet.
+
+        A checkpoint is complete when its JSON parses, names everything a coordinator needs and
+        its tensors load. Newer broken ones (a crash mid-write, a truncated file) are skipped
+        and removed with the other strays; RunError naming each one when none is complete.
+        """
+        self.remove_strays()
+        broken: list[str] = []
+        for meta_path in reversed(self.checkpoints()):
+            try:
+                state = load_checkpoint(self.path / CHECKPOINTS, meta_path.stem)
+                _validate_checkpoint(state, meta_path)
+            except (RunError, ConfigError) as err:
+                log.warning("skipping checkpoint: %s", err)
+                broken.append(str(err))
+                continue
+            for path in self.checkpoints():
+                if int(_CKPT.match(path.name).group(1)) > int(state[1]["version"]):  # type: ignore[union-attr]
+                    path.unlink(missing_ok=True)
+                    path.with_suffix(".safetensors").unlink(missing_ok=True)
+            return state
+        if broken:
+            raise RunError("no complete checkpoint to resume from: " + "; ".join(broken))
+        return None
+
+    def remove_strays(self) -> list[Path]:
+        """Delete what a killed run left half-written: temporary files of atomic writes and
+        checkpoint tensors whose JSON never followed; returns what was removed."""
+        folder = self.path / CHECKPOINTS
+        complete = {p.stem for p in self.checkpoints()}
+        strays = [p for p in (*self.path.iterdir(), *folder.iterdir()) if p.is_file() and (
+            _TMP.match(p.name) or (p.parent == folder and _TENSORS.match(p.name)
+                                   and p.stem not in complete))]
+        for path in strays:
+            log.info("removing stray %s", path)
+            path.unlink(missing_ok=True)
+        return strays
 
     def write_summary(self, summary: Any) -> None:
         """summary.json."""
         write_json(self.path / "summary.json", summary)
+
+
+def _validate_checkpoint(state: tuple[dict, dict], meta_path: Path) -> None:
+    """RunError naming the file when a loaded checkpoint cannot rebuild a coordinator."""
+    tensors, meta = state
+    if not isinstance(meta, dict):
+        raise RunError(f"{meta_path}: expected a JSON object")
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise RunError(f"{meta_path}: incomplete, missing {', '.join(missing)}")
+    number = int(_CKPT.match(meta_path.name).group(1))  # type: ignore[union-attr]
+    if meta["version"] != number:
+        raise RunError(f"{meta_path}: version {meta['version']!r} does not match its name")
+    prefixes = ["param/", "subset/", *(f"snap/{v}/" for v in meta["snapshots"])]
+    absent = [p for p in prefixes if not any(k.startswith(p) for k in tensors)]
+    if absent:
+        raise RunError(f"{meta_path.with_suffix('.safetensors')}: no {', '.join(absent)} tensors")

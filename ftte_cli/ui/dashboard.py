@@ -8,7 +8,7 @@ accuracy sparkline, event log); `Dashboard` pulls a fresh snapshot on every refr
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -16,7 +16,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ftte_cli.server.snapshot import DeviceRow, DeviceStatus, RunSnapshot
+from ftte_cli.server.snapshot import NOTABLE_EVENTS, DeviceRow, DeviceStatus, RunSnapshot
 from ftte_cli.units import format_size
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -59,19 +59,34 @@ def _memory(row: DeviceRow) -> str:
     return f"{peak:.0f}/{budget:.0f} MiB {100 * peak / budget:.0f}%"
 
 
-def device_table(snapshot: RunSnapshot) -> Table:
-    """One row per device: status, version, staleness, last seen, peak memory, bytes."""
-    t = Table(title="Devices", title_justify="left")
-    for col in ("device", "status", "ver", "stale", "seen", "peak/budget", "up", "down", "ok",
-                "rej"):
-        t.add_column(col, no_wrap=True)
+WIDE = 100  # below this many columns the device table drops last-seen and byte counts
+NARROW_DROP = ("seen", "up", "down")
+
+
+def device_table(snapshot: RunSnapshot, width: int = WIDE) -> Table:
+    """One row per device: status, version, staleness, last seen, peak memory, bytes; on a
+    narrow terminal the least needed columns go first, so none is cut to nothing."""
+    columns = ("device", "status", "ver", "stale", "seen", "peak/budget", "up", "down", "ok",
+               "rej")
+    keep = [c for c in columns if width >= WIDE or c not in NARROW_DROP]
+    t = Table(title="Devices", title_justify="left", pad_edge=width >= WIDE)
+    for col in keep:
+        t.add_column(col, no_wrap=True, min_width=8 if col == "status" else None)
     for row in snapshot.devices:
-        t.add_row(
-            row.name, Text(row.status.value, style=STATUS_STYLE[row.status]), _opt(row.version),
-            _opt(row.staleness), _ago(row.last_seen), _memory(row), format_size(row.bytes_up),
-            format_size(row.bytes_down), str(row.accepted), str(row.rejected),
-        )
+        cells: dict[str, str | Text] = {
+            "device": row.name, "status": Text(row.status.value, style=STATUS_STYLE[row.status]),
+            "ver": _opt(row.version), "stale": _opt(row.staleness), "seen": _ago(row.last_seen),
+            "peak/budget": _memory(row), "up": format_size(row.bytes_up),
+            "down": format_size(row.bytes_down), "ok": str(row.accepted),
+            "rej": str(row.rejected),
+        }
+        t.add_row(*(cells[c] for c in keep))
     return t
+
+
+def target_text(target: Optional[float]) -> str:
+    """The target as the recipe gave it (0.9999 stays 0.9999, 0.9 is 0.9)."""
+    return "-" if target is None else f"{target:.10g}"
 
 
 def global_panel(snapshot: RunSnapshot) -> Panel:
@@ -90,29 +105,47 @@ def global_panel(snapshot: RunSnapshot) -> Panel:
     return Panel("\n".join(lines), title="Run", title_align="left")
 
 
-def accuracy_panel(snapshot: RunSnapshot) -> Panel:
-    """Accuracy over versions as a sparkline, with the latest, best and target figures."""
-    accs = [p.accuracy for p in snapshot.accuracy]
-    if not accs:
+def accuracy_panel(snapshot: RunSnapshot, width: int = 40) -> Panel:
+    """Accuracy over versions as a sparkline on a 0..1 axis with its version range, and the
+    latest accuracy and loss, the best accuracy and the target as given."""
+    points = snapshot.accuracy
+    if not points:
         body = "no evaluation yet"
     else:
-        target = "-" if snapshot.target_accuracy is None else f"{snapshot.target_accuracy:.3f}"
-        body = (f"{sparkline(accs)}\nlast {accs[-1]:.3f} (v{snapshot.accuracy[-1].version})   "
-                f"best {max(accs):.3f}   target {target}")
+        shown = points[-width:]
+        last, best = points[-1], max(p.accuracy for p in points)
+        loss = "-" if last.loss is None else f"{last.loss:.4g}"
+        body = (f"0 {sparkline([p.accuracy for p in shown], width)} 1   "
+                f"v{shown[0].version}..v{last.version}\n"
+                f"acc {last.accuracy:.3f}  loss {loss}  (v{last.version})   best {best:.3f}   "
+                f"target {target_text(snapshot.target_accuracy)}")
     return Panel(body, title="Test accuracy", title_align="left")
 
 
+def pick_events(events: tuple, lines: int) -> list:
+    """The last `lines` events, notable ones (offline, rejected, ...) kept before routine ones
+    (update_accepted), in time order."""
+    notable = [e for e in events if e.kind in NOTABLE_EVENTS][-lines:]
+    routine = [e for e in events if e.kind not in NOTABLE_EVENTS][-(lines - len(notable)):] \
+        if len(notable) < lines else []
+    return sorted(notable + routine, key=lambda e: e.elapsed)
+
+
 def event_panel(snapshot: RunSnapshot, lines: int = 8) -> Panel:
-    """The most recent events, oldest first."""
+    """Recent events, oldest first, notable ones pinned."""
     rows = [f"{e.elapsed:7.1f}s {e.kind:<16} {e.device:<12} {e.detail}".rstrip()
-            for e in snapshot.events[-lines:]]
+            for e in pick_events(snapshot.events, lines)]
     return Panel("\n".join(rows) or "no events yet", title="Events", title_align="left")
 
 
-def render(snapshot: RunSnapshot) -> RenderableType:
-    """The whole dashboard for one snapshot."""
-    return Group(device_table(snapshot), global_panel(snapshot), accuracy_panel(snapshot),
-                 event_panel(snapshot))
+def render(snapshot: RunSnapshot, width: int = WIDE, height: int = 50) -> RenderableType:
+    """The whole dashboard for one snapshot, fitted to a width x height terminal (at 80x24 the
+    narrow device table and fewer event lines; every panel stays)."""
+    fixed = 4 + 2 * len(snapshot.devices) + 8 + 4 + 2  # table, run panel, accuracy, event frame
+    lines = max(3, min(8, height - fixed))
+    spark = max(10, min(40, width - 30))
+    return Group(device_table(snapshot, width), global_panel(snapshot),
+                 accuracy_panel(snapshot, spark), event_panel(snapshot, lines))
 
 
 def progress_line(snapshot: RunSnapshot) -> str:
@@ -155,7 +188,8 @@ class Dashboard:
 
     def __enter__(self) -> Dashboard:
         if self._live_enabled:
-            self._live = Live(get_renderable=lambda: render(self._get_snapshot()),
+            self._live = Live(get_renderable=lambda: render(self._get_snapshot(),
+                                                            *self._console.size),
                               console=self._console, refresh_per_second=2, transient=False)
             self._live.start()
         return self
@@ -185,3 +219,39 @@ class Dashboard:
             self._live = None
         else:
             self._write(progress_line(self._get_snapshot()))
+
+
+class Phases:
+    """What `ftte train` is doing before the dashboard can show a run (profile, plan, deploy
+    per device, agents): a Rich spinner line on a terminal, one plain line per step otherwise.
+
+    `update(message)` from any thread; `close()` (idempotent) before the dashboard starts, since
+    Rich shows one live display at a time.
+    """
+
+    def __init__(self, console: Optional[Console] = None, live: Optional[bool] = None,
+                 get_time: Callable[[], float] = time.monotonic) -> None:
+        self._console = console or Console(stderr=True)
+        self._live = self._console.is_terminal if live is None else live
+        self._get_time = get_time
+        self._t0 = get_time()
+        self._status: Optional[Any] = None
+        self.lines: list[str] = []  # every step shown, for the record
+
+    def update(self, message: str) -> None:
+        """Show the current step (with the seconds since the first one)."""
+        line = f"[{self._get_time() - self._t0:5.1f}s] {message}"
+        self.lines.append(line)
+        if not self._live:
+            self._console.print(line, highlight=False, markup=False, soft_wrap=True)
+        elif self._status is None:
+            self._status = self._console.status(line)
+            self._status.start()
+        else:
+            self._status.update(line)
+
+    def close(self) -> None:
+        """Stop the spinner (the dashboard takes the screen next)."""
+        if self._status is not None:
+            self._status.stop()
+            self._status = None

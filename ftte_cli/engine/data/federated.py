@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ftte_cli.config.recipe import DataConfig, InitConfig
+from ftte_cli.config.recipe import DataConfig, InitConfig, data_path_origin
 from ftte_cli.engine.data.dataset import ClientData, Dataset, FederatedData, standardize
 from ftte_cli.engine.data.loaders import Source, load_source, synthetic_har_public
 from ftte_cli.engine.data.partition import partition
+from ftte_cli.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ def pooled_channel_stats(parts: Sequence[Dataset]) -> Tuple[Tensor, Tensor]:
 def load_federated(cfg: DataConfig, num_clients: int, seed: int,
                    init: Optional[InitConfig] = None) -> FederatedData:
     """The recipe's dataset split into `num_clients` clients, a proxy split and a test split."""
+    if cfg.path is not None and not cfg.path.exists():
+        raise DataError(f"{data_path_origin(cfg.path)}: {cfg.path}: file not found")
     source = load_source(cfg.dataset, cfg.path, cfg.windows, cfg.subjects, seed)
     rng = np.random.default_rng([seed, _STREAM])
     pool, proxy, test = _hold_out(source, cfg, rng)

@@ -8,6 +8,7 @@ here (server side only); `np.load` always runs with allow_pickle=False.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -24,6 +25,8 @@ UCI_WINDOW = 128
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                  "truck")
 CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte + RGB planes
+NPZ_ARRAYS = ("X", "y", "groups", "X_test", "y_test", "split", "class_names")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,8 +171,27 @@ def _npz_pair(arrays: Dict[str, np.ndarray], xk: str, yk: str, path: Path,
     return _dataset(x, y, groups)
 
 
+def _npz_split(arrays: Dict[str, np.ndarray], path: Path) -> Dict[str, np.ndarray]:
+    """The archive's own train/test split from a `split` array (0 train, 1 test), as aeon and
+    the UCR archive ship it, turned into X/y(/groups) and X_test/y_test."""
+    split, n = arrays["split"], len(arrays.get("y", ()))
+    if split.shape != (n,) or not np.isin(split, (0, 1)).all():
+        raise DataError(f"{path}: split must hold 0 (train) or 1 (test) per sample, shape "
+                        f"({n},), got {split.dtype} {split.shape}")
+    test = split == 1
+    if test.all() or not test.any():
+        raise DataError(f"{path}: split marks {'every' if test.all() else 'no'} sample as test")
+    out = {k: v for k, v in arrays.items() if k != "split"}
+    out.update(X=arrays["X"][~test], y=arrays["y"][~test], X_test=arrays["X"][test],
+               y_test=arrays["y"][test])
+    if "groups" in arrays:
+        out["groups"] = arrays["groups"][~test]
+    return out
+
+
 def load_npz(path: Path) -> Source:
-    """An .npz with X (N, ...), y (N,), optional groups (N,), X_test/y_test, class_names."""
+    """An .npz with X (N, ...), y (N,), optional groups (N,), X_test/y_test or a `split`
+    array (0 train, 1 test), class_names; any other array is named in a warning."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
@@ -177,6 +199,16 @@ def load_npz(path: Path) -> Source:
             arrays = {key: npz[key] for key in npz.files}
     except (ValueError, OSError, EOFError) as err:
         raise DataError(f"{path}: not a readable .npz file ({str(err).splitlines()[0]})") from None
+    ignored = sorted(set(arrays) - set(NPZ_ARRAYS))
+    if "split" in arrays and "X_test" in arrays:
+        ignored.append("split (X_test is there)")
+    elif "split" in arrays:
+        _npz_array(arrays, "X", path)
+        _npz_array(arrays, "y", path)
+        arrays = _npz_split(arrays, path)
+    if ignored:
+        log.warning("%s: ignoring arrays %s (known: %s)", path, ", ".join(ignored),
+                    ", ".join(NPZ_ARRAYS))
     groups = arrays.get("groups")
     if groups is not None:
         groups = _labels(groups, f"{path}: groups")

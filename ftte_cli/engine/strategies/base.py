@@ -94,6 +94,7 @@ class Strategy(ABC):
     name: ClassVar[str] = ""
     dense: ClassVar[bool] = False  # True: clients train the full model (a dense plan)
     synchronous: ClassVar[bool] = False  # True: whole rounds, dispatched only when none in flight
+    needs_base: ClassVar[bool] = False  # True: ingest reads arrival.base (w*_{t_i})
 
     def __init__(self, cfg: StrategyConfig) -> None:
         self.cfg = cfg

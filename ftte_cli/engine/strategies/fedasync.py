@@ -19,6 +19,7 @@ class FedAsyncStrategy(Strategy):
 
     name = "fedasync"
     dense = True
+    needs_base = True
 
     def ingest(self, arrival: Arrival, current: Tensors) -> Optional[Tensors]:
         if arrival.base is None:

@@ -36,7 +36,12 @@ class BufferedStrategy(Strategy):
         if not items:
             return None
         pairs = [(a.delta, w) for a, w in zip(items, self.weights(items))]
-        if self.normalizer == "buffer":  # K is the capacity: a round cut short still divides by K
+        guard = self.cfg.guard
+        if guard.aggregator == "trimmed_mean":
+            grad = aggregate.trimmed_mean(pairs, guard.trim_fraction)
+        elif guard.aggregator == "median":
+            grad = aggregate.coordinate_median(pairs)
+        elif self.normalizer == "buffer":  # K is the capacity: a round cut short still divides by K
             grad = aggregate.buffer_mean(pairs, max(self.buffer.capacity, len(items)))
         else:
             grad = aggregate.weighted_mean(pairs)
