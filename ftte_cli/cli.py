@@ -15,6 +15,7 @@ from ftte_cli.commands import (
     inventory,
     plan,
     profile,
+    recipes,
     report,
     simulate,
     sweep,
@@ -38,6 +39,7 @@ app.command("report")(report.report)
 app.command("demo")(demo.demo)
 app.command("sweep")(sweep.sweep)
 app.add_typer(inventory.app, name="inventory")
+app.add_typer(recipes.app, name="recipes")
 app.add_typer(testbed.app, name="testbed")
 
 

@@ -17,6 +17,7 @@ from ftte_cli.commands.options import (
     InventoryOpt,
     KnownHostsOpt,
     LimitOpt,
+    recipe_path,
     ssh_options,
 )
 from ftte_cli.errors import ConfigError
@@ -71,7 +72,8 @@ def profile(
         "--benchmark", help="Also time training steps of the recipe's model, RTT and upload.")
     ] = False,
     recipe: Annotated[Optional[Path], typer.Option(
-        "--recipe", "-r", help="Recipe whose model sets the baseline (and is benchmarked).")
+        "--recipe", "-r", callback=recipe_path,
+        help="Recipe whose model sets the baseline (and is benchmarked).")
     ] = None,
     max_age: Annotated[Optional[float], typer.Option(
         "--max-age", min=0, help="Reuse cached profiles younger than this many seconds.")

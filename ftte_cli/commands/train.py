@@ -12,6 +12,8 @@ from ftte_cli.commands.options import (
     ConnectTimeoutOpt,
     FormatOpt,
     LimitOpt,
+    inventory_path,
+    recipe_path,
 )
 from ftte_cli.config.recipe import STRATEGIES
 from ftte_cli.errors import ConfigError, ExitCode
@@ -22,9 +24,12 @@ ROWS = ("device", "status", "accepted", "rejected", "staleness", "peak memory", 
 
 
 def train(
-    recipe: Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Recipe YAML.")] = None,
+    recipe: Annotated[Optional[Path], typer.Option(
+        "--recipe", "-r", callback=recipe_path,
+        help="Recipe YAML, or a built-in name (`har`).")] = None,
     inventory: Annotated[Optional[Path], typer.Option(
-        "--inventory", "-i", envvar="FTTE_INVENTORY", help="Inventory YAML.")] = None,
+        "--inventory", "-i", envvar="FTTE_INVENTORY", callback=inventory_path,
+        help="Inventory YAML, or a built-in name.")] = None,
     strategy: Annotated[Optional[str], typer.Option(
         "--strategy", help=f"Override the recipe's strategy: {'|'.join(STRATEGIES)}.")] = None,
     limit: LimitOpt = None,

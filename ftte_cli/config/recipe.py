@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ftte_cli import builtin
 from ftte_cli.config.schema import build, load_yaml
 from ftte_cli.errors import ConfigError
 
@@ -211,8 +212,12 @@ class Recipe:
 
 
 def load_recipe(path: Union[str, Path]) -> Recipe:
-    """Read and validate a recipe file; relative data paths resolve against the recipe's folder."""
-    path = Path(path)
+    """Read and validate a recipe file; relative data paths resolve against the recipe's folder.
+
+    `path` may also name a built-in recipe (`har` or `har.yaml`; a local file wins), see
+    ftte_cli/builtin.
+    """
+    path = builtin.resolve(builtin.RECIPES, path).path
     raw = load_yaml(path)
     if isinstance(raw, dict) and "source" in raw:
         raise ConfigError(f"{path}: source: unknown key")
