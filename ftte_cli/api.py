@@ -38,6 +38,8 @@ from ftte_cli.errors import (
     FtteError,
     RunError,
 )
+from ftte_cli.fleet import adhoc
+from ftte_cli.fleet.adhoc import CommandOutput
 from ftte_cli.fleet.ssh import DeviceResult, FleetResults, Outcome, SshOptions
 
 if TYPE_CHECKING:
@@ -94,6 +96,18 @@ def select_devices(inventory: PathLike, limit: Optional[str] = None
     """Load the inventory and apply a `--limit`-style filter (unknown name: ConfigError)."""
     inv = load_inventory(Path(inventory))
     return inv, inv.select(limit)
+
+
+# ---- ad-hoc commands ------------------------------------------------------------------------
+
+
+def run_command(inventory: PathLike, command: str, *, limit: Optional[str] = None,
+                sudo: bool = False, ssh: Optional[SshOptions] = None,
+                on_done: Optional[Callable[[DeviceResult], None]] = None) -> FleetResults:
+    """Run one shell command on every selected device (`ftte exec`); values are
+    `CommandOutput(rc, stdout, stderr)`, outcome ok for exit status 0, failed otherwise."""
+    _inv, devices = select_devices(inventory, limit)
+    return adhoc.run_command(devices, command, ssh or SshOptions(), sudo=sudo, on_done=on_done)
 
 
 # ---- profile and plan -----------------------------------------------------------------------
@@ -341,7 +355,8 @@ def _opt_path(p: Optional[PathLike]) -> Optional[Path]:
 
 __all__ = [
     # records and options
-    "Comparison", "DeployInfo", "Device", "DeviceProfile", "DeviceResult", "FleetBudget",
+    "CommandOutput", "Comparison", "DeployInfo", "Device", "DeviceProfile", "DeviceResult",
+    "FleetBudget",
     "FleetPlan",
     "FleetResults", "GridSpec", "GroupStats", "Inventory", "Outcome", "Plan", "PlanResult",
     "Recipe", "ReportResult", "RunRecord", "RunReport", "RunSpec", "RunStatus", "SimResult",
@@ -354,5 +369,5 @@ __all__ = [
     "compare_runs", "deploy", "fleet_plan", "grid", "load_inventory", "load_recipe",
     "memory_budget",
     "plan", "plan_and_deploy", "profile", "read_run", "report", "select_devices", "simulate",
-    "sweep", "train",
+    "run_command", "sweep", "train",
 ]
