@@ -43,6 +43,7 @@ from ftte_cli.fleet.adhoc import CommandOutput
 from ftte_cli.fleet.ssh import DeviceResult, FleetResults, Outcome, SshOptions
 
 if TYPE_CHECKING:
+    import fabric
     import torch
 
     from ftte_cli.engine.plan import Plan
@@ -108,6 +109,23 @@ def run_command(inventory: PathLike, command: str, *, limit: Optional[str] = Non
     `CommandOutput(rc, stdout, stderr)`, outcome ok for exit status 0, failed otherwise."""
     _inv, devices = select_devices(inventory, limit)
     return adhoc.run_command(devices, command, ssh or SshOptions(), sudo=sudo, on_done=on_done)
+
+
+def fabric_group(inventory: PathLike, limit: Optional[str] = None,
+                 accept_new_host_keys: bool = False, *,
+                 ssh: Optional[SshOptions] = None) -> fabric.ThreadingGroup:
+    """A `fabric.ThreadingGroup` of the selected devices with ftte's settings: host, user, port,
+    key, jump host (a gateway), timeouts; unknown host keys refused unless
+    `accept_new_host_keys`, changed ones always. Each connection's `.device` is its inventory
+    `Device`. `ssh` sets known_hosts and timeouts (its accept_new_host_keys is or-ed in).
+    A `connection: local` device is a ConfigError (Fabric connections are SSH only)."""
+    from ftte_cli.fleet import fabric_group as fg
+
+    opts = ssh or SshOptions()
+    opts = dataclasses.replace(
+        opts, accept_new_host_keys=accept_new_host_keys or opts.accept_new_host_keys)
+    _inv, devices = select_devices(inventory, limit)
+    return fg.fabric_group(devices, opts)
 
 
 # ---- profile and plan -----------------------------------------------------------------------
@@ -369,5 +387,5 @@ __all__ = [
     "compare_runs", "deploy", "fleet_plan", "grid", "load_inventory", "load_recipe",
     "memory_budget",
     "plan", "plan_and_deploy", "profile", "read_run", "report", "select_devices", "simulate",
-    "run_command", "sweep", "train",
+    "fabric_group", "run_command", "sweep", "train",
 ]
