@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 EventSink = Callable[[dict], None]
 VersionHook = Callable[[Coordinator, float, SubmitResult], None]
-ONLINE = (DeviceStatus.idle, DeviceStatus.training)
+# Paused devices are online (heartbeating): they wait for their own conditions, so they are
+# neither offline nor stragglers; they hold no job while paused.
+ONLINE = (DeviceStatus.idle, DeviceStatus.training, DeviceStatus.paused)
 ISSUED_PER_DEVICE = 8  # job ids remembered per device for wrong_device checks
 DECODE_OFF_LOOP_BYTES = 256 * 1024  # larger update bodies are parsed on a worker thread
 
@@ -63,6 +65,8 @@ class _Device:
     accepted: int = 0
     rejected: int = 0
     job_id: Optional[str] = None  # job delivered and not yet answered
+    power: Optional[dict] = None  # the agent's last power reading (client/power.FIELDS)
+    reason: Optional[str] = None  # why it is paused
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,7 @@ class FtteServer:
             last_seen=None if d.last_seen is None else max(now - d.last_seen, 0.0),
             peak_memory=d.peak_memory, memory_budget=self.config.memory_budgets.get(d.name),
             bytes_up=d.bytes_up, bytes_down=d.bytes_down, accepted=d.accepted,
-            rejected=d.rejected,
+            rejected=d.rejected, waiting_reason=d.reason, **_power_fields(d.power),
         )
 
     # ---- run control (any thread) ------------------------------------------------------------
@@ -416,6 +420,7 @@ class FtteServer:
             wait = min(max(float(request.query.get("wait", "0")), 0.0), self.config.long_poll_max)
         except ValueError:
             raise web.HTTPBadRequest(text="wait: not a number") from None
+        await self._resume(device)
         await self._recover_lost_job(device)
         deadline = self.now() + wait
         while True:
@@ -542,11 +547,46 @@ class FtteServer:
         self._require_online(device)
         body = await self._read_json(request, device)
         peak = body.get("peak_memory")
-        if isinstance(peak, int) and peak >= 0:
-            with self._lock:
-                dev = self._devices[device]
+        with self._lock:
+            dev = self._devices[device]
+            if isinstance(peak, int) and peak >= 0:
                 dev.peak_memory = max(dev.peak_memory or 0, peak)
+            if isinstance(body.get("power"), dict):
+                dev.power = body["power"]
+        if body.get("state") == "waiting":
+            await self._pause(device, str(body.get("reason") or "device conditions")[:200])
+        else:
+            await self._resume(device)
         return web.json_response({"version": self._version})
+
+    # ---- device conditions (recipe devices.require, checked by the agent) --------------------
+
+    async def _pause(self, device: str, reason: str) -> None:
+        """The agent waits for its conditions: free its slot (a queued or held job goes back to
+        the coordinator) and show why; it is not offline and not a straggler."""
+        with self._lock:
+            dev = self._devices[device]
+            changed = dev.status != DeviceStatus.paused or dev.reason != reason
+            was = dev.status
+            dev.status, dev.reason, dev.job_id = DeviceStatus.paused, reason, None
+            self._pending.pop(device, None)
+            power = dict(dev.power or {})
+        if was != DeviceStatus.paused:
+            await self._in_worker(self._release, device, self.now())
+        if changed:
+            self.event("device_waiting", device, reason, power=power)
+
+    async def _resume(self, device: str) -> None:
+        """A paused device that heartbeats as ready (or asks for work) is counted in again."""
+        with self._lock:
+            dev = self._devices[device]
+            paused = dev.status == DeviceStatus.paused
+            if paused:
+                dev.status, dev.reason = DeviceStatus.idle, None
+            power = dict(dev.power or {})
+        if paused:
+            self.event("device_ready", device, "conditions met", power=power)
+            self._wake(await self._in_worker(self._rejoin, device, self.now()))
 
     async def _status(self, request: web.Request) -> web.Response:
         self._auth(request)
@@ -579,6 +619,20 @@ class FtteServer:
         self._dispatch(now)
 
 
+
+
+def _power_fields(reading: Optional[dict]) -> dict[str, Any]:
+    """DeviceRow's battery, charging and temperature from an agent's reading (None: missing)."""
+    r = reading or {}
+
+    def num(key: str) -> Optional[float]:
+        value = r.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            else None
+
+    charging = r.get("charging")
+    return {"battery": num("battery"), "temperature_c": num("temperature_c"),
+            "charging": charging if isinstance(charging, bool) else None}
 
 
 async def _read_bounded(request: web.Request, bound: int) -> bytes:

@@ -17,6 +17,7 @@ class DeviceStatus(str, Enum):
     waiting = "waiting"  # expected, never registered yet
     idle = "idle"  # registered, no job in hand
     training = "training"  # holds a job
+    paused = "paused"  # registered, but the recipe's device rules hold it back (battery, heat)
     offline = "offline"  # not seen for longer than the offline timeout
     failed = "failed"  # its agent died and was not restarted (e.g. OOM-killed)
     done = "done"  # told that the run is over
@@ -57,6 +58,10 @@ class DeviceRow:
     bytes_down: int = 0  # server -> device payload bytes
     accepted: int = 0
     rejected: int = 0
+    battery: Optional[float] = None  # fraction of full, as the agent last read it; None: missing
+    charging: Optional[bool] = None  # on external power; None: missing
+    temperature_c: Optional[float] = None  # hottest thermal zone (or battery); None: missing
+    waiting_reason: Optional[str] = None  # why a paused device waits ("on battery 34%")
 
 
 @dataclass(frozen=True)

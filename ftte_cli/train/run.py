@@ -402,6 +402,7 @@ def run_training(opts: TrainOptions) -> TrainResult:
     agents = None
     with ServerThread(server, host, port) as st, _sigterm_interrupts():
         try:
+            run.manifest["server_url"] = st.url  # this run's server (GET /v1/status, tokens)
             agents = _start_agents(run, remote, st.port, opts)
             watch = _AgentWatch(run, server, agents)
             with _dashboard(server, opts) as dashboard:

@@ -24,6 +24,7 @@ STATUS_STYLE = {
     DeviceStatus.waiting: "dim",
     DeviceStatus.idle: "cyan",
     DeviceStatus.training: "green",
+    DeviceStatus.paused: "magenta",
     DeviceStatus.offline: "yellow",
     DeviceStatus.failed: "bold red",
     DeviceStatus.done: "blue",
@@ -59,18 +60,47 @@ def _memory(row: DeviceRow) -> str:
     return f"{peak:.0f}/{budget:.0f} MiB {100 * peak / budget:.0f}%"
 
 
+def _status(row: DeviceRow) -> Text:
+    """The status cell; a paused device says why it waits ("waiting: on battery 34%")."""
+    if row.status == DeviceStatus.paused:
+        return Text(f"waiting: {row.waiting_reason or 'device conditions'}",
+                    style=STATUS_STYLE[row.status])
+    return Text(row.status.value, style=STATUS_STYLE[row.status])
+
+
+def _battery(row: DeviceRow) -> str:
+    """`34%`, `80% charging`, `charging` (no level), or `-` when the device reports neither."""
+    level = None if row.battery is None else f"{100 * row.battery:.0f}%"
+    plug = {True: "charging", False: "on battery", None: None}[row.charging]
+    if level and plug == "charging":
+        return f"{level} charging"
+    return level or plug or "-"
+
+
+def _has_power(snapshot: RunSnapshot) -> bool:
+    """Battery/temperature columns only when some device reports them."""
+    return any(r.battery is not None or r.charging is not None or r.temperature_c is not None
+               or r.status == DeviceStatus.paused for r in snapshot.devices)
+
+
 def device_table(snapshot: RunSnapshot) -> Table:
-    """One row per device: status, version, staleness, last seen, peak memory, bytes."""
+    """One row per device: status, version, staleness, last seen, peak memory, bytes (and
+    battery and temperature when devices report them)."""
     t = Table(title="Devices", title_justify="left")
+    power = _has_power(snapshot)
     for col in ("device", "status", "ver", "stale", "seen", "peak/budget", "up", "down", "ok",
-                "rej"):
+                "rej") + (("battery", "temp") if power else ()):
         t.add_column(col, no_wrap=True)
     for row in snapshot.devices:
-        t.add_row(
-            row.name, Text(row.status.value, style=STATUS_STYLE[row.status]), _opt(row.version),
+        cells: list[RenderableType] = [
+            row.name, _status(row), _opt(row.version),
             _opt(row.staleness), _ago(row.last_seen), _memory(row), format_size(row.bytes_up),
             format_size(row.bytes_down), str(row.accepted), str(row.rejected),
-        )
+        ]
+        if power:
+            temp = "-" if row.temperature_c is None else f"{row.temperature_c:.0f}C"
+            cells += [_battery(row), temp]
+        t.add_row(*cells)
     return t
 
 
@@ -120,9 +150,11 @@ def progress_line(snapshot: RunSnapshot) -> str:
     acc = snapshot.last_accuracy
     online = sum(d.status in (DeviceStatus.idle, DeviceStatus.training) for d in snapshot.devices)
     dropped = sum(snapshot.dropped.values())
+    paused = sum(d.status == DeviceStatus.paused for d in snapshot.devices)
     return (f"[{snapshot.elapsed:6.1f}s] {snapshot.state.value} v{snapshot.version} "
             f"acc {'-' if acc is None else f'{acc:.3f}'} accepted {snapshot.accepted} "
-            f"dropped {dropped} devices {online}/{len(snapshot.devices)} online")
+            f"dropped {dropped} devices {online}/{len(snapshot.devices)} online"
+            + (f", {paused} waiting" if paused else ""))
 
 
 def _milestone(snapshot: RunSnapshot) -> tuple:
