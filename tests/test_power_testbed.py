@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from testbed_fixture import Testbed, testbed  # noqa: F401 - the session fixture
 from trainkit import events, last_json, start_train, wait_for, write_recipe
+from typer.testing import CliRunner
 
+from ftte_cli.cli import app
 from ftte_cli.fleet.profile import ProfileRequest, profile_fleet
 from ftte_cli.fleet.ssh import SshOptions
 from ftte_cli.testbed.lifecycle import power_file
@@ -94,3 +96,13 @@ def test_a_device_on_battery_waits_until_plugged_in(
     assert "update_accepted" not in mine[:ready]  # nothing trained while on battery
     assert "device_offline" not in mine  # waiting is not offline
     assert last_json(tmp_path)["stop_reason"] in ("max_versions", "target_accuracy")
+    # Energy: no device of the testbed has a power sensor, so every job is estimated from its
+    # CPU time and its class's figure, and the report says so.
+    report = CliRunner().invoke(app, ["report", str(run_dir), "--format", "json"])
+    assert report.exit_code == 0, report.output
+    (row,) = json.loads(report.stdout)["rows"]
+    assert row["energy_label"] == "estimated" and row["energy_per_version_j"] > 0
+    assert row["energy_j"] == pytest.approx(row["energy_per_version_j"] * row["versions"])
+    energy = {d["name"]: d for d in row["devices"]}
+    assert energy[name]["energy_j"] > 0 and energy[other]["energy_j"] > 0
+    assert energy[name]["energy_estimated"] and energy[other]["energy_estimated"]

@@ -93,6 +93,7 @@ class Bundle:
     threads: Optional[int] = None  # torch threads from the inventory (ftte_train), if set
     require: Optional[Dict[str, Any]] = None  # recipe devices.require: when it may train
     recheck_s: float = 2.0  # recipe devices.recheck_s: how often a waiting agent looks again
+    watts_per_cpu: float = power.DEFAULT_WATTS_PER_CPU  # the class's figure (server.json)
 
     @property
     def update_bound(self) -> int:
@@ -163,6 +164,7 @@ def load_bundle(path: Path) -> Bundle:
         path=path, device=str(settings.get("device", "")), token=token,
         require=dict(devices.get("require") or {}),
         recheck_s=float(devices.get("recheck_s", 2.0)),
+        watts_per_cpu=float(settings.get("watts_per_cpu", power.DEFAULT_WATTS_PER_CPU)),
         seed=int(recipe.get("seed", 1)),
         train_cfg=_config(TrainConfig, recipe.get("train", {}), f"{path}/recipe.json: train"),
         model=model, frozen=frozen, plan=plan, train_x=train_x, train_y=train_y,
@@ -349,15 +351,20 @@ class Agent:
 
     def _train(self, job: wire.JobMessage) -> wire.UpdateMessage:
         b = self.bundle
-        started = time.monotonic()
+        watts_before = power.read_power().get("power_w")
+        started, cpu = time.monotonic(), time.process_time()
         result = train_job(b.model, b.frozen, b.plan, job.subset, Dataset(b.train_x, b.train_y),
                            b.train_cfg, job.seed)
+        cpu_s, wall_s = time.process_time() - cpu, time.monotonic() - started
+        energy, source = power.job_energy(cpu_s, wall_s, watts_before,
+                                          power.read_power().get("power_w"), b.watts_per_cpu)
         self.jobs_done += 1
         log.info("job %s v%d: %d steps, loss %.4f, %.1fs, peak %s", job.job_id, job.version,
                  result.steps, result.loss, time.monotonic() - started, result.peak_memory)
         return wire.UpdateMessage(job.job_id, job.version, result.num_samples,
                                   result.grad_variance, result.peak_memory or peak_rss(),
-                                  result.delta)
+                                  result.delta, cpu_seconds=cpu_s, energy_j=energy,
+                                  energy_source=source)
 
     def _upload(self, update: wire.UpdateMessage) -> None:
         body = wire.encode_update(update)

@@ -31,7 +31,7 @@ import json
 import os
 import shutil
 import subprocess
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 POWER_FILE_ENV = "FTTE_POWER_FILE"
 SUPPLY_ROOT = "/sys/class/power_supply"
@@ -218,6 +218,32 @@ def read_power() -> Dict[str, Any]:
     state.pop("battery_source", None)
     state["sources"] = sources
     return state
+
+
+# Rough extra draw of one busy CPU core, in watts, per device class: what `ftte` charges for a
+# job's CPU time where no power sensor exists (reported as "estimated"). From public load figures
+# (Pi Zero 2 W ~0.6 W per core over idle, Pi 4 ~0.9, Jetson Nano 10 W mode ~1.2, a phone's big
+# core ~1.0, a laptop core ~5); names as the testbed and inventories spell them.
+CLASS_WATTS_PER_CPU = {
+    "pi-zero-2": 0.6, "pi-zero": 0.4, "pi": 0.9, "pi3": 0.8, "pi4": 0.9, "pi5": 1.5,
+    "jetson-nano": 1.2, "jetson": 1.5, "phone": 1.0, "laptop": 5.0,
+}
+DEFAULT_WATTS_PER_CPU = 2.0
+
+
+def watts_per_cpu(device_class: Optional[str]) -> float:
+    """The class's power figure (`pi_zero_2` and `pi-zero-2` alike), else the default."""
+    key = (device_class or "").strip().lower().replace("_", "-")
+    return CLASS_WATTS_PER_CPU.get(key, DEFAULT_WATTS_PER_CPU)
+
+
+def job_energy(cpu_s: float, wall_s: float, watts_before: Optional[float],
+               watts_after: Optional[float], figure: float) -> Tuple[float, str]:
+    """(joules, "measured" | "estimated") of one job: the mean sensor reading over its wall time
+    when the device has a power sensor, else its CPU time x the class figure."""
+    if watts_before is not None and watts_after is not None:
+        return (watts_before + watts_after) / 2.0 * wall_s, "measured"
+    return cpu_s * figure, "estimated"
 
 
 def check(require: Optional[Dict[str, Any]], state: Dict[str, Any]) -> Optional[str]:

@@ -66,6 +66,8 @@ class _Device:
     rejected: int = 0
     job_id: Optional[str] = None  # job delivered and not yet answered
     power: Optional[dict] = None  # the agent's last power reading (client/power.FIELDS)
+    energy_j: Optional[float] = None  # energy of every job it sent back (None: none reported)
+    energy_estimated: bool = False  # some of it estimated from CPU time, not a sensor
     reason: Optional[str] = None  # why it is paused
 
 
@@ -182,6 +184,7 @@ class FtteServer:
             peak_memory=d.peak_memory, memory_budget=self.config.memory_budgets.get(d.name),
             bytes_up=d.bytes_up, bytes_down=d.bytes_down, accepted=d.accepted,
             rejected=d.rejected, waiting_reason=d.reason, **_power_fields(d.power),
+            energy_j=d.energy_j, energy_estimated=d.energy_estimated,
         )
 
     # ---- run control (any thread) ------------------------------------------------------------
@@ -363,13 +366,13 @@ class FtteServer:
             raise web.HTTPUnauthorized(text="unknown device or wrong token")
         return device
 
-    def _reject(self, device: str, reason: Any, detail: str = "") -> None:
+    def _reject(self, device: str, reason: Any, detail: str = "", **fields: Any) -> None:
         with self._lock:
             self._dropped[reason.value] = self._dropped.get(reason.value, 0) + 1
             if device in self._devices:
                 self._devices[device].rejected += 1
         self.event("update_rejected" if reason != ServerReason.wrong_token else "auth_failed",
-                   device, f"{reason.value} {detail}".strip(), reason=reason.value)
+                   device, f"{reason.value} {detail}".strip(), reason=reason.value, **fields)
 
     def _check_running(self, device: str) -> None:
         if self.done:
@@ -524,6 +527,9 @@ class FtteServer:
                 dev.status, dev.job_id = DeviceStatus.idle, None
             if msg.peak_memory is not None:
                 dev.peak_memory = max(dev.peak_memory or 0, msg.peak_memory)
+            if msg.energy_j is not None:  # spent whether or not the update is accepted
+                dev.energy_j = (dev.energy_j or 0.0) + msg.energy_j
+                dev.energy_estimated |= msg.energy_source != "measured"
             if result.accepted:
                 dev.accepted += 1
                 dev.staleness = result.staleness
@@ -537,9 +543,11 @@ class FtteServer:
             self.event("update_accepted", device,
                        f"job {msg.job_id} v{msg.version} staleness {result.staleness}"
                        + (f" -> v{result.version}" if result.advanced else ""),
-                       job_id=msg.job_id, staleness=result.staleness, version=result.version)
+                       job_id=msg.job_id, staleness=result.staleness, version=result.version,
+                       **_energy_fields(msg))
         else:
-            self._reject(device, RejectReason(result.reason), f"job {msg.job_id}")
+            self._reject(device, RejectReason(result.reason), f"job {msg.job_id}",
+                         **_energy_fields(msg))
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
         device = self._auth(request)
@@ -619,6 +627,14 @@ class FtteServer:
         self._dispatch(now)
 
 
+
+
+def _energy_fields(msg: wire.UpdateMessage) -> dict[str, Any]:
+    """The job's energy for events.jsonl (absent when the agent reported none)."""
+    if msg.energy_j is None:
+        return {}
+    return {"energy_j": round(msg.energy_j, 4), "energy_source": msg.energy_source,
+            "cpu_s": None if msg.cpu_seconds is None else round(msg.cpu_seconds, 4)}
 
 
 def _power_fields(reading: Optional[dict]) -> dict[str, Any]:

@@ -62,6 +62,8 @@ class DeviceRow:
     charging: Optional[bool] = None  # on external power; None: missing
     temperature_c: Optional[float] = None  # hottest thermal zone (or battery); None: missing
     waiting_reason: Optional[str] = None  # why a paused device waits ("on battery 34%")
+    energy_j: Optional[float] = None  # joules of every job it sent back; None: none reported
+    energy_estimated: bool = False  # some of it from CPU time x class figure, not a sensor
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from ftte_cli.client.power import DEFAULT_WATTS_PER_CPU, watts_per_cpu
 from ftte_cli.config.recipe import SimConfig
 from ftte_cli.engine.flops import forward_flops, training_flops
 from ftte_cli.engine.plan import MaskKind, Plan, module_of
@@ -46,6 +47,7 @@ class DeviceModel:
     sec_per_sample_fwd: Optional[float] = None  # measured full forward (profile fleets)
     sec_per_sample_bwd: Optional[float] = None  # measured full backward (profile fleets)
     slowdown: float = 1.0  # straggler factor on compute; 1.0 for a normal client
+    watts_per_cpu: float = DEFAULT_WATTS_PER_CPU  # energy charged per compute second
 
     @property
     def straggler(self) -> bool:
@@ -176,4 +178,5 @@ def _profile(path: Path, i: int, entry: Any) -> DeviceModel:
         bandwidth_bps=fields["bandwidth_bps"], latency_s=fields["rtt_s"],
         sec_per_sample_fwd=fields["sec_per_sample_fwd"],
         sec_per_sample_bwd=fields["sec_per_sample_bwd"],
+        watts_per_cpu=watts_per_cpu(entry.get("device_class")),
     )

@@ -20,7 +20,7 @@ from ftte_cli.units import format_size
 
 # the human table fits 80 columns; versions, clients and more are in the JSON / summary.json
 COLUMNS = ("strategy", "to target", "final", "best", "memory", "payload", "stale",
-           "dropped")
+           "dropped", "energy (est.)")
 
 
 class RunWriter:
@@ -93,11 +93,22 @@ def summary_row(r: Any) -> Dict[str, Any]:
         "versions": s.versions, "duration": s.duration, "clients": r.clients,
         "excluded_clients": r.excluded, "plan": r.plan,
         "wall_s": r.wall_s, "cpu_s": r.cpu_s, "train_cpu_s": r.train_cpu_s,
+        "energy": getattr(r, "energy", None),
     }
 
 
 def _fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _energy_cell(energy: Optional[Dict[str, Any]]) -> str:
+    """Estimated joules to target (else in total): `12.3 J`, `-` without figures."""
+    if not energy:
+        return "-"
+    value = energy.get("to_target_j")
+    value = energy.get("total_j") if value is None else value
+    return "-" if value is None else (f"{value / 1000:.3g} kJ" if value >= 1000 else
+                                      f"{value:.3g} J")
 
 
 def table_rows(doc: Dict[str, Any]) -> List[List[str]]:
@@ -112,6 +123,6 @@ def table_rows(doc: Dict[str, Any]) -> List[List[str]]:
             format_size(mem) if mem is not None else "-",
             format_size(payload) if payload is not None else "-",
             f"{_fmt(s['staleness_mean'], '.1f')}/{_fmt(s['staleness_max'], 'd')}",
-            str(s["dropped_total"]),
+            str(s["dropped_total"]), _energy_cell(s.get("energy")),
         ])
     return rows

@@ -48,6 +48,7 @@ from ftte_cli.sim.devices import (
     ComputeCost,
     DeviceModel,
     compute_cost,
+    compute_seconds,
     job_seconds,
     load_profiles,
     make_fleet,
@@ -100,6 +101,7 @@ class StrategyResult:
     wall_s: float
     cpu_s: float  # process CPU of the whole run
     train_cpu_s: float  # process CPU inside train_job
+    energy: Optional[Dict[str, Any]] = None  # sim_energy(): estimated joules (see there)
 
 
 @dataclass(frozen=True)
@@ -320,6 +322,7 @@ class _Run:
                            "under baseline_memory strict; use lenient")
         self.test = _eval_set(world)
         self.train_cpu = 0.0
+        self.energy: List[Tuple[float, float]] = []  # (arrival time, joules) per trained job
         self.rng = random.Random(f"availability:{world.seed}:{name}")
         self.clock: VirtualClock[Event] = VirtualClock()
         self.coord = Coordinator(
@@ -352,6 +355,9 @@ class _Run:
                 key = "dense" if self.strategy.dense else "ftte"
                 handle = self.backend.submit(key, job, i, self.recipe.train)
                 self.clock.schedule(now + duration, _Arrive(job, i, handle))
+                device = self.world.fleet[i]
+                self.energy.append((now + duration, device.watts_per_cpu * compute_seconds(
+                    device, self.cost, samples)))
 
     def _arrive(self, ev: _Arrive, now: float) -> None:
         res, cpu = self.backend.result(ev.handle)
@@ -415,7 +421,22 @@ class _Run:
                         plan.estimated_bytes or 0, plan.payload_bytes, plan.earliest_layer,
                         list(plan.units))
         return StrategyResult(self.name, summary, self.coord.metrics, info, len(self.members),
-                              self.excluded, wall, cpu, self.train_cpu)
+                              self.excluded, wall, cpu, self.train_cpu,
+                              sim_energy(self.energy, now, summary.time_to_target,
+                                         self.coord.version))
+
+
+def sim_energy(jobs: List[Tuple[float, float]], end: float, to_target: Optional[float],
+               versions: int) -> Dict[str, Any]:
+    """Estimated energy of a simulated run, charged like a device without a power sensor:
+    each job's virtual compute seconds x its device class's watts per CPU (client/power.py).
+    Jobs that arrived by `end` count; `to_target_j` sums those that arrived by the target."""
+    done = [j for t, j in jobs if t <= end]
+    total = sum(done)
+    return {"total_j": total, "per_version_j": total / versions if versions else None,
+            "to_target_j": None if to_target is None else sum(
+                j for t, j in jobs if t <= to_target),
+            "jobs": len(done), "label": "estimated"}
 
 
 def _eval_set(world: World) -> Dataset:
