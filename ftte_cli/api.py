@@ -342,6 +342,21 @@ def report(path: PathLike, out_dir: Optional[PathLike] = None) -> ReportResult:
     return ReportResult(run, report_rows(run), plots)
 
 
+def export_tensorboard(path: PathLike, logdir: PathLike) -> list[Path]:
+    """Write a run's scalars for TensorBoard into `logdir/<run folder>/<series>` (several runs
+    in one logdir overlay); ConfigError naming the `tensorboard` extra when it is missing."""
+    from ftte_cli.ui.tensorboard import export_run
+
+    return export_run(read_run(path), Path(logdir))
+
+
+def require_tensorboard() -> None:
+    """Fail early (ConfigError, exit 2) when `--tensorboard` cannot work: the extra is missing."""
+    from ftte_cli.ui.tensorboard import summary_writer_class
+
+    summary_writer_class()
+
+
 def compare_runs(a: PathLike, b: PathLike) -> Comparison:
     """Two sweeps (or runs) side by side: per strategy, simulated / measured time to target."""
     from ftte_cli.sweep.compare import compare_runs as compare
@@ -387,5 +402,6 @@ __all__ = [
     "compare_runs", "deploy", "fleet_plan", "grid", "load_inventory", "load_recipe",
     "memory_budget",
     "plan", "plan_and_deploy", "profile", "read_run", "report", "select_devices", "simulate",
-    "fabric_group", "run_command", "sweep", "train",
+    "export_tensorboard", "fabric_group", "require_tensorboard", "run_command", "sweep",
+    "train",
 ]

@@ -5,6 +5,7 @@ waiting (events.jsonl and the server's snapshot), never offline."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from ftte_cli.cli import app
 from ftte_cli.fleet.profile import ProfileRequest, profile_fleet
 from ftte_cli.fleet.ssh import SshOptions
 from ftte_cli.testbed.lifecycle import power_file
+
+HAVE_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
 
 @pytest.fixture
@@ -66,9 +69,10 @@ def test_a_device_on_battery_waits_until_plugged_in(
                           extra="devices: {require: {charging: true, temperature_max_c: 80},"
                                 " recheck_s: 0.5}")
     run_dir = tmp_path / "run"
+    board = ("--tensorboard", str(tmp_path / "tb")) if HAVE_TENSORBOARD else ()
     proc = start_train(tmp_path, "--recipe", str(recipe), "--inventory", str(testbed.inventory),
                        "--limit", f"{name},{other}", "--run-dir", str(run_dir),
-                       "--offline-after", "6")
+                       "--offline-after", "6", *board)
     monkeypatch.chdir(tmp_path)  # the bundles (tokens) are under tmp_path/.ftte
     try:
         waiting = wait_for(lambda: events(run_dir, "device_waiting"), 120, "device_waiting")
@@ -106,3 +110,12 @@ def test_a_device_on_battery_waits_until_plugged_in(
     energy = {d["name"]: d for d in row["devices"]}
     assert energy[name]["energy_j"] > 0 and energy[other]["energy_j"] > 0
     assert energy[name]["energy_estimated"] and energy[other]["energy_estimated"]
+    if HAVE_TENSORBOARD:  # `ftte train --tensorboard`: the same scalars as `ftte report`
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(tmp_path / "tb" / "run" / "ftte"))
+        acc.Reload()
+        tags = acc.Tags()["scalars"]
+        assert "accuracy/test" in tags and "energy/cumulative_j" in tags
+        assert acc.Scalars(f"device/{name}/energy_j")[0].value == pytest.approx(
+            energy[name]["energy_j"], rel=1e-5)

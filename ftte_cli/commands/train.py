@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ftte_cli import api
 from ftte_cli.commands.options import (
     AcceptNewHostKeysOpt,
     ConnectTimeoutOpt,
@@ -15,6 +16,7 @@ from ftte_cli.commands.options import (
     inventory_path,
     recipe_path,
 )
+from ftte_cli.commands.report import TensorboardOpt
 from ftte_cli.config.recipe import STRATEGIES
 from ftte_cli.errors import ConfigError, ExitCode
 from ftte_cli.output import Format, console, handle_errors, print_json, table
@@ -47,6 +49,7 @@ def train(
         "--offline-after", min=1.0, help="Seconds without a request before a device is "
         "offline.")] = 10.0,
     connect_timeout: ConnectTimeoutOpt = 20.0,
+    tensorboard: TensorboardOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Start the server, launch the agents, train until a stop rule, stop every agent."""
@@ -58,6 +61,8 @@ def train(
             raise ConfigError("train: --recipe and --inventory are required (or --resume RUN_DIR)")
         if strategy is not None and strategy not in STRATEGIES:
             raise ConfigError(f"--strategy: unknown {strategy!r} (known: {', '.join(STRATEGIES)})")
+        if tensorboard is not None:
+            api.require_tensorboard()  # before the run, not after it
         opts = TrainOptions(
             recipe=recipe, inventory=inventory, strategy=strategy, limit=limit, direct=direct,
             run_dir=run_dir, resume=resume, offline_after=offline_after,
@@ -66,6 +71,8 @@ def train(
             dashboard=False if (no_dashboard or fmt == Format.json) else None,
         )
         result = run_training(opts)
+        if tensorboard is not None:  # written from the run directory, like `ftte report`
+            api.export_tensorboard(result.run_dir, tensorboard)
         _render(result, fmt)
         if result.stop_reason.value in ("no_devices", "error"):
             raise typer.Exit(int(ExitCode.FAILURE))

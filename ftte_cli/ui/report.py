@@ -49,6 +49,7 @@ class Point:
     time: float
     version: Optional[int]
     accuracy: Optional[float]
+    loss: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,10 @@ def _point(record: Any) -> Optional[Point]:
         return None
     acc = record.get("accuracy")
     version = record.get("version")
+    loss = record.get("loss")
     return Point(float(t), int(version) if isinstance(version, int) else None,
-                 float(acc) if isinstance(acc, (int, float)) else None)
+                 float(acc) if isinstance(acc, (int, float)) else None,
+                 float(loss) if isinstance(loss, (int, float)) else None)
 
 
 def _summary_for(name: str, metrics: Path, root: Path, top: dict[str, Any]) -> dict[str, Any]:
