@@ -119,3 +119,26 @@ def test_a_device_on_battery_waits_until_plugged_in(
         assert "accuracy/test" in tags and "energy/cumulative_j" in tags
         assert acc.Scalars(f"device/{name}/energy_j")[0].value == pytest.approx(
             energy[name]["energy_j"], rel=1e-5)
+
+
+def test_testbed_power_command_writes_what_each_ssh_session_sees(
+        testbed: Testbed) -> None:  # noqa: F811
+    name = testbed.by_class("phone").name
+    cli = CliRunner()
+    res = cli.invoke(app, ["testbed", "power", name, "--battery", "0.25", "--on-battery",
+                           "--temperature", "71", "--dir", str(testbed.dir)])
+    assert res.exit_code == 0, res.output
+    try:
+        seen = cli.invoke(app, ["exec", "-i", str(testbed.inventory), "-l", name, "--format",
+                                "json", "--", 'cat "$FTTE_POWER_FILE"'])
+        assert seen.exit_code == 0, seen.output
+        (row,) = json.loads(seen.stdout)["devices"]
+        assert json.loads(row["stdout"]) == {"battery": 0.25, "charging": False,
+                                             "temperature_c": 71.0}
+    finally:
+        res = cli.invoke(app, ["testbed", "power", name, "--clear", "--dir", str(testbed.dir)])
+    assert res.exit_code == 0 and not power_file(testbed.dir, name).exists()
+    bad = cli.invoke(app, ["testbed", "power", "toaster-9", "--charging", "--dir",
+                           str(testbed.dir)])
+    assert bad.exit_code == 2 and "no device 'toaster-9'" in bad.output
+    assert cli.invoke(app, ["testbed", "power", name, "--dir", str(testbed.dir)]).exit_code == 2

@@ -351,13 +351,15 @@ class Agent:
 
     def _train(self, job: wire.JobMessage) -> wire.UpdateMessage:
         b = self.bundle
-        watts_before = power.read_power().get("power_w")
+        watts_before = self.power.get("power_w")  # read just before this job was fetched
         started, cpu = time.monotonic(), time.process_time()
         result = train_job(b.model, b.frozen, b.plan, job.subset, Dataset(b.train_x, b.train_y),
                            b.train_cfg, job.seed)
         cpu_s, wall_s = time.process_time() - cpu, time.monotonic() - started
-        energy, source = power.job_energy(cpu_s, wall_s, watts_before,
-                                          power.read_power().get("power_w"), b.watts_per_cpu)
+        # A second reading only where there is a sensor (Termux's reader takes a while).
+        watts_after = None if watts_before is None else power.read_power().get("power_w")
+        energy, source = power.job_energy(cpu_s, wall_s, watts_before, watts_after,
+                                          b.watts_per_cpu)
         self.jobs_done += 1
         log.info("job %s v%d: %d steps, loss %.4f, %.1fs, peak %s", job.job_id, job.version,
                  result.steps, result.loss, time.monotonic() - started, result.peak_memory)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from aiohttp import web
 
-from ftte_cli.client import wire
+from ftte_cli.client import power, wire
 from ftte_cli.engine.coordinator import (
     ClientState,
     Coordinator,
@@ -559,8 +559,8 @@ class FtteServer:
             dev = self._devices[device]
             if isinstance(peak, int) and peak >= 0:
                 dev.peak_memory = max(dev.peak_memory or 0, peak)
-            if isinstance(body.get("power"), dict):
-                dev.power = body["power"]
+            if isinstance(body.get("power"), dict):  # only the known fields are kept
+                dev.power = {k: body["power"].get(k) for k in power.FIELDS}
         if body.get("state") == "waiting":
             await self._pause(device, str(body.get("reason") or "device conditions")[:200])
         else:
@@ -578,11 +578,11 @@ class FtteServer:
             was = dev.status
             dev.status, dev.reason, dev.job_id = DeviceStatus.paused, reason, None
             self._pending.pop(device, None)
-            power = dict(dev.power or {})
+            reading = dict(dev.power or {})
         if was != DeviceStatus.paused:
             await self._in_worker(self._release, device, self.now())
         if changed:
-            self.event("device_waiting", device, reason, power=power)
+            self.event("device_waiting", device, reason, power=reading)
 
     async def _resume(self, device: str) -> None:
         """A paused device that heartbeats as ready (or asks for work) is counted in again."""
@@ -591,9 +591,9 @@ class FtteServer:
             paused = dev.status == DeviceStatus.paused
             if paused:
                 dev.status, dev.reason = DeviceStatus.idle, None
-            power = dict(dev.power or {})
+            reading = dict(dev.power or {})
         if paused:
-            self.event("device_ready", device, "conditions met", power=power)
+            self.event("device_ready", device, "conditions met", power=reading)
             self._wake(await self._in_worker(self._rejoin, device, self.now()))
 
     async def _status(self, request: web.Request) -> web.Response:

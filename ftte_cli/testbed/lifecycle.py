@@ -11,6 +11,7 @@ namespaces or cgroups: each sshd listens on a loopback port, uncapped, and the n
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import os
 import secrets
@@ -43,6 +44,25 @@ def power_file(directory: Path, device: str) -> Path:
     """Where a testbed device's emulated power state lives (write JSON: battery, charging,
     temperature_c, power_w, throttled; delete it to go back to the machine's sensors)."""
     return Path(directory) / device / POWER_FILE
+
+
+def set_power(directory: Path, device: str, values: Optional[dict[str, Any]]) -> Path:
+    """Write (or with None remove) one device's emulated power state; ConfigError names an
+    unknown device or testbed. Agents read it before their next job, the probe at once."""
+    state = st.load(Path(directory))
+    if state is None:
+        raise ConfigError(f"{directory}: no testbed here (ftte testbed up first)")
+    names = [d.name for d in state.devices]
+    if device not in names:
+        raise ConfigError(f"{directory}: no device {device!r} (devices: {', '.join(names)})")
+    path = power_file(Path(state.dir), device)
+    if values is None:
+        path.unlink(missing_ok=True)
+    else:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(values) + "\n")
+        os.replace(tmp, path)  # an agent never reads half a file
+    return path
 
 
 @dataclass(frozen=True)
