@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from ftte_cli.fleet.deploy import DeployInfo
     from ftte_cli.fleet.profile import DeviceProfile
     from ftte_cli.sim.runner import SimResult, SimSettings, StrategyResult
+    from ftte_cli.startmodel import StartInfo
     from ftte_cli.sweep.compare import Comparison, GroupStats
     from ftte_cli.sweep.grid import GridSpec, RunSpec
     from ftte_cli.sweep.runner import RunRecord, RunStatus, SweepOptions, SweepResult
@@ -206,6 +207,7 @@ class FleetPlan:
     fed: Any  # engine.data.FederatedData, one client per inventory device
     choice: Any  # train.planning.PlanChoice: the plan and who trains it
     params: dict[str, torch.Tensor]  # initial model (fleet.bundle.initial_params)
+    start: StartInfo  # where the initial model came from (warm start figures)
 
 
 def fleet_plan(recipe: Recipe, inventory: Path, devices: list[Device], selected: list[Device],
@@ -217,17 +219,18 @@ def fleet_plan(recipe: Recipe, inventory: Path, devices: list[Device], selected:
     what is missing before anything is copied.
     """
     from ftte_cli.engine.data import load_federated
-    from ftte_cli.fleet.bundle import initial_model, initial_params
+    from ftte_cli.startmodel import start_model
     from ftte_cli.train.planning import check_devices, choose_plan, load_or_profile
 
     check_devices(selected)
-    fed = load_federated(recipe.data, len(devices), recipe.seed)
+    fed = load_federated(recipe.data, len(devices), recipe.seed, recipe.init)
     records = load_or_profile(inventory, selected, recipe, opts)
     profiled = [d for d in selected if d.name in records] or selected
-    model = initial_model(recipe, fed.input_shape, fed.num_classes)
+    model, start = start_model(recipe, fed.input_shape, fed.num_classes, fed)
     choice = choose_plan(recipe, model, profiled, fed.input_shape, fed.num_classes, fed.proxy,
                          records)
-    return FleetPlan(fed, choice, initial_params(recipe, fed.input_shape, fed.num_classes))
+    params = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    return FleetPlan(fed, choice, params, start)
 
 
 def plan_and_deploy(recipe: Recipe, inventory: Path, devices: list[Device],

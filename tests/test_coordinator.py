@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from ftte_cli.config.recipe import StrategyConfig
+from ftte_cli.config.recipe import ServerOptimizerConfig, StrategyConfig
 from ftte_cli.engine.coordinator import (
     ClientState,
     Coordinator,
@@ -214,10 +214,12 @@ def _drive(coord: Coordinator, steps: int, now: float, queue: List[Job]) -> floa
     return now
 
 
-@pytest.mark.parametrize("name", ["ftte", "fedasync", "fedavg"])
-def test_checkpoint_then_restore_equals_uninterrupted(tmp_path: Path, name: str) -> None:
-    a = _coord(name=name, k=3, c=5)
-    b = _coord(name=name, k=3, c=5)
+@pytest.mark.parametrize("name,opt", [("ftte", "none"), ("fedasync", "none"), ("fedavg", "none"),
+                                      ("ftte", "adam"), ("fedbuff", "momentum")])
+def test_checkpoint_then_restore_equals_uninterrupted(tmp_path: Path, name: str, opt: str) -> None:
+    server_opt = ServerOptimizerConfig(kind=opt)
+    a = _coord(name=name, k=3, c=5, server_optimizer=server_opt)
+    b = _coord(name=name, k=3, c=5, server_optimizer=server_opt)
     qa: List[Job] = []
     qb: List[Job] = []
     ta = _drive(a, 40, 0.0, qa)

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftte_cli.config.recipe import DataConfig, ModelConfig
+from ftte_cli.config.recipe import DataConfig, InitConfig, ModelConfig
 from ftte_cli.engine.data import ClientData, Dataset, FederatedData, load_federated, synthetic_har
 from ftte_cli.engine.data.dataset import channel_stats, standardize
 from ftte_cli.engine.data.loaders import (
@@ -55,7 +55,8 @@ def test_synthetic_generates_10k_windows_in_under_5s() -> None:
 def test_synthetic_static_postures_differ_by_gravity() -> None:
     x, y, _ = synthetic_har.generate(3000, 30, seed=1)
     gravity = x[:, 6:9].mean(2)  # mean total acceleration, (N, 3), in g
-    assert torch.allclose(gravity.norm(dim=1), torch.ones(len(y)), atol=0.1)
+    norm = gravity.norm(dim=1)  # 1 g, up to each person's sensor gain and bias
+    assert abs(float(norm.mean()) - 1) < 0.05 and float((norm - 1).abs().max()) < 0.45
     means = {a: gravity[y == i].mean(0) for i, a in enumerate(synthetic_har.ACTIVITIES)}
     angle = lambda a, b: torch.arccos(torch.dot(means[a], means[b]) /  # noqa: E731
                                       (means[a].norm() * means[b].norm())).item()
@@ -66,8 +67,11 @@ def test_synthetic_static_postures_differ_by_gravity() -> None:
 
 
 def _split(seed: int) -> tuple[Dataset, Dataset]:
-    x, y, _ = synthetic_har.generate(10_000, 30, seed=seed)
-    train, test = Dataset(x[:8000], y[:8000]), Dataset(x[8000:], y[8000:])
+    """Training subjects and the unseen test subjects, as UCI HAR splits them."""
+    x, y, g = synthetic_har.generate(10_000, 30, seed=seed)
+    held = torch.isin(g, synthetic_har.split_subjects(30, seed))
+    assert 0.2 < float(held.float().mean()) < 0.4  # about 9 of 30 people
+    train, test = Dataset(x[~held], y[~held]), Dataset(x[held], y[held])
     mean, std = channel_stats(train.x)
     return standardize(train, mean, std), standardize(test, mean, std)
 
@@ -77,11 +81,12 @@ def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def test_har_cnn_learns_synthetic_har_and_a_linear_model_does_not() -> None:
+    """On unseen people a CNN reaches UCI HAR's published range; a linear model cannot."""
     train, test = _split(seed=1)
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="har_cnn"), (9, 128), 6)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(2):  # about 98% after two epochs, 99% after three
+    for _ in range(4):  # docs/synthetic_har.md: about 0.9 on unseen subjects
         for idx in torch.randperm(len(train)).split(64):
             loss = torch.nn.functional.cross_entropy(model(train.x[idx]), train.y[idx])
             opt.zero_grad()
@@ -105,8 +110,8 @@ def test_har_cnn_learns_synthetic_har_and_a_linear_model_does_not() -> None:
     lbfgs.step(closure)
     with torch.no_grad():
         linear = _accuracy(test.x.flatten(1) @ w + b, test.y)
-    assert cnn >= 0.9, f"har_cnn test accuracy {cnn:.3f}"
-    assert linear < 0.8, f"linear test accuracy {linear:.3f}"
+    assert 0.85 <= cnn <= 0.97, f"har_cnn test accuracy {cnn:.3f}"
+    assert linear < 0.7, f"linear test accuracy {linear:.3f}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,10 +389,39 @@ def test_federated_is_deterministic_and_standardised() -> None:
 
 
 def test_federated_by_subject_is_non_iid() -> None:
-    fed = load_federated(DataConfig(windows=3000, subjects=30), 10, seed=1)
+    fed = load_federated(DataConfig(windows=3000, subjects=30), 7, seed=1)
     subjects = [set(c.train.groups.tolist()) for c in fed.clients if c.train.groups is not None]
-    assert len(subjects) == 10 and all(len(s) == 3 for s in subjects)
-    assert set().union(*subjects) == set(range(30))
+    assert len(subjects) == 7 and all(len(s) == 3 for s in subjects)  # 21 training subjects
+    held = set(synthetic_har.split_subjects(30, 1).tolist())
+    assert len(held) == 9 and set().union(*subjects) == set(range(30)) - held
+
+
+def test_synthetic_har_tests_on_people_who_never_train() -> None:
+    fed = load_federated(DataConfig(windows=3000, subjects=30), 5, seed=2)
+    train = set().union(*(set(c.train.groups.tolist()) for c in fed.clients))
+    assert fed.test.groups is not None and len(fed.test) > 700
+    assert train.isdisjoint(fed.test.groups.tolist())
+    assert fed.public is None  # no warm start asked for
+
+
+def test_pretrain_brings_public_data_from_another_population() -> None:
+    init = InitConfig(method="pretrain", public_windows=600, public_subjects=6)
+    fed = load_federated(DataConfig(windows=1200, subjects=10), 3, seed=2, init=init)
+    assert fed.public is not None and len(fed.public) == 600
+    plain = load_federated(DataConfig(windows=1200, subjects=10), 3, seed=2)
+    assert all(torch.equal(a.train.x, b.train.x) for a, b in zip(fed.clients, plain.clients))
+
+
+def test_pretrain_holds_out_public_subjects_of_a_real_dataset(tmp_path: Path) -> None:
+    _write_uci(tmp_path, {"train": 90, "test": 12})
+    cfg = DataConfig(dataset="uci_har", path=tmp_path, partition="iid", proxy_fraction=0.1)
+    init = InitConfig(method="pretrain", public_fraction=0.34)
+    fed = load_federated(cfg, 2, seed=1, init=init)
+    assert fed.public is not None and fed.public.groups is not None
+    public = set(fed.public.groups.tolist())
+    assert len(public) == 1  # one of the three subjects
+    for client in fed.clients:
+        assert public.isdisjoint(client.train.groups.tolist())
 
 
 def test_federated_uses_a_shipped_test_split(tmp_path: Path) -> None:

@@ -9,13 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftte_cli.config.recipe import Recipe, SimConfig, load_recipe
+from ftte_cli.config.recipe import Recipe, ServerOptimizerConfig, SimConfig, load_recipe
 from ftte_cli.engine.plan import FROZEN, FULL, MaskKind, ParamMask, build_plan
+from ftte_cli.engine.runtime_cost import STEP_OVERHEAD_BYTES, TORCH_RUNTIME_BYTES
 from ftte_cli.errors import ConfigError
 from ftte_cli.sim.clock import VirtualClock
 from ftte_cli.sim.devices import (
+    DEFAULT_MIX,
+    DEVICE_CLASSES,
     ComputeCost,
     DeviceModel,
+    apportion,
     compute_cost,
     job_seconds,
     load_profiles,
@@ -80,7 +84,7 @@ def test_sparse_plan_costs_less_backward() -> None:
 
 
 def test_fleet_draws_and_stragglers_are_seeded() -> None:
-    cfg = SimConfig(clients=20)
+    cfg = SimConfig(clients=20, memory_mb=(64.0, 512.0))
     a, b = make_fleet(cfg, 20, seed=1), make_fleet(cfg, 20, seed=1)
     assert a == b and a != make_fleet(cfg, 20, seed=2)
     assert all(64 * 2**20 <= d.memory_bytes <= 512 * 2**20 for d in a)
@@ -88,6 +92,26 @@ def test_fleet_draws_and_stragglers_are_seeded() -> None:
     assert sum(d.straggler for d in slow) == 18
     assert all(5.0 <= d.slowdown <= 20.0 for d in slow if d.straggler)
     assert slow == with_stragglers(a, 0.9, (5.0, 20.0), seed=1)
+
+
+def test_default_fleet_is_realistic_device_classes_with_the_runtime_subtracted() -> None:
+    fleet = make_fleet(SimConfig(), 40, seed=3, margin_bytes=4 * 2**20)
+    counts = {name: sum(d.device_class == name for d in fleet) for name in DEFAULT_MIX}
+    assert counts == {"pi-zero-2w": 8, "pi-3b": 6, "pi-4-2gb": 6, "pi-4-4gb": 4,
+                      "jetson-nano-4gb": 4, "phone-2gb": 6, "phone-4gb": 6}
+    zero = DEVICE_CLASSES["pi-zero-2w"]
+    # M_i = 330 MiB free - 260 MiB torch - 50 MiB step overhead - 4 MiB margin = 16 MiB
+    assert zero.ram_mb == 512 and zero.usable_bytes(4 * 2**20) == 16 * 2**20
+    assert TORCH_RUNTIME_BYTES + STEP_OVERHEAD_BYTES == 310 * 2**20
+    assert min(d.memory_bytes for d in fleet) == 16 * 2**20
+    assert all(d.memory_bytes == DEVICE_CLASSES[d.device_class].usable_bytes(4 * 2**20)
+               for d in fleet if d.device_class)
+    assert [d.device_class for d in fleet] != [d.device_class for d in make_fleet(
+        SimConfig(), 40, seed=4, margin_bytes=4 * 2**20)]  # shuffled by the seed
+    # every class with a share >= 1/N is present, even in a small fleet
+    assert sorted(apportion(DEFAULT_MIX, 4)) == ["phone-2gb", "pi-3b", "pi-4-2gb", "pi-zero-2w"]
+    with pytest.raises(ConfigError, match="sim.devices: unknown device class 'pi9'"):
+        make_fleet(SimConfig(devices={"pi9": 1.0}), 4, seed=1)
 
 
 def test_profiles_are_cycled_and_checked(tmp_path: Path) -> None:
@@ -121,6 +145,17 @@ def test_same_seed_gives_identical_results(tmp_path: Path) -> None:
     assert _fingerprint(other) != _fingerprint(first)
 
 
+def test_server_optimizer_runs_are_bit_identical_per_seed(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    adam = replace(recipe, strategy=replace(
+        recipe.strategy, server_optimizer=ServerOptimizerConfig(kind="adam", lr=0.005)))
+    settings = SimSettings(recipe=adam, strategies=("ftte", "fedbuff"), stop_at_target=False)
+    first, second = simulate(settings), simulate(settings)
+    assert _fingerprint(first) == _fingerprint(second)
+    plain = simulate(replace(settings, recipe=recipe))
+    assert _fingerprint(plain) != _fingerprint(first)  # the optimiser changed the trajectory
+
+
 def test_ftte_sparse_plan_moves_fewer_bytes_and_trains_in_virtual_time(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path, budget="null")
     world = prepare(SimSettings(recipe=recipe, budget_fraction=0.6, stop_at_target=False))
@@ -146,3 +181,10 @@ def test_strict_baseline_memory_excludes_small_clients(tmp_path: Path) -> None:
     assert 0 < expect < len(world.fleet)
     result = run_strategy(world, "fedavg")
     assert result.excluded == expect and result.clients == len(world.fleet) - expect
+    assert sorted(r.device for r in result.excluded_clients) == sorted(
+        d.name for d in world.fleet if d.memory_bytes < full)  # type: ignore[operator]
+    # strict exclusion is FedAvg's alone: the asynchronous baselines keep every client and
+    # list the ones full training overflows
+    fedbuff = run_strategy(world, "fedbuff")
+    assert fedbuff.excluded == 0 and fedbuff.clients == len(world.fleet)
+    assert len(fedbuff.over_memory) == expect

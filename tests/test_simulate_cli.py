@@ -42,6 +42,11 @@ def test_json_summary_and_run_directory(tmp_path: Path) -> None:
     assert json.loads((out / "summary.json").read_text())["strategies"][1]["strategy"] == "fedavg"
     lines = read_jsonl(out / "fedbuff" / "metrics.jsonl")
     assert lines[0]["version"] == 0 and lines[-1]["version"] == 6
+    # per strategy: the plan's share, memory vs full training, ratios against FedAvg
+    assert fedbuff["trainable_fraction"] == 1.0 and fedbuff["memory_vs_full"] == 1.0
+    assert fedbuff["vs_fedavg"]["memory_per_device"] == 1.0
+    assert doc["strategies"][1]["vs_fedavg"]["memory_per_device"] == 1.0
+    assert sum(doc["fleet"].values()) == 6 and "pi-zero-2w" in doc["fleet"]
     assert [ln["time"] for ln in lines] == sorted(ln["time"] for ln in lines)
 
 
@@ -54,6 +59,9 @@ def test_table_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert any("to target" in ln and "payload" in ln and "stale" in ln for ln in lines)
     row = next(ln for ln in lines if "fedasync" in ln).split("│")
     assert "MiB" in row[5] and row[2].strip() == "-"  # tiny recipe: target 0.99 out of reach
+    plan = [c.strip() for c in [ln for ln in lines if "fedasync" in ln][1].split("│")[1:-1]]
+    # dense plan, nobody left out, no FedAvg in this run: no ratios
+    assert plan == ["fedasync", "100.0%", "1.00x", "0", "-", "-", "-"]
     assert f"run directory: {tmp_path / 'r'}" in res.stdout
 
 
@@ -101,3 +109,29 @@ def test_fleet_profiles_replay(tmp_path: Path) -> None:
     res = runner.invoke(app, ["simulate", "--recipe", str(_recipe(tmp_path)), "--fleet", str(bad),
                               "--out", str(out), "--format", "json"])
     assert res.exit_code == ExitCode.USAGE and "bad.json" in json.loads(res.stdout)["error"]
+
+
+def test_strict_fedavg_names_the_clients_it_left_out(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(simulate_cmd, "console", Console(width=200, no_color=True))
+    path = tmp_path / "small.yaml"
+    text = TINY % ("1GB", 0.0)
+    path.write_text(text.replace("return_after: 5}", "return_after: 5, memory_mb: [0.5, 5]}"))
+    args = ["simulate", "--recipe", str(path), "--clients", "6", "--strategies",
+            "fedbuff,fedavg", "--until", "limit", "--out", str(tmp_path / "r")]
+    res = runner.invoke(app, [*args, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    fedbuff, fedavg = doc["strategies"]
+    full = doc["full_training_bytes"]
+    assert fedbuff["excluded"] == [] and fedavg["excluded"]
+    assert fedavg["excluded_clients"] == len(fedavg["excluded"]) == len(fedbuff["over_memory"])
+    assert all(c["memory_bytes"] < full and c["device_class"] for c in fedavg["excluded"])
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    note = next(ln for ln in res.stdout.splitlines() if ln.startswith("note: fedavg"))
+    assert note.startswith(f"note: fedavg: {len(fedavg['excluded'])} clients")
+    assert "left out" in note and f"{fedavg['excluded'][0]['device_class']} (" in note
+    kept = next(ln for ln in res.stdout.splitlines() if ln.startswith("note: fedbuff"))
+    assert f"{len(fedbuff['over_memory'])} clients train although" in kept
+    assert any(ln.startswith("fleet: ") for ln in res.stdout.splitlines())

@@ -88,13 +88,79 @@ def test_ftte_steps_once_per_k_with_hand_computed_result() -> None:
     assert torch.allclose(new["w"], torch.full((2,), expect))
 
 
-def test_fedbuff_is_dense_and_age_only() -> None:
+def test_fedbuff_is_dense_age_only_and_divides_by_k_as_published() -> None:
     strat = STRATEGIES["fedbuff"](StrategyConfig(name="fedbuff", buffer_size=2))
     assert strat.dense and not strat.synchronous
     strat.ingest(_arrival(1, 1.0, n=10, tau=0, v=100.0), {"w": torch.zeros(2)})
     new = strat.ingest(_arrival(2, 4.0, n=30, tau=3, v=0.0), {"w": torch.zeros(2)})
     assert new is not None
-    assert torch.allclose(new["w"], torch.full((2,), (0.5 * 1 + 0.75 * 4) / 1.25))
+    # Nguyen et al. 2022, Alg. 1: (1/K) sum s(tau_i) delta_i = (1 * 1 + 0.5 * 4) / 2; n_i and
+    # v_i play no part (the old sum-of-weights normaliser gave (1 + 2) / 1.5 = 2.0)
+    assert torch.allclose(new["w"], torch.full((2,), 1.5))
+
+
+def test_fedbuff_staleness_shrinks_the_step_and_sample_weights_are_an_option() -> None:
+    cur = {"w": torch.zeros(2)}
+    strat = make_strategy(StrategyConfig(name="fedbuff", buffer_size=2, server_lr=0.5))
+    strat.ingest(_arrival(1, 2.0, tau=3), cur)
+    new = strat.ingest(_arrival(2, 2.0, tau=3), cur)
+    # both 3 versions old: 0.5 * (0.5 * 2 + 0.5 * 2) / 2 = 0.5, half the fresh step
+    assert new is not None and torch.allclose(new["w"], torch.full((2,), 0.5))
+    weighted = make_strategy(StrategyConfig(name="fedbuff", buffer_size=2,
+                                            fedbuff_sample_weights=True))
+    weighted.ingest(_arrival(1, 1.0, n=10, tau=0), cur)
+    new = weighted.ingest(_arrival(2, 4.0, n=30, tau=3), cur)
+    # shares (0.5, 1.5): (0.5 * 1 * 1 + 1.5 * 0.5 * 4) / 2
+    assert new is not None and torch.allclose(new["w"], torch.full((2,), 1.75))
+    # FTTE's staleness setting is not FedBuff's
+    other = make_strategy(StrategyConfig(name="fedbuff", buffer_size=2,
+                                         staleness_weight=StalenessConfig(kind="constant")))
+    other.ingest(_arrival(1, 1.0, tau=0), cur)
+    new = other.ingest(_arrival(2, 4.0, tau=3), cur)
+    assert new is not None and torch.allclose(new["w"], torch.full((2,), 1.5))
+
+
+def test_baseline_weight_formulas_against_hand_values() -> None:
+    s = weights.polynomial
+    assert weights.fedbuff_weights([10, 30], [0, 3], s) == pytest.approx([1.0, 0.5])
+    assert weights.fedbuff_weights([10, 30], [0, 3], s, sample_weights=True) == \
+        pytest.approx([0.5, 0.75])
+    assert weights.fedasync_rate(0.6, 3, s) == pytest.approx(0.3)
+    hinge = weights.staleness_fn(StalenessConfig(kind="hinge"))  # published a = 10, b = 4
+    assert StalenessConfig(kind="hinge").exponent == 10.0
+    assert StalenessConfig().exponent == 0.5
+    assert weights.fedasync_rate(0.6, 4, hinge) == pytest.approx(0.6)
+    assert weights.fedasync_rate(0.6, 6, hinge) == pytest.approx(0.6 / 21)
+
+
+def test_buffer_mean_divides_by_k_not_by_the_weights() -> None:
+    d1 = {"w": torch.tensor([1.0, 2.0])}
+    d2 = {"w": torch.tensor([3.0, 6.0])}
+    out = aggregate.buffer_mean([(d1, 1.0), (d2, 0.5)], 4)
+    assert torch.allclose(out["w"], torch.tensor([(1 + 1.5) / 4, (2 + 3) / 4]))
+    with pytest.raises(ValueError):
+        aggregate.buffer_mean([], 2)
+    with pytest.raises(ValueError):
+        aggregate.buffer_mean([(d1, 1.0)], 0)
+
+
+def test_ftte_normalizer_buffer_divides_by_k() -> None:
+    cfg = StrategyConfig(name="ftte", buffer_size=2, normalizer="buffer")
+    strat = make_strategy(cfg)
+    cur = {"w": torch.zeros(2)}
+    strat.ingest(_arrival(1, 1.0, n=10, tau=0, v=1.0), cur)
+    new = strat.ingest(_arrival(2, 4.0, n=30, tau=3, v=3.0), cur)
+    a1, a2 = 0.5 * (2 / 3), 1.5 * 0.5 * 0.4
+    assert new is not None and torch.allclose(new["w"], torch.full((2,), (a1 + a2 * 4) / 2))
+
+
+def test_fedavg_ignores_the_normalizer_option() -> None:
+    strat = make_strategy(StrategyConfig(name="fedavg", normalizer="buffer"))
+    cur = {"w": torch.zeros(2)}
+    strat.begin_round(2)
+    strat.ingest(_arrival(1, 1.0, n=10), cur)
+    out = strat.ingest(_arrival(2, 4.0, n=30), cur)
+    assert out is not None and torch.allclose(out["w"], torch.full((2,), (10 + 120) / 40))
 
 
 def test_fedasync_mixes_toward_client_model() -> None:
@@ -106,6 +172,22 @@ def test_fedasync_mixes_toward_client_model() -> None:
     # tau 0: a = 0.6
     new = strat.ingest(_arrival(2, 3.0, tau=0, base=1.0), cur)
     assert new is not None and torch.allclose(new["w"], torch.full((2,), 0.4 * 2.0 + 0.6 * 4.0))
+
+
+def test_fedasync_uses_its_own_staleness_never_ftte_s() -> None:
+    cur = {"w": torch.full((2,), 2.0)}
+    # FTTE's s_age constant must not reach FedAsync: tau 3 still gives a = 0.6 / sqrt(4)
+    strat = make_strategy(StrategyConfig(name="fedasync",
+                                         staleness_weight=StalenessConfig(kind="constant")))
+    new = strat.ingest(_arrival(1, 3.0, tau=3, base=1.0), cur)
+    assert new is not None and torch.allclose(new["w"], torch.full((2,), 0.7 * 2.0 + 0.3 * 4.0))
+    # hinge chosen: a = 10, b = 4 by default; tau 6 -> a_t = 0.6 / 21
+    hinge = make_strategy(StrategyConfig(name="fedasync",
+                                         fedasync_staleness=StalenessConfig(kind="hinge")))
+    new = hinge.ingest(_arrival(1, 3.0, tau=6, base=1.0), cur)
+    rate = 0.6 / 21
+    assert new is not None and torch.allclose(new["w"],
+                                              torch.full((2,), (1 - rate) * 2.0 + rate * 4.0))
 
 
 def test_fedavg_equals_sample_weighted_mean_of_client_models() -> None:

@@ -227,6 +227,9 @@ def read_power() -> Dict[str, Any]:
 CLASS_WATTS_PER_CPU = {
     "pi-zero-2": 0.6, "pi-zero": 0.4, "pi": 0.9, "pi3": 0.8, "pi4": 0.9, "pi5": 1.5,
     "jetson-nano": 1.2, "jetson": 1.5, "phone": 1.0, "laptop": 5.0,
+    # the simulator's device classes (sim/devices.py DEVICE_CLASSES)
+    "pi-zero-2w": 0.6, "pi-3b": 0.8, "pi-4-2gb": 0.9, "pi-4-4gb": 0.9,
+    "jetson-nano-4gb": 1.2, "phone-2gb": 0.8, "phone-4gb": 1.0,
 }
 DEFAULT_WATTS_PER_CPU = 2.0
 

@@ -34,6 +34,7 @@ TensorboardOpt = Annotated[
 def report(run_dir: RunDirArg = None, compare: CompareOpt = None,
            tensorboard: TensorboardOpt = None, fmt: FormatOpt = Format.table) -> None:
     """Plot accuracy, staleness and per-device figures of a run and summarise it."""
+    from ftte_cli.startmodel import describe_start
     from ftte_cli.ui.report import compare_table, device_tables, summary_table
 
     with handle_errors(fmt):
@@ -50,11 +51,13 @@ def report(run_dir: RunDirArg = None, compare: CompareOpt = None,
         boards = [] if tensorboard is None else api.export_tensorboard(run_dir, tensorboard)
     if fmt == Format.json:
         print_json({"run_dir": str(rep.run.path), "kind": rep.run.kind,
-                    "target": rep.run.target, "rows": rep.rows,
+                    "target": rep.run.target, "init": rep.run.init, "rows": rep.rows,
                     "plots": [str(p) for p in rep.plots],
                     "tensorboard": [str(b) for b in boards]})
         return
     console.print(summary_table(rep.run, rep.rows))
+    if rep.run.init:
+        console.print(describe_start(rep.run.init), highlight=False)
     for devices in device_tables(rep.run):
         console.print(devices)
     console.print("plots: " + ", ".join(str(p) for p in rep.plots), highlight=False,

@@ -20,7 +20,15 @@ from ftte_cli.commands.report import TensorboardOpt
 from ftte_cli.config.recipe import load_recipe
 from ftte_cli.errors import ConfigError
 from ftte_cli.output import Format, console, err_console, handle_errors, print_json, table
-from ftte_cli.sim.rundir import COLUMNS, summary_doc, table_rows
+from ftte_cli.sim.rundir import (
+    COLUMNS,
+    PLAN_COLUMNS,
+    excluded_note,
+    over_memory_note,
+    plan_rows,
+    summary_doc,
+    table_rows,
+)
 from ftte_cli.store import new_run_dir
 
 
@@ -129,11 +137,16 @@ def simulate(
                  f"{result.seed}: virtual time and bytes (down + up) to accuracy "
                  f"{result.target_accuracy:.2f}; memory = training memory per device")
         console.print(table(title, COLUMNS, table_rows(doc)))
+        console.print(table("Plans (trained share, memory vs full training, clients left out) "
+                            "and time, memory, payload to target / FedAvg's", PLAN_COLUMNS,
+                            plan_rows(doc)))
         for s in doc["strategies"]:
-            if s["excluded_clients"]:
-                console.print(f"note: {s['strategy']}: {s['excluded_clients']} clients cannot "
-                              "hold full training and were left out (baseline_memory strict)",
-                              highlight=False)
+            for line in (excluded_note(s), over_memory_note(s)):
+                if line:
+                    console.print(f"note: {line}", highlight=False)
+        if doc["fleet"]:
+            console.print("fleet: " + ", ".join(f"{n} {k}" for k, n in doc["fleet"].items()),
+                          highlight=False)
         for note in result.notes:
             console.print(f"note: {note}", highlight=False)
         console.print(f"run directory: {folder}", highlight=False)

@@ -17,7 +17,10 @@ DATASETS = ("synthetic_har", "uci_har", "npz", "digits", "cifar10")
 PARTITIONS = ("iid", "dirichlet", "by_group", "quantity")
 STRATEGIES = ("ftte", "fedbuff", "fedasync", "fedavg")
 STALENESS_FORMS = ("polynomial", "constant", "hinge")
+NORMALIZERS = ("weights", "buffer")
+SERVER_OPTIMIZERS = ("none", "momentum", "adam")
 PLAN_METHODS = ("contribution", "gradnorm")
+INIT_METHODS = ("random", "checkpoint", "pretrain")
 
 
 def _check(cond: bool, where: str, key: str, message: str) -> None:
@@ -55,6 +58,36 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class InitConfig:
+    """The model federation starts from (FTTE.md section 5b).
+
+    `random`: seeded by the recipe. `checkpoint`: a safetensors file of the model's parameters.
+    `pretrain`: trained on the server's public data before federation (for synthetic_har the
+    `lab` population; otherwise `public_fraction` of the training subjects or samples, kept out
+    of the federation), computed once and cached, the same for every strategy.
+    """
+
+    method: str = "random"  # one of INIT_METHODS
+    checkpoint: Optional[Path] = None  # method checkpoint: a .safetensors file
+    epochs: int = 3  # pretrain: passes over the public data
+    lr: float = 0.003  # pretrain: Adam learning rate (the server can afford a robust optimiser)
+    batch_size: int = 64  # pretrain
+    public_windows: int = 6000  # synthetic_har: windows drawn from the public population
+    public_subjects: int = 20  # synthetic_har: people in the public population
+    public_fraction: float = 0.2  # other datasets: share of training subjects/samples held out
+
+    def validate(self, where: str) -> None:
+        _check(self.method in INIT_METHODS, where, "method",
+               f"must be one of {', '.join(INIT_METHODS)}")
+        _check(self.method != "checkpoint" or self.checkpoint is not None, where, "checkpoint",
+               "required for method checkpoint")
+        for key in ("epochs", "batch_size", "public_windows", "public_subjects"):
+            _check(getattr(self, key) > 0, where, key, "must be > 0")
+        _check(self.lr > 0, where, "lr", "must be > 0")
+        _check(0 < self.public_fraction < 1, where, "public_fraction", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A registered model and its size knobs."""
 
@@ -87,17 +120,60 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class StalenessConfig:
-    """s_age(tau): polynomial (1+tau)^-a, constant 1, or hinge(a, b) as in FedAsync."""
+    """s_age(tau): polynomial (1+tau)^-a, constant 1, or hinge(a, b) as in FedAsync.
+
+    `a` left out takes the form's published default: 0.5 for polynomial (FedBuff's
+    1/sqrt(1+tau)), 10 for hinge (Xie et al. 2019, with b = 4).
+    """
 
     kind: str = "polynomial"
-    a: float = 0.5
+    a: Optional[float] = None  # None: polynomial 0.5, hinge 10
     b: float = 4.0
+
+    @property
+    def exponent(self) -> float:
+        """`a` as given, else the form's published default."""
+        if self.a is not None:
+            return self.a
+        return 10.0 if self.kind == "hinge" else 0.5
 
     def validate(self, where: str) -> None:
         _check(self.kind in STALENESS_FORMS, where, "kind",
                f"must be one of {', '.join(STALENESS_FORMS)}")
-        _check(self.a >= 0, where, "a", "must be >= 0")
+        _check(self.a is None or self.a >= 0, where, "a", "must be >= 0")
         _check(self.b >= 0, where, "b", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ServerOptimizerConfig:
+    """The step the server takes with the aggregated pseudo-gradient, for every strategy.
+
+    none: w + eta_g * d (the plain step). momentum (FedAvgM, Hsu et al. 2019): m = momentum * m
+    + d, w + lr * m. adam (FedAdam, Reddi et al. 2021): m = beta1 m + (1 - beta1) d, v = beta2 v
+    + (1 - beta2) d^2, w + lr * m / (sqrt(v) + tau). `lr` left out: strategy.server_lr for none
+    and momentum, 0.01 for adam (an adaptive step of 1 per coordinate would diverge).
+    """
+
+    kind: str = "none"  # one of SERVER_OPTIMIZERS
+    lr: Optional[float] = None
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+    def step_size(self, server_lr: float) -> float:
+        """The learning rate the optimiser steps with."""
+        if self.lr is not None:
+            return self.lr
+        return 0.01 if self.kind == "adam" else server_lr
+
+    def validate(self, where: str) -> None:
+        _check(self.kind in SERVER_OPTIMIZERS, where, "kind",
+               f"must be one of {', '.join(SERVER_OPTIMIZERS)}")
+        _check(self.lr is None or self.lr > 0, where, "lr", "must be > 0")
+        for key in ("momentum", "beta1", "beta2"):
+            _check(0 <= getattr(self, key) < 1, where, key, "must be in [0, 1)")
+        _check(self.tau > 0, where, "tau", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -108,12 +184,19 @@ class StrategyConfig:
     buffer_size: int = 10  # K
     max_concurrency: int = 20  # C
     max_staleness: Optional[int] = None  # tau_max; None = no bound
-    staleness_weight: StalenessConfig = field(default_factory=StalenessConfig)
+    staleness_weight: StalenessConfig = field(default_factory=StalenessConfig)  # FTTE's s_age
     variance_beta: float = 1.0  # beta of s_var; 0 = FedBuff-style age-only weighting
     server_lr: float = 1.0  # eta_g
+    # weights: divide by sum(alpha_i) (FTTE); buffer: by K (FedBuff); None: the strategy's own
+    normalizer: Optional[str] = None
+    server_optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
+    fedbuff_staleness: StalenessConfig = field(default_factory=StalenessConfig)  # s(tau)
+    fedbuff_sample_weights: bool = False  # FedBuff: also weight by n_i / n_mean
     fedasync_alpha: float = 0.6
+    fedasync_staleness: StalenessConfig = field(default_factory=StalenessConfig)  # s(tau)
     fedavg_clients: Optional[int] = None  # m per round; None = all reachable
-    baseline_memory: str = "strict"  # strict: exclude devices that cannot hold full training
+    baseline_memory: str = "strict"  # strict: FedAvg leaves out devices that cannot hold full
+    # training (FedAvg only: the asynchronous baselines keep every device)
 
     def validate(self, where: str) -> None:
         _check(self.name in STRATEGIES, where, "name", f"must be one of {', '.join(STRATEGIES)}")
@@ -125,6 +208,8 @@ class StrategyConfig:
                "must be >= 0")
         _check(self.variance_beta >= 0, where, "variance_beta", "must be >= 0")
         _check(self.server_lr > 0, where, "server_lr", "must be > 0")
+        _check(self.normalizer is None or self.normalizer in NORMALIZERS, where, "normalizer",
+               f"must be one of {', '.join(NORMALIZERS)}")
         _check(0 < self.fedasync_alpha <= 1, where, "fedasync_alpha", "must be in (0, 1]")
         _check(self.baseline_memory in ("strict", "lenient"), where, "baseline_memory",
                "must be strict or lenient")
@@ -171,10 +256,13 @@ class SimConfig:
     clients: int = 100
     stragglers: float = 0.0  # fraction p of clients slowed down
     slowdown: tuple[float, ...] = (5.0, 20.0)  # U(lo, hi) factor for stragglers
-    device_gflops: tuple[float, ...] = (2.0, 8.0)  # U(lo, hi) effective GFLOP/s per client
-    bandwidth_mbps: tuple[float, ...] = (5.0, 50.0)  # U(lo, hi) megabit/s
-    latency_ms: tuple[float, ...] = (20.0, 100.0)  # U(lo, hi)
-    memory_mb: tuple[float, ...] = (64.0, 512.0)  # U(lo, hi) usable training memory
+    # device class -> share of the clients (sim/devices.py DEVICE_CLASSES); None: DEFAULT_MIX
+    devices: Optional[dict[str, float]] = None
+    # each range below, when given, replaces the classes' figure by U(lo, hi) for every client
+    device_gflops: Optional[tuple[float, ...]] = None  # effective GFLOP/s per client
+    bandwidth_mbps: Optional[tuple[float, ...]] = None  # megabit/s
+    latency_ms: Optional[tuple[float, ...]] = None
+    memory_mb: Optional[tuple[float, ...]] = None  # usable training memory M_i
     dropout_rate: float = 0.0  # per job, chance a client goes offline
     return_after: float = 60.0  # mean virtual seconds before a dropped client returns
 
@@ -183,8 +271,12 @@ class SimConfig:
         _check(0 <= self.stragglers <= 1, where, "stragglers", "must be in [0, 1]")
         for key in ("slowdown", "device_gflops", "bandwidth_mbps", "latency_ms", "memory_mb"):
             pair = getattr(self, key)
-            _check(len(pair) == 2 and 0 <= pair[0] <= pair[1], where, key,
+            _check(pair is None or (len(pair) == 2 and 0 <= pair[0] <= pair[1]), where, key,
                    "must be [low, high] with 0 <= low <= high")
+        _check(self.devices is None or (bool(self.devices) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+            for v in self.devices.values())), where, "devices",
+            "must map device classes to shares > 0")
         _check(0 <= self.dropout_rate < 1, where, "dropout_rate", "must be in [0, 1)")
 
 
@@ -221,6 +313,7 @@ class Recipe:
     seed: int = 1
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
@@ -248,11 +341,26 @@ def load_recipe(path: Union[str, Path]) -> Recipe:
     raw = load_yaml(path)
     if isinstance(raw, dict) and "source" in raw:
         raise ConfigError(f"{path}: source: unknown key")
+    if isinstance(raw, dict) and isinstance(raw.get("init"), str):
+        raw = {**raw, "init": _init_shorthand(raw["init"])}
     recipe = build(Recipe, raw, f"{path}:")
-    data_path = recipe.data.path
-    if data_path is not None and not data_path.is_absolute():
-        data_path = (path.parent / data_path).resolve()
-    return replace(recipe, source=path, data=replace(recipe.data, path=data_path))
+    return replace(recipe, source=path,
+                   data=replace(recipe.data, path=_beside(path, recipe.data.path)),
+                   init=replace(recipe.init, checkpoint=_beside(path, recipe.init.checkpoint)))
+
+
+def _beside(recipe_path: Path, path: Optional[Path]) -> Optional[Path]:
+    """A path from the recipe, resolved against the recipe's folder when relative."""
+    if path is None or path.is_absolute():
+        return path
+    return (recipe_path.parent / path).resolve()
+
+
+def _init_shorthand(value: str) -> dict[str, Any]:
+    """`init: pretrain`, `init: random` or `init: path/to/model.safetensors`."""
+    if value in INIT_METHODS:
+        return {"method": value}
+    return {"method": "checkpoint", "checkpoint": value}
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

@@ -452,11 +452,9 @@ def plan_for_recipe(recipe: Recipe, budget_bytes: int,
                     num_clients: Optional[int] = None) -> Selection:
     """Load the recipe's data and initial model (seeded by the recipe) and select its plan."""
     from ftte_cli.engine.data import load_federated
-    from ftte_cli.engine.models import build_model
+    from ftte_cli.startmodel import initial_model
 
     clients = num_clients or recipe.data.clients or recipe.sim.clients
-    data = load_federated(recipe.data, clients, recipe.seed)
-    with torch.random.fork_rng(devices=[]):  # the same bytes as every other initial model
-        torch.manual_seed(recipe.seed)
-        model = build_model(recipe.model, data.input_shape, data.num_classes)
+    data = load_federated(recipe.data, clients, recipe.seed, recipe.init)
+    model = initial_model(recipe, data.input_shape, data.num_classes, data)
     return select(model, recipe, data, budget_bytes, data.input_shape, data.num_classes)

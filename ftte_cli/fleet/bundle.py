@@ -65,23 +65,18 @@ def bundles_dir(recipe_name: str, root: Path = DEFAULT_ROOT) -> Path:
     return root / "bundles" / recipe_name
 
 
-def initial_model(recipe: Recipe, input_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """The run's initial model, seeded by the recipe alone (global RNG state untouched).
+def initial_model(recipe: Recipe, input_shape: Sequence[int], num_classes: int,
+                  fed: Optional[FederatedData] = None) -> nn.Module:
+    """The run's initial model (`startmodel.start_model`: `fed` is needed for a warm start)."""
+    from ftte_cli.startmodel import initial_model as _initial
 
-    Everything that needs the run's starting point (plan selection, bundles, the server) builds
-    it here, so the devices' frozen weights and the server's model are the same bytes.
-    """
-    from ftte_cli.engine.models import build_model
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.seed)
-        return build_model(recipe.model, tuple(input_shape), num_classes)
+    return _initial(recipe, input_shape, num_classes, fed)
 
 
-def initial_params(recipe: Recipe, input_shape: Sequence[int], num_classes: int
-                   ) -> dict[str, torch.Tensor]:
+def initial_params(recipe: Recipe, input_shape: Sequence[int], num_classes: int,
+                   fed: Optional[FederatedData] = None) -> dict[str, torch.Tensor]:
     """`initial_model`'s parameters as contiguous tensors (what model.safetensors holds)."""
-    model = initial_model(recipe, input_shape, num_classes)
+    model = initial_model(recipe, input_shape, num_classes, fed)
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
 
@@ -109,7 +104,7 @@ def build_bundles(
         if fed is None:
             raise ConfigError(f"{recipe.source or 'recipe'}: every device uses ftte_data; "
                               "pass the initial model to build bundles")
-        params = initial_params(recipe, fed.input_shape, fed.num_classes)
+        params = initial_params(recipe, fed.input_shape, fed.num_classes, fed)
     shared = _shared_files(recipe, plan, params, runtime or build_runtime())
     out: dict[str, LocalBundle] = {}
     for index, device in enumerate(devices):
@@ -171,7 +166,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
 def _federated(recipe: Recipe, num_devices: int) -> FederatedData:
     from ftte_cli.engine.data import load_federated
 
-    return load_federated(recipe.data, num_devices, recipe.seed)
+    return load_federated(recipe.data, num_devices, recipe.seed, recipe.init)
 
 
 def _shared_files(recipe: Recipe, plan: Plan, params: dict[str, torch.Tensor],

@@ -1,8 +1,20 @@
 """Simulated devices (FTTE.md section 6): compute speed, bandwidth, latency, memory, stragglers.
 
-A fleet comes from the recipe's `sim` distribution (`make_fleet`) or replays measured profiles
-(`load_profiles`, the `--fleet profiles.json` of `ftte simulate`). Accepted profiles file: a JSON
-list of objects, or an object with that list under "devices" (or "profiles"); each object has
+A fleet comes from the recipe's `sim` section (`make_fleet`) or replays measured profiles
+(`load_profiles`, the `--fleet profiles.json` of `ftte simulate`).
+
+Default fleet: realistic device classes (`DEVICE_CLASSES`, mixed by `DEFAULT_MIX` or the recipe's
+`sim.devices`). Each class states its RAM and what its usual OS leaves free (MemAvailable, idle,
+headless unless said); a client's usable training memory is that minus the torch runtime, a
+training step's runtime overhead and the recipe's safety margin (`engine/runtime_cost.py`), so
+the tightest class (a Pi Zero 2 W) bounds the FTTE budget as it would on a real fleet. Classes are
+apportioned by largest remainder (every class with share >= 1/N is present), then shuffled by the
+seed; speed, bandwidth and latency are drawn per client from the class's ranges. A recipe that
+gives `sim.memory_mb`, `device_gflops`, `bandwidth_mbps` or `latency_ms` draws that figure from
+U(lo, hi) for every client instead (the older uniform fleet).
+
+Accepted profiles file: a JSON list of objects, or an object with that list under "devices" (or
+"profiles"); each object has
 
     name                  str, optional
     usable_memory_bytes   int  (or mem_available_bytes): memory a job may use
@@ -26,13 +38,62 @@ import json
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ftte_cli.client.power import DEFAULT_WATTS_PER_CPU, watts_per_cpu
 from ftte_cli.config.recipe import SimConfig
 from ftte_cli.engine.flops import forward_flops, training_flops
 from ftte_cli.engine.plan import MaskKind, Plan, module_of
+from ftte_cli.engine.runtime_cost import usable_training_memory
 from ftte_cli.errors import ConfigError
+
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class DeviceClass:
+    """A kind of client device, with typical figures (replay `ftte profile` output for real ones).
+
+    free_mb is MemAvailable under the class's usual OS at idle, before the client starts; torch,
+    a step's overhead and the safety margin are subtracted from it (`usable_bytes`).
+    """
+
+    name: str
+    ram_mb: int  # physical RAM
+    free_mb: int  # what the OS leaves free (MemAvailable), swap not counted
+    os_note: str  # where the rest goes
+    gflops: Tuple[float, float]  # effective fp32 training speed (torch, CPU), U(lo, hi)
+    bandwidth_mbps: Tuple[float, float]  # U(lo, hi) megabit/s
+    latency_ms: Tuple[float, float]  # U(lo, hi)
+
+    def usable_bytes(self, margin_bytes: int) -> int:
+        """M_i: free memory less the torch runtime, a step's overhead and the margin."""
+        return usable_training_memory(self.free_mb * MiB, margin_bytes)
+
+
+DEVICE_CLASSES: Dict[str, DeviceClass] = {c.name: c for c in (
+    DeviceClass("pi-zero-2w", 512, 330, "Raspberry Pi OS Lite 64-bit: kernel, 64 MB GPU/CMA "
+                "reserve and services take ~180 MB", (0.5, 1.5), (5.0, 20.0), (5.0, 30.0)),
+    DeviceClass("pi-3b", 1024, 780, "Pi OS Lite: kernel, 76 MB GPU reserve, services",
+                (1.0, 2.5), (10.0, 30.0), (5.0, 30.0)),
+    DeviceClass("pi-4-2gb", 2048, 1750, "Pi OS Lite 64-bit", (3.0, 6.0), (20.0, 90.0),
+                (2.0, 20.0)),
+    DeviceClass("pi-4-4gb", 4096, 3650, "Pi OS Lite 64-bit", (3.0, 6.0), (20.0, 90.0),
+                (2.0, 20.0)),
+    DeviceClass("jetson-nano-4gb", 4096, 2600, "L4T Ubuntu with desktop; CPU and GPU share the "
+                "4 GB (a CUDA context would take ~400 MB more)", (2.0, 5.0), (50.0, 100.0),
+                (2.0, 10.0)),
+    DeviceClass("phone-2gb", 2048, 450, "low-end Android: system and background apps leave a "
+                "foreground Termux process ~450 MB before the low-memory killer", (2.0, 6.0),
+                (5.0, 50.0), (30.0, 100.0)),
+    DeviceClass("phone-4gb", 4096, 1300, "mid-range Android, same reasoning", (4.0, 10.0),
+                (5.0, 50.0), (30.0, 100.0)),
+)}
+
+# the default mix of `ftte simulate`: a hobby/lab fleet with some phones
+DEFAULT_MIX: Dict[str, float] = {"pi-zero-2w": 0.2, "pi-3b": 0.15, "pi-4-2gb": 0.15,
+                                 "pi-4-4gb": 0.1, "jetson-nano-4gb": 0.1, "phone-2gb": 0.15,
+                                 "phone-4gb": 0.15}
 
 
 @dataclass(frozen=True)
@@ -47,6 +108,7 @@ class DeviceModel:
     sec_per_sample_fwd: Optional[float] = None  # measured full forward (profile fleets)
     sec_per_sample_bwd: Optional[float] = None  # measured full backward (profile fleets)
     slowdown: float = 1.0  # straggler factor on compute; 1.0 for a normal client
+    device_class: Optional[str] = None  # DEVICE_CLASSES name (class fleets)
     watts_per_cpu: float = DEFAULT_WATTS_PER_CPU  # energy charged per compute second
 
     @property
@@ -115,19 +177,49 @@ def _uniform(rng: random.Random, pair: Sequence[float]) -> float:
     return rng.uniform(float(pair[0]), float(pair[1]))
 
 
-def make_fleet(cfg: SimConfig, clients: int, seed: int) -> List[DeviceModel]:
-    """`clients` devices drawn from the recipe's distribution (before stragglers)."""
+def apportion(mix: Mapping[str, float], clients: int) -> List[str]:
+    """Class names for `clients` devices in `mix` proportions (largest remainder, mix order on
+    ties), unshuffled: every class whose share is at least 1/clients gets a device."""
+    total = sum(mix.values())
+    quotas = [(name, share / total * clients) for name, share in mix.items()]
+    counts = {name: int(q) for name, q in quotas}
+    rest = sorted(quotas, key=lambda nq: -(nq[1] - int(nq[1])))  # stable: mix order on ties
+    for name, _ in rest[:clients - sum(counts.values())]:
+        counts[name] += 1
+    return [name for name, _ in quotas for _ in range(counts[name])]
+
+
+def _class_mix(cfg: SimConfig) -> Dict[str, float]:
+    mix = dict(cfg.devices) if cfg.devices is not None else dict(DEFAULT_MIX)
+    for name in mix:
+        if name not in DEVICE_CLASSES:
+            raise ConfigError(f"sim.devices: unknown device class {name!r} "
+                              f"(known: {', '.join(DEVICE_CLASSES)})")
+    return mix
+
+
+def make_fleet(cfg: SimConfig, clients: int, seed: int, margin_bytes: int = 0
+               ) -> List[DeviceModel]:
+    """`clients` devices from the recipe's device classes (before stragglers); a range the
+    recipe gives (memory_mb, device_gflops, bandwidth_mbps, latency_ms) replaces the classes'
+    figure by U(lo, hi). `margin_bytes` is the recipe's safety margin."""
     rng = random.Random(f"fleet:{seed}")
-    return [
-        DeviceModel(
+    names = apportion(_class_mix(cfg), clients)
+    rng.shuffle(names)
+    fleet = []
+    for i, name in enumerate(names):
+        cls = DEVICE_CLASSES[name]
+        memory = (cls.usable_bytes(margin_bytes) if cfg.memory_mb is None
+                  else int(_uniform(rng, cfg.memory_mb) * MiB))
+        fleet.append(DeviceModel(
             name=f"sim-{i:04d}",
-            memory_bytes=int(_uniform(rng, cfg.memory_mb) * 2**20),
-            bandwidth_bps=_uniform(rng, cfg.bandwidth_mbps) * 1e6,
-            latency_s=_uniform(rng, cfg.latency_ms) / 1000.0,
-            flops_per_s=_uniform(rng, cfg.device_gflops) * 1e9,
-        )
-        for i in range(clients)
-    ]
+            memory_bytes=memory,
+            bandwidth_bps=_uniform(rng, cfg.bandwidth_mbps or cls.bandwidth_mbps) * 1e6,
+            latency_s=_uniform(rng, cfg.latency_ms or cls.latency_ms) / 1000.0,
+            flops_per_s=_uniform(rng, cfg.device_gflops or cls.gflops) * 1e9,
+            device_class=name, watts_per_cpu=watts_per_cpu(name),
+        ))
+    return fleet
 
 
 def with_stragglers(fleet: List[DeviceModel], fraction: float, slowdown: Sequence[float],

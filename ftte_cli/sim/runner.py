@@ -11,9 +11,10 @@ The FTTE memory budget, in this order: the recipe's `plan.memory_budget`; else
 `budget_fraction` x the dense plan's training memory when given (the paper's setting: the budget
 of the most constrained device, ~20% of full training; benchmarks use it); else the smallest
 usable memory over the simulated clients. When the budget holds full training, FTTE trains the
-dense model (it then differs from FedBuff only by its variance weight); the result notes say so.
+dense model (it then differs from FedBuff by its weights and normaliser); the notes say so.
 Baselines train the dense model; under `baseline_memory: strict` clients whose memory cannot hold
-full training are left out of the dense strategies, under `lenient` they are assumed to fit.
+full training are left out of FedAvg (the asynchronous baselines keep every client, as on the
+fleet), under `lenient` they are assumed to fit; results list both.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from ftte_cli.engine.data.dataset import Dataset, FederatedData
 from ftte_cli.engine.flops import layer_flops
 from ftte_cli.engine.memory import training_memory
 from ftte_cli.engine.metrics import EvalPoint, RunMetrics, RunSummary, summarize
-from ftte_cli.engine.models import build_model
 from ftte_cli.engine.plan import Plan, dense_plan
 from ftte_cli.engine.strategies import STRATEGIES, make_strategy
 from ftte_cli.engine.strategies.aggregate import nbytes
@@ -54,6 +54,7 @@ from ftte_cli.sim.devices import (
     make_fleet,
     with_stragglers,
 )
+from ftte_cli.startmodel import StartInfo, describe_start, start_model
 from ftte_cli.units import parse_size
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,16 @@ class PlanInfo:
 
 
 @dataclass(frozen=True)
+class ClientRef:
+    """A simulated client named in a result (e.g. one strict FedAvg left out)."""
+
+    client: str  # coordinator id
+    device: str  # DeviceModel name
+    device_class: Optional[str]
+    memory_bytes: int  # usable training memory M_i
+
+
+@dataclass(frozen=True)
 class StrategyResult:
     """One strategy's run."""
 
@@ -101,6 +112,8 @@ class StrategyResult:
     wall_s: float
     cpu_s: float  # process CPU of the whole run
     train_cpu_s: float  # process CPU inside train_job
+    excluded_clients: List[ClientRef] = field(default_factory=list)  # strict FedAvg left out
+    over_memory: List[ClientRef] = field(default_factory=list)  # kept, plan overflows (lenient)
     energy: Optional[Dict[str, Any]] = None  # sim_energy(): estimated joules (see there)
 
 
@@ -117,6 +130,8 @@ class SimResult:
     target_accuracy: float
     results: List[StrategyResult]
     notes: List[str] = field(default_factory=list)
+    fleet: Dict[str, int] = field(default_factory=dict)  # device class -> clients
+    start: Optional[StartInfo] = None  # the initial model every strategy started from
 
 
 @dataclass
@@ -136,6 +151,7 @@ class World:
     budget_bytes: int
     budget_source: str
     notes: List[str]
+    start: StartInfo
 
 
 Progress = Callable[[str, float, int, Optional[float]], None]  # strategy, time, version, acc
@@ -144,20 +160,14 @@ Progress = Callable[[str, float, int, Optional[float]], None]  # strategy, time,
 def _load_federated(recipe: Recipe, clients: int, seed: int) -> FederatedData:
     from ftte_cli.engine.data import load_federated  # noqa: PLC0415  (engine-core contract)
 
-    return load_federated(replace(recipe.data, clients=clients), clients, seed)
-
-
-def _initial_model(recipe: Recipe, data: FederatedData) -> nn.Module:
-    """The run's initial model, seeded by the recipe (global RNG state untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.seed)
-        return build_model(recipe.model, data.input_shape, data.num_classes)
+    return load_federated(replace(recipe.data, clients=clients), clients, seed, recipe.init)
 
 
 def _fleet(settings: SimSettings, clients: int, seed: int) -> List[DeviceModel]:
     cfg = settings.recipe.sim
+    margin = parse_size(settings.recipe.plan.safety_margin, "plan.safety_margin")
     base = (load_profiles(settings.fleet, clients) if settings.fleet is not None
-            else make_fleet(cfg, clients, seed))
+            else make_fleet(cfg, clients, seed, margin))
     fraction = cfg.stragglers if settings.stragglers is None else settings.stragglers
     return with_stragglers(base, fraction, cfg.slowdown, seed)
 
@@ -203,18 +213,20 @@ def prepare(settings: SimSettings) -> World:
     clients = settings.clients or recipe.sim.clients
     seed = recipe.seed if settings.seed is None else settings.seed
     data = _load_federated(recipe, clients, seed)
-    model = _initial_model(recipe, data)
+    model, start = start_model(replace(recipe, seed=seed), data.input_shape, data.num_classes,
+                               data)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     fleet = _fleet(settings, len(data.clients), seed)
     dense = _with_memory(model, dense_plan(model, recipe.model.name), recipe, data.input_shape)
     assert dense.estimated_bytes is not None
     budget, source = _budget(settings, fleet, dense.estimated_bytes)
-    notes: List[str] = [f"FTTE memory budget {budget} B: {source}"]
+    notes: List[str] = [f"FTTE memory budget {budget} B: {source}", describe_start(start)]
     ftte = _ftte_plan(model, recipe, data, budget, dense, notes)
     flops = layer_flops(model, data.input_shape)
     costs = {"dense": compute_cost(flops, dense), "ftte": compute_cost(flops, ftte)}
     return World(settings, recipe, seed, data, model, params, fleet, dense, ftte, costs, budget,
-                 source, notes)
+                 source, notes, start)
+
 
 
 class JobBackend(Protocol):
@@ -313,10 +325,13 @@ class _Run:
         self.progress = progress
         self.on_eval = on_eval
         full = world.dense.estimated_bytes or 0
-        strict = dense and recipe.strategy.baseline_memory == "strict"
+        # FTTE.md section 5: strict exclusion is FedAvg's (the synchronous baseline) alone
+        strict = self.strategy.synchronous and recipe.strategy.baseline_memory == "strict"
         self.members = [i for i, d in enumerate(world.fleet)
                         if not strict or d.memory_bytes >= full]
         self.excluded = len(world.fleet) - len(self.members)
+        need = self.plan.estimated_bytes or 0  # clients kept although the plan overflows them
+        self.over_memory = [i for i in self.members if world.fleet[i].memory_bytes < need]
         if not self.members:
             raise RunError(f"{name}: no simulated client can hold full training ({full} B) "
                            "under baseline_memory strict; use lenient")
@@ -420,8 +435,12 @@ class _Run:
         info = PlanInfo(plan.method, plan.trainable_params, plan.total_params,
                         plan.estimated_bytes or 0, plan.payload_bytes, plan.earliest_layer,
                         list(plan.units))
+        members = set(self.members)
+        excluded = [_client_ref(self.world.fleet, i) for i in range(len(self.world.fleet))
+                    if i not in members]
         return StrategyResult(self.name, summary, self.coord.metrics, info, len(self.members),
-                              self.excluded, wall, cpu, self.train_cpu,
+                              self.excluded, wall, cpu, self.train_cpu, excluded,
+                              [_client_ref(self.world.fleet, i) for i in self.over_memory],
                               sim_energy(self.energy, now, summary.time_to_target,
                                          self.coord.version))
 
@@ -437,6 +456,11 @@ def sim_energy(jobs: List[Tuple[float, float]], end: float, to_target: Optional[
             "to_target_j": None if to_target is None else sum(
                 j for t, j in jobs if t <= to_target),
             "jobs": len(done), "label": "estimated"}
+
+
+def _client_ref(fleet: List[DeviceModel], i: int) -> ClientRef:
+    d = fleet[i]
+    return ClientRef(_Run._cid(i), d.name, d.device_class, d.memory_bytes)
 
 
 def _eval_set(world: World) -> Dataset:
@@ -479,7 +503,16 @@ def simulate(settings: SimSettings, progress: Optional[Progress] = None,
     stragglers = sum(d.straggler for d in world.fleet) / max(len(world.fleet), 1)
     return SimResult(world.seed, len(world.fleet), stragglers, world.budget_bytes,
                      world.budget_source, world.dense.estimated_bytes or 0,
-                     world.recipe.stop.target_accuracy, results, world.notes)
+                     world.recipe.stop.target_accuracy, results, world.notes,
+                     _class_counts(world.fleet), world.start)
+
+
+def _class_counts(fleet: List[DeviceModel]) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for d in fleet:
+        key = d.device_class or "profile"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:

@@ -20,7 +20,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -114,19 +114,19 @@ class _Run:
 def _federated(recipe: Recipe, num_clients: int) -> Any:
     from ftte_cli.engine.data import load_federated
 
-    return load_federated(recipe.data, num_clients, recipe.seed)
+    return load_federated(recipe.data, num_clients, recipe.seed, recipe.init)
 
 
 def _initial_params(recipe: Recipe, fed: Any) -> dict[str, torch.Tensor]:
     from ftte_cli.fleet.bundle import initial_params
 
-    return initial_params(recipe, fed.input_shape, fed.num_classes)
+    return initial_params(recipe, fed.input_shape, fed.num_classes, fed)
 
 
 def _model(recipe: Recipe, fed: Any) -> torch.nn.Module:
     from ftte_cli.fleet.bundle import initial_model
 
-    return initial_model(recipe, fed.input_shape, fed.num_classes)
+    return initial_model(recipe, fed.input_shape, fed.num_classes, fed)
 
 
 def _evaluator(model: torch.nn.Module, fed: Any) -> Callable[[dict], tuple[float, float]]:
@@ -178,7 +178,7 @@ def _fresh(opts: TrainOptions) -> _Run:
         "limit": opts.limit, "direct": opts.direct, "strategy": recipe.strategy.name,
         "seed": recipe.seed, "devices": [d.name for d in choice.devices],
         "excluded": choice.excluded, "plan": plan_to_dict(choice.plan), "plan_notes": choice.notes,
-        "budget": choice.budget, "profiles": choice.profiles,
+        "budget": choice.budget, "profiles": choice.profiles, "init": asdict(planned.start),
         "bundle_root": str(opts.bundle_root.resolve()), "packages": package_versions(),
         "resumes": [],
     }

@@ -87,6 +87,7 @@ class RunReport:
     kind: str  # "train" | "simulate" | "run"
     target: Optional[float]
     series: list[Series]
+    init: Optional[dict[str, Any]] = None  # the initial model: method, accuracy, cost
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -106,7 +107,9 @@ def load_run(path: Path) -> RunReport:
                           f"see {path}/comparison.json, or use --compare {path} OTHER")
     if not series:
         raise ConfigError(f"{path}: no metrics.jsonl found (is this a train or simulate run?)")
-    return RunReport(path, kind, _target(manifest, series), series)
+    init = manifest.get("init") or top_summary.get("init")
+    return RunReport(path, kind, _target(manifest, series), series,
+                     init if isinstance(init, dict) else None)
 
 
 def _read_optional(path: Path) -> dict[str, Any]:

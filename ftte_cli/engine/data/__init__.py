@@ -12,13 +12,17 @@ from typing import TYPE_CHECKING
 from ftte_cli.engine.data.dataset import ClientData, Dataset, FederatedData
 
 if TYPE_CHECKING:
-    from ftte_cli.config.recipe import DataConfig
+    from ftte_cli.config.recipe import DataConfig, InitConfig
 
 __all__ = ["ClientData", "Dataset", "FederatedData", "load_federated"]
 
 
-def load_federated(cfg: DataConfig, num_clients: int, seed: int) -> FederatedData:
-    """Load/generate the recipe's dataset and split it (see engine/data/federated.py)."""
+def load_federated(cfg: DataConfig, num_clients: int, seed: int,
+                   init: InitConfig | None = None) -> FederatedData:
+    """Load/generate the recipe's dataset and split it (see engine/data/federated.py).
+
+    With `init.method == "pretrain"` the result also holds the server's public data.
+    """
     from ftte_cli.engine.data.federated import load_federated as _load
 
-    return _load(cfg, num_clients, seed)
+    return _load(cfg, num_clients, seed, init)

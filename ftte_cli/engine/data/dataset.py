@@ -74,6 +74,7 @@ class FederatedData:
     class_names: List[str]
     channel_mean: Optional[Tensor] = field(default=None)  # (C,) per-channel mean removed
     channel_std: Optional[Tensor] = field(default=None)  # (C,) per-channel scale divided out
+    public: Optional[Dataset] = field(default=None)  # the server's public data (warm start)
 
     @property
     def num_clients(self) -> int:

@@ -11,25 +11,31 @@ Order of operations (all seeded by `seed`):
 3. Partition the remaining pool between `num_clients` clients (`partition.PARTITIONERS`); each
    client keeps `client_test_fraction` of its shard as its own held-out part.
 4. Standardise every split per channel with the mean and std of the clients' training parts.
+
+With a `pretrain` warm start the server also gets public data (`FederatedData.public`), which no
+client holds: for synthetic HAR another population (`synthetic_har.POPULATIONS["lab"]`); for a
+dataset with subjects, `init.public_fraction` of the pool's subjects; otherwise that share of the
+pool's samples. It is held out after step 2 and standardised like every other split.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ftte_cli.config.recipe import DataConfig
+from ftte_cli.config.recipe import DataConfig, InitConfig
 from ftte_cli.engine.data.dataset import ClientData, Dataset, FederatedData, standardize
-from ftte_cli.engine.data.loaders import Source, load_source
+from ftte_cli.engine.data.loaders import Source, load_source, synthetic_har_public
 from ftte_cli.engine.data.partition import partition
 
 log = logging.getLogger(__name__)
 
 _STREAM = 0x44415441  # separates this module's random stream from others seeded by `seed`
+_PUBLIC_STREAM = 0x50554231  # the public split's own stream: other splits do not move with it
 
 
 def _index(idx: np.ndarray) -> Tensor:
@@ -61,6 +67,26 @@ def _client_split(data: Dataset, fraction: float,
             data.subset(_index(np.sort(perm[:n_test]))))
 
 
+def _hold_out_public(pool: Dataset, cfg: DataConfig, init: Optional[InitConfig],
+                     seed: int) -> Tuple[Dataset, Optional[Dataset]]:
+    """(pool for clients, public data or None); see the module docstring."""
+    if init is None or init.method != "pretrain":
+        return pool, None
+    if cfg.dataset == "synthetic_har":
+        return pool, synthetic_har_public(init.public_windows, init.public_subjects,
+                                          seed ^ _PUBLIC_STREAM)
+    rng = np.random.default_rng([seed, _PUBLIC_STREAM])
+    if pool.groups is not None and len(pool.groups.unique()) >= 2:
+        names = rng.permutation(pool.groups.unique().numpy())
+        chosen = names[:max(1, int(round(len(names) * init.public_fraction)))]
+        public = np.isin(pool.groups.numpy(), chosen)
+    else:
+        public = np.zeros(len(pool), dtype=bool)
+        public[rng.permutation(len(pool))[:int(round(len(pool) * init.public_fraction))]] = True
+    return (pool.subset(_index(np.flatnonzero(~public))),
+            pool.subset(_index(np.flatnonzero(public))))
+
+
 def pooled_channel_stats(parts: Sequence[Dataset]) -> Tuple[Tensor, Tensor]:
     """Per-channel (dim 1) mean and std over several datasets, without concatenating them."""
     total = count = sq = None
@@ -79,11 +105,13 @@ def pooled_channel_stats(parts: Sequence[Dataset]) -> Tuple[Tensor, Tensor]:
     return mean.float(), std.float()
 
 
-def load_federated(cfg: DataConfig, num_clients: int, seed: int) -> FederatedData:
+def load_federated(cfg: DataConfig, num_clients: int, seed: int,
+                   init: Optional[InitConfig] = None) -> FederatedData:
     """The recipe's dataset split into `num_clients` clients, a proxy split and a test split."""
     source = load_source(cfg.dataset, cfg.path, cfg.windows, cfg.subjects, seed)
     rng = np.random.default_rng([seed, _STREAM])
     pool, proxy, test = _hold_out(source, cfg, rng)
+    pool, public = _hold_out_public(pool, cfg, init, seed)
     groups = None if pool.groups is None else pool.groups.numpy()
     parts = partition(cfg.partition, pool.y.numpy(), groups, num_clients, cfg.alpha, rng)
     shards = [_client_split(pool.subset(_index(idx)), cfg.client_test_fraction, rng)
@@ -98,4 +126,5 @@ def load_federated(cfg: DataConfig, num_clients: int, seed: int) -> FederatedDat
                          test=standardize(test, mean, std), num_classes=source.num_classes,
                          input_shape=source.train.input_shape,
                          class_names=list(source.class_names), channel_mean=mean,
-                         channel_std=std)
+                         channel_std=std,
+                         public=None if public is None else standardize(public, mean, std))

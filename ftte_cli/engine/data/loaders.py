@@ -60,10 +60,23 @@ def _labels(y: np.ndarray, where: object, num_classes: Optional[int] = None) -> 
 
 
 def load_synthetic_har(windows: int, subjects: int, seed: int) -> Source:
-    """Generated UCI-HAR-like windows; groups are the simulated subjects."""
+    """Generated UCI-HAR-like windows; groups are the simulated subjects.
+
+    As in UCI HAR, the test split holds its own subjects (`synthetic_har.split_subjects`: 30%),
+    so test accuracy is accuracy on people who never trained.
+    """
     x, y, groups = synthetic_har.generate(windows, subjects, seed)
-    return Source("synthetic_har", Dataset(x, y, groups), None, len(synthetic_har.ACTIVITIES),
+    held = torch.isin(groups, synthetic_har.split_subjects(subjects, seed))
+    test = Dataset(x[held], y[held], groups[held]) if bool(held.any()) else None
+    train = Dataset(x[~held], y[~held], groups[~held])
+    return Source("synthetic_har", train, test, len(synthetic_har.ACTIVITIES),
                   list(synthetic_har.ACTIVITIES))
+
+
+def synthetic_har_public(windows: int, subjects: int, seed: int) -> Dataset:
+    """The server's public data for synthetic HAR: the `lab` population, other people."""
+    x, y, groups = synthetic_har.generate(windows, subjects, seed, population="lab")
+    return Dataset(x, y, groups)
 
 
 # ---------------------------------------------------------------------------------------------

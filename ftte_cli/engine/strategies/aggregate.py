@@ -32,6 +32,26 @@ def weighted_mean(pairs: Sequence[Tuple[Tensors, float]]) -> Tensors:
 
 
 @torch.no_grad()
+def buffer_mean(pairs: Sequence[Tuple[Tensors, float]], k: int) -> Tensors:
+    """(1/K) * sum_i(w_i * delta_i) per tensor (FedBuff's normaliser: staleness shrinks the step).
+
+    Unlike `weighted_mean`, weights below 1 make the result smaller; ValueError on no pairs or
+    K <= 0.
+    """
+    if not pairs:
+        raise ValueError("buffer_mean of no updates")
+    if k <= 0:
+        raise ValueError(f"buffer_mean: K = {k}")
+    out: Tensors = {}
+    for name in pairs[0][0]:
+        acc = torch.zeros_like(pairs[0][0][name], dtype=torch.float64)
+        for delta, w in pairs:
+            acc.add_(delta[name].to(torch.float64), alpha=w)  # float64 as in weighted_mean
+        out[name] = (acc / k).to(pairs[0][0][name].dtype)
+    return out
+
+
+@torch.no_grad()
 def server_step(current: Tensors, mean_delta: Tensors, server_lr: float) -> Tensors:
     """w*_{t+1} = w*_t + eta_g * mean_delta (a new dict; `current` is untouched)."""
     return {name: current[name] + server_lr * mean_delta[name] for name in current}

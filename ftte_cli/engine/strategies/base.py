@@ -4,7 +4,9 @@ Lifecycle: the coordinator validates an update, then calls `ingest(arrival, curr
 returns the new trainable subset w*_{t+1} when the model advances, or None while it waits (e.g. the
 buffer is not full yet). Synchronous strategies also hear about the round they are given
 (`begin_round`) and about jobs that will never arrive (`job_lost`), so a round can close without
-them. Strategies never see time or randomness; the coordinator owns both.
+them. Strategies never see time or randomness; the coordinator owns both. Every strategy reduces
+its updates to a pseudo-gradient and hands it to `self.optimizer` (server_opt.py), whose state
+travels in `state()` under `opt/`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple
 from torch import Tensor
 
 from ftte_cli.config.recipe import StrategyConfig
+from ftte_cli.engine.strategies.server_opt import ServerOptimizer
 
 Tensors = Dict[str, Tensor]
 
@@ -94,6 +97,7 @@ class Strategy(ABC):
 
     def __init__(self, cfg: StrategyConfig) -> None:
         self.cfg = cfg
+        self.optimizer = ServerOptimizer(cfg.server_optimizer, cfg.server_lr)
 
     @property
     def concurrency(self) -> int:
@@ -117,7 +121,21 @@ class Strategy(ABC):
 
     def state(self) -> Tuple[Tensors, Dict[str, Any]]:
         """Everything needed to continue after a restart (tensors, JSON-able meta)."""
-        return {}, {}
+        return self._with_optimizer({}, {})
 
-    def load_state(self, tensors: Tensors, meta: Dict[str, Any]) -> None:  # noqa: B027
-        """Inverse of `state` (stateless strategies have nothing to load)."""
+    def load_state(self, tensors: Tensors, meta: Dict[str, Any]) -> None:
+        """Inverse of `state` (stateless strategies have only the optimiser's to load)."""
+        self._load_optimizer(tensors, meta)
+
+    def _with_optimizer(self, tensors: Tensors, meta: Dict[str, Any]
+                        ) -> Tuple[Tensors, Dict[str, Any]]:
+        """A subclass's state plus the server optimiser's (nothing added for the plain step)."""
+        opt_tensors, opt_meta = self.optimizer.state()
+        if not opt_meta:
+            return tensors, meta
+        return ({**tensors, **{f"opt/{k}": v for k, v in opt_tensors.items()}},
+                {**meta, "optimizer": opt_meta})
+
+    def _load_optimizer(self, tensors: Tensors, meta: Dict[str, Any]) -> None:
+        self.optimizer.load_state({k[4:]: v for k, v in tensors.items() if k.startswith("opt/")},
+                                  meta.get("optimizer", {}))

@@ -21,6 +21,7 @@ class FedAvgStrategy(BufferedStrategy):
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
+        self.normalizer = "weights"  # always the n-weighted mean; strategy.normalizer is not ours
         self._outstanding = 0  # jobs of the open round that may still arrive
 
     def weights(self, items: List[Arrival]) -> List[float]:
@@ -49,9 +50,9 @@ class FedAvgStrategy(BufferedStrategy):
         return self._step(current)
 
     def state(self) -> Tuple[Tensors, Dict[str, Any]]:
-        tensors, meta = self.buffer.state()
+        tensors, meta = super().state()
         return tensors, {**meta, "outstanding": self._outstanding}
 
     def load_state(self, tensors: Tensors, meta: Dict[str, Any]) -> None:
-        self.buffer.load_state(tensors, meta)
+        super().load_state(tensors, meta)
         self._outstanding = int(meta.get("outstanding", 0))

@@ -10,11 +10,16 @@ from ftte_cli.engine.strategies.base import Arrival, Buffer, Strategy, Tensors
 
 
 class BufferedStrategy(Strategy):
-    """Holds K updates, then steps w*_{t+1} = w*_t + eta_g * sum(a_i d_i) / sum(a_i)."""
+    """Holds K updates, then steps w*_{t+1} = w*_t + eta_g * d with the pseudo-gradient
+    d = sum(a_i d_i) / sum(a_i) (normalizer `weights`) or sum(a_i d_i) / K (`buffer`), through
+    the server optimiser."""
+
+    default_normalizer = "weights"
 
     def __init__(self, cfg: StrategyConfig) -> None:
         super().__init__(cfg)
         self.buffer = Buffer(cfg.buffer_size)
+        self.normalizer = cfg.normalizer or self.default_normalizer
 
     def weights(self, items: List[Arrival]) -> List[float]:
         """alpha_i for the buffered updates (overridden per strategy)."""
@@ -30,22 +35,27 @@ class BufferedStrategy(Strategy):
         items = self.buffer.drain()
         if not items:
             return None
-        alphas = self.weights(items)
-        mean = aggregate.weighted_mean([(a.delta, w) for a, w in zip(items, alphas)])
-        return aggregate.server_step(current, mean, self.cfg.server_lr)
+        pairs = [(a.delta, w) for a, w in zip(items, self.weights(items))]
+        if self.normalizer == "buffer":  # K is the capacity: a round cut short still divides by K
+            grad = aggregate.buffer_mean(pairs, max(self.buffer.capacity, len(items)))
+        else:
+            grad = aggregate.weighted_mean(pairs)
+        return self.optimizer.step(current, grad)
 
     def pending(self) -> int:
         return len(self.buffer)
 
     def state(self) -> Tuple[Tensors, Dict[str, Any]]:
-        return self.buffer.state()
+        return self._with_optimizer(*self.buffer.state())
 
     def load_state(self, tensors: Tensors, meta: Dict[str, Any]) -> None:
         self.buffer.load_state(tensors, meta)
+        self._load_optimizer(tensors, meta)
 
 
 class FtteStrategy(BufferedStrategy):
-    """alpha_i = (n_i / n_mean) * s_age(tau_i) * s_var(v_i) (FTTE.md section 4)."""
+    """alpha_i = (n_i / n_mean) * s_age(tau_i) * s_var(v_i) (FTTE.md section 4); normalised by
+    sum(alpha_i) unless `strategy.normalizer: buffer`."""
 
     name = "ftte"
     dense = False

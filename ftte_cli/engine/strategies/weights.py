@@ -1,7 +1,8 @@
-"""Update weights of FTTE.md section 4: staleness forms, the variance factor, sample shares.
+"""Update weights of FTTE.md sections 4 and 5: staleness forms, the variance factor, sample shares.
 
 Every function is pure (numbers in, numbers out) so the formulas are tested against hand-computed
-values. The combined FTTE weight is alpha_i = (n_i / n_mean) * s_age(tau_i) * s_var(v_i).
+values. The combined FTTE weight is alpha_i = (n_i / n_mean) * s_age(tau_i) * s_var(v_i); FedBuff
+weighs by s(tau_i) alone (times n_i / n_mean when asked); FedAsync mixes at alpha * s(tau).
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ def hinge(tau: int, a: float = 10.0, b: float = 4.0) -> float:
 
 
 def staleness_fn(cfg: StalenessConfig) -> StalenessFn:
-    """The s_age function a recipe names (kind, a, b)."""
+    """The s_age function a recipe names (kind, a, b; a left out: the form's default)."""
+    a = cfg.exponent
     if cfg.kind == "polynomial":
-        return lambda tau: polynomial(tau, cfg.a)
+        return lambda tau: polynomial(tau, a)
     if cfg.kind == "constant":
         return constant
     if cfg.kind == "hinge":
-        return lambda tau: hinge(tau, cfg.a, cfg.b)
+        return lambda tau: hinge(tau, a, cfg.b)
     raise ValueError(f"unknown staleness form {cfg.kind!r}")
 
 
@@ -63,3 +65,15 @@ def ftte_weights(num_samples: Sequence[int], staleness: Sequence[int], variances
     shares = sample_shares(num_samples)
     factors = variance_factors(variances, beta)
     return [sh * s_age(tau) * f for sh, tau, f in zip(shares, staleness, factors)]
+
+
+def fedbuff_weights(num_samples: Sequence[int], staleness: Sequence[int], s: StalenessFn,
+                    sample_weights: bool = False) -> List[float]:
+    """FedBuff (Nguyen et al. 2022, Alg. 1): s(tau_i), times n_i / n_mean when sample_weights."""
+    shares = sample_shares(num_samples) if sample_weights else [1.0 for _ in num_samples]
+    return [sh * s(tau) for sh, tau in zip(shares, staleness)]
+
+
+def fedasync_rate(alpha: float, tau: int, s: StalenessFn) -> float:
+    """FedAsync (Xie et al. 2019): the mixing rate alpha_t = alpha * s(tau)."""
+    return alpha * s(tau)
