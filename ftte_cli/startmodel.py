@@ -125,13 +125,13 @@ def _load_checkpoint(model: nn.Module, recipe: Recipe) -> StartInfo:
     return StartInfo("checkpoint", source=str(path))
 
 
-def cache_key(recipe: Recipe) -> str:
-    """What a warm start depends on, hashed: model, data, init settings, seed, torch build."""
+def cache_key(recipe: Recipe, clients: int) -> str:
+    """What a warm start depends on, hashed: model, data and its client count (the inputs are
+    standardised with the clients' statistics), init settings, seed, torch build."""
     from ftte_cli.output import to_jsonable
 
     init = {k: v for k, v in asdict(recipe.init).items() if k != "checkpoint"}
-    data = to_jsonable(recipe.data)
-    data.pop("clients", None)  # the public split and the statistics do not depend on it
+    data = {**to_jsonable(recipe.data), "clients": clients}
     doc = {"v": _CACHE_VERSION, "model": to_jsonable(recipe.model), "data": data, "init": init,
            "seed": recipe.seed, "torch": torch.__version__}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -142,7 +142,7 @@ def _warm_start(model: nn.Module, recipe: Recipe, fed: Optional[FederatedData],
     if fed is None or fed.public is None or len(fed.public) == 0:
         raise ConfigError(f"{recipe.source or 'recipe'}: init.method: pretrain needs the "
                           "server's public data, and none was loaded for it")
-    path = cache_dir / f"{recipe.name}-{cache_key(recipe)}.safetensors"
+    path = cache_dir / f"{recipe.name}-{cache_key(recipe, fed.num_clients)}.safetensors"
     if path.is_file():
         try:
             meta = _load_into(model, path, f"warm-start cache {path}")

@@ -45,9 +45,9 @@ def test_synthetic_shapes_and_determinism() -> None:
 
 
 def test_synthetic_generates_10k_windows_in_under_5s() -> None:
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: a busy machine must not fail it
     x, _, _ = synthetic_har.generate(10_000, 30, seed=1)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert x.shape == (10_000, 9, 128)
     assert elapsed < 5.0, f"generation took {elapsed:.2f} s"
 

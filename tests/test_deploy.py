@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from ftte_cli.cli import app
 from ftte_cli.config.inventory import Device
-from ftte_cli.config.recipe import Recipe, load_recipe
+from ftte_cli.config.recipe import InitConfig, Recipe, load_recipe
 from ftte_cli.engine.models import build_model
 from ftte_cli.engine.plan import FULL, Plan, build_plan, dense_plan
 from ftte_cli.fleet.bundle import LocalBundle, build_bundles, bundle_archive, initial_params
@@ -45,7 +45,8 @@ NO_TORCH_PYTHON = "/usr/bin/python3"
 
 @pytest.fixture(scope="module")
 def recipe() -> Recipe:
-    return load_recipe(REPO / "recipes" / "har.yaml")
+    # bundles, not the warm start, are under test here: a random start needs no public data
+    return replace(load_recipe(REPO / "recipes" / "har.yaml"), init=InitConfig())
 
 
 @pytest.fixture
@@ -223,7 +224,7 @@ def test_ftte_deploy_on_the_testbed(testbed: Testbed, tmp_path: Path,  # noqa: F
     monkeypatch.chdir(tmp_path)  # local bundles under tmp_path/.ftte
     recipe = tmp_path / "recipe.yaml"
     raw = yaml.safe_load((REPO / "recipes" / "har.yaml").read_text())
-    raw["name"], raw["plan"]["method"] = "har-deploy-test", "gradnorm"
+    raw["name"], raw["plan"]["method"], raw["init"] = "har-deploy-test", "gradnorm", "random"
     recipe.write_text(yaml.safe_dump(raw))
     names = [d.name for d in testbed.devices()]
     code, dry = _deploy_cli(testbed, recipe, "--dry-run")
