@@ -38,9 +38,12 @@ from ftte_cli.errors import (
     FtteError,
     RunError,
 )
+from ftte_cli.fleet import adhoc
+from ftte_cli.fleet.adhoc import CommandOutput
 from ftte_cli.fleet.ssh import DeviceResult, FleetResults, Outcome, SshOptions
 
 if TYPE_CHECKING:
+    import fabric
     import torch
 
     from ftte_cli.engine.plan import Plan
@@ -95,6 +98,35 @@ def select_devices(inventory: PathLike, limit: Optional[str] = None
     """Load the inventory and apply a `--limit`-style filter (unknown name: ConfigError)."""
     inv = load_inventory(Path(inventory))
     return inv, inv.select(limit)
+
+
+# ---- ad-hoc commands ------------------------------------------------------------------------
+
+
+def run_command(inventory: PathLike, command: str, *, limit: Optional[str] = None,
+                sudo: bool = False, ssh: Optional[SshOptions] = None,
+                on_done: Optional[Callable[[DeviceResult], None]] = None) -> FleetResults:
+    """Run one shell command on every selected device (`ftte exec`); values are
+    `CommandOutput(rc, stdout, stderr)`, outcome ok for exit status 0, failed otherwise."""
+    _inv, devices = select_devices(inventory, limit)
+    return adhoc.run_command(devices, command, ssh or SshOptions(), sudo=sudo, on_done=on_done)
+
+
+def fabric_group(inventory: PathLike, limit: Optional[str] = None,
+                 accept_new_host_keys: bool = False, *,
+                 ssh: Optional[SshOptions] = None) -> fabric.ThreadingGroup:
+    """A `fabric.ThreadingGroup` of the selected devices with ftte's settings: host, user, port,
+    key, jump host (a gateway), timeouts; unknown host keys refused unless
+    `accept_new_host_keys`, changed ones always. Each connection's `.device` is its inventory
+    `Device`. `ssh` sets known_hosts and timeouts (its accept_new_host_keys is or-ed in).
+    A `connection: local` device is a ConfigError (Fabric connections are SSH only)."""
+    from ftte_cli.fleet import fabric_group as fg
+
+    opts = ssh or SshOptions()
+    opts = dataclasses.replace(
+        opts, accept_new_host_keys=accept_new_host_keys or opts.accept_new_host_keys)
+    _inv, devices = select_devices(inventory, limit)
+    return fg.fabric_group(devices, opts)
 
 
 # ---- profile and plan -----------------------------------------------------------------------
@@ -313,6 +345,21 @@ def report(path: PathLike, out_dir: Optional[PathLike] = None) -> ReportResult:
     return ReportResult(run, report_rows(run), plots)
 
 
+def export_tensorboard(path: PathLike, logdir: PathLike) -> list[Path]:
+    """Write a run's scalars for TensorBoard into `logdir/<run folder>/<series>` (several runs
+    in one logdir overlay); ConfigError naming the `tensorboard` extra when it is missing."""
+    from ftte_cli.ui.tensorboard import export_run
+
+    return export_run(read_run(path), Path(logdir))
+
+
+def require_tensorboard() -> None:
+    """Fail early (ConfigError, exit 2) when `--tensorboard` cannot work: the extra is missing."""
+    from ftte_cli.ui.tensorboard import summary_writer_class
+
+    summary_writer_class()
+
+
 def compare_runs(a: PathLike, b: PathLike) -> Comparison:
     """Two sweeps (or runs) side by side: per strategy, simulated / measured time to target."""
     from ftte_cli.sweep.compare import compare_runs as compare
@@ -344,7 +391,8 @@ def _opt_path(p: Optional[PathLike]) -> Optional[Path]:
 
 __all__ = [
     # records and options
-    "Comparison", "DeployInfo", "Device", "DeviceProfile", "DeviceResult", "FleetBudget",
+    "CommandOutput", "Comparison", "DeployInfo", "Device", "DeviceProfile", "DeviceResult",
+    "FleetBudget",
     "FleetPlan",
     "FleetResults", "GridSpec", "GroupStats", "Inventory", "Outcome", "Plan", "PlanResult",
     "Recipe", "ReportResult", "RunRecord", "RunReport", "RunSpec", "RunStatus", "SimResult",
@@ -357,5 +405,6 @@ __all__ = [
     "compare_runs", "deploy", "fleet_plan", "grid", "load_inventory", "load_recipe",
     "memory_budget",
     "plan", "plan_and_deploy", "profile", "read_run", "report", "select_devices", "simulate",
-    "sweep", "train",
+    "export_tensorboard", "fabric_group", "require_tensorboard", "run_command", "sweep",
+    "train",
 ]

@@ -12,9 +12,11 @@ from ftte_cli import __version__
 from ftte_cli.commands import (
     demo,
     deploy,
+    execute,
     inventory,
     plan,
     profile,
+    recipes,
     report,
     simulate,
     sweep,
@@ -37,7 +39,9 @@ app.command("simulate")(simulate.simulate)
 app.command("report")(report.report)
 app.command("demo")(demo.demo)
 app.command("sweep")(sweep.sweep)
+app.command("exec")(execute.exec_command)
 app.add_typer(inventory.app, name="inventory")
+app.add_typer(recipes.app, name="recipes")
 app.add_typer(testbed.app, name="testbed")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ftte_cli.errors import ExitCode, FtteError
@@ -81,5 +82,7 @@ def _fail(message: str, code: ExitCode, fmt: Format) -> None:
     if fmt == Format.json:
         print_json({"error": message, "exit_code": int(code)})
     else:
-        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        # escape: a message may hold brackets ("pip install 'ftte-cli[ray]'"), not markup
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
+                          soft_wrap=True)
     raise typer.Exit(int(code))

@@ -11,6 +11,7 @@ command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v ps >/dev/null 2>&1 || need_apt+=(procps)
+command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)  # tests of `ftte exec --sudo`
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: installing ${need_apt[*]}"
@@ -30,6 +31,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
   .venv/bin/pip install -q torch==2.13.0
-  .venv/bin/pip install -q -e '.[dev,sklearn,ray]'
+  .venv/bin/pip install -q -e '.[dev,sklearn,ray,tensorboard]'
   touch "$stamp"
 fi

@@ -116,7 +116,8 @@ def test_manifest_lists_every_file_and_a_changed_plan_changes_the_hash(
     assert set(manifest["files"]) == expected  # ftte_data device: no shard shipped
     server = json.loads((head.path / "server.json").read_text())
     assert server == {"device": "dev0", "run": "har", "client_index": 0,
-                      "data_path": devices[0].data}
+                      "data_path": devices[0].data,
+                      "watts_per_cpu": 2.0}  # no device class: the default energy figure
     model = load_file(str(head.path / "model.safetensors"))
     assert all(torch.equal(model[k], params[k]) for k in params)
     dense = dense_plan(build_model(recipe.model, SHAPE, CLASSES), recipe.model.name)

@@ -54,3 +54,16 @@ def test_sweep_buffer_sizes_on_the_fleet(tmp_path: Path, testbed: Testbed) -> No
     rows = [x.split() for x in out.splitlines()[1:3]]
     assert [r[0] for r in rows] == ["1", "2"], out
     assert (tmp_path / "sweep" / "comparison.json").exists()
+
+
+def test_fabric_collect_fetches_a_file_from_every_device(tmp_path: Path,
+                                                         testbed: Testbed) -> None:  # noqa: F811
+    out = _run("fabric_collect.py", tmp_path, "-i", str(testbed.inventory), "/etc/hostname",
+               "--out", "got", timeout=120)
+    for dev in testbed.state.devices:
+        assert f"{dev.name}: fetched " in out, out
+        assert (tmp_path / "got" / dev.name / "hostname").read_text().strip()
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "fabric_collect.py"), "-i",
+                           str(testbed.inventory), "/nonexistent"], cwd=tmp_path, env=env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "failed: cat: " in proc.stdout, proc.stdout + proc.stderr

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from ftte_cli.client import wire
+from ftte_cli.client import power, wire
 from ftte_cli.config.recipe import ModelConfig, TrainConfig
 from ftte_cli.engine.data.dataset import Dataset
 from ftte_cli.engine.models import build_model
@@ -91,6 +91,9 @@ class Bundle:
     train_x: torch.Tensor
     train_y: torch.Tensor
     threads: Optional[int] = None  # torch threads from the inventory (ftte_train), if set
+    require: Optional[Dict[str, Any]] = None  # recipe devices.require: when it may train
+    recheck_s: float = 2.0  # recipe devices.recheck_s: how often a waiting agent looks again
+    watts_per_cpu: float = power.DEFAULT_WATTS_PER_CPU  # the class's figure (server.json)
 
     @property
     def update_bound(self) -> int:
@@ -156,8 +159,12 @@ def load_bundle(path: Path) -> Bundle:
     if missing:
         raise BundleError(f"{path}/model.safetensors: parameters differ from the plan: "
                           f"{missing[:3]}")
+    devices = recipe.get("devices") or {}
     return Bundle(
         path=path, device=str(settings.get("device", "")), token=token,
+        require=dict(devices.get("require") or {}),
+        recheck_s=float(devices.get("recheck_s", 2.0)),
+        watts_per_cpu=float(settings.get("watts_per_cpu", power.DEFAULT_WATTS_PER_CPU)),
         seed=int(recipe.get("seed", 1)),
         train_cfg=_config(TrainConfig, recipe.get("train", {}), f"{path}/recipe.json: train"),
         model=model, frozen=frozen, plan=plan, train_x=train_x, train_y=train_y,
@@ -266,6 +273,8 @@ class Agent:
         self.opts = opts
         self.client = Client(server, bundle.device, bundle.token)
         self.state = "idle"
+        self.waiting: Optional[str] = None  # why the recipe's device rules hold us back
+        self.power: Dict[str, Any] = {}  # the last power reading, sent with heartbeats
         self.stop = threading.Event()
         self.jobs_done = 0
 
@@ -323,6 +332,9 @@ class Agent:
         return reply
 
     def _step(self) -> None:
+        self._wait_until_eligible()
+        if self.stop.is_set():
+            return
         wait = self.opts.wait
         status, body = self.client.request("GET", f"/task?wait={wait:g}", timeout=wait + 30.0)
         if status == wire.NO_JOB or not body:
@@ -339,15 +351,22 @@ class Agent:
 
     def _train(self, job: wire.JobMessage) -> wire.UpdateMessage:
         b = self.bundle
-        started = time.monotonic()
+        watts_before = self.power.get("power_w")  # read just before this job was fetched
+        started, cpu = time.monotonic(), time.process_time()
         result = train_job(b.model, b.frozen, b.plan, job.subset, Dataset(b.train_x, b.train_y),
                            b.train_cfg, job.seed)
+        cpu_s, wall_s = time.process_time() - cpu, time.monotonic() - started
+        # A second reading only where there is a sensor (Termux's reader takes a while).
+        watts_after = None if watts_before is None else power.read_power().get("power_w")
+        energy, source = power.job_energy(cpu_s, wall_s, watts_before, watts_after,
+                                          b.watts_per_cpu)
         self.jobs_done += 1
         log.info("job %s v%d: %d steps, loss %.4f, %.1fs, peak %s", job.job_id, job.version,
                  result.steps, result.loss, time.monotonic() - started, result.peak_memory)
         return wire.UpdateMessage(job.job_id, job.version, result.num_samples,
                                   result.grad_variance, result.peak_memory or peak_rss(),
-                                  result.delta)
+                                  result.delta, cpu_seconds=cpu_s, energy_j=energy,
+                                  energy_source=source)
 
     def _upload(self, update: wire.UpdateMessage) -> None:
         body = wire.encode_update(update)
@@ -359,11 +378,37 @@ class Agent:
             log.info("late update for job %s accepted by the staleness rule: %s",
                      update.job_id, text)
 
+    def _wait_until_eligible(self) -> None:
+        """Before each job: read the power state and wait while the recipe's rules say no
+        (devices.require), telling the server why at once and with every heartbeat."""
+        while not self.stop.is_set():
+            self.power = power.read_power()
+            reason = power.check(self.bundle.require, self.power)
+            if reason is None:
+                if self.waiting is not None:
+                    log.info("conditions met again: taking jobs")
+                    self.waiting, self.state = None, "idle"
+                    self._beat()  # the server counts us in again before we ask for work
+                return
+            if reason != self.waiting:
+                log.info("waiting: %s", reason)
+                self.waiting, self.state = reason, "waiting"
+                self._beat()
+            self.stop.wait(self.bundle.recheck_s)
+
+    def _beat(self) -> None:
+        """One heartbeat: peak memory, state (and why we wait), the last power reading."""
+        body: Dict[str, Any] = {"peak_memory": peak_rss(), "state": self.state}
+        if self.waiting is not None:
+            body["reason"] = self.waiting
+        if self.power:
+            body["power"] = {k: self.power.get(k) for k in power.FIELDS}
+        self.client.request("POST", "/heartbeat", wire.dumps(body), timeout=5.0)
+
     def _heartbeats(self) -> None:
         while not self.stop.wait(self.opts.heartbeat):
-            body = wire.dumps({"peak_memory": peak_rss(), "state": self.state})
             try:
-                self.client.request("POST", "/heartbeat", body, timeout=5.0)
+                self._beat()
             except RunOver:
                 return
             except (RegisterAgain, Unreachable, AuthRejected):

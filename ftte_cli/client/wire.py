@@ -60,6 +60,9 @@ class UpdateMessage:
     grad_variance: float
     peak_memory: Optional[int]
     delta: Dict[str, torch.Tensor]
+    cpu_seconds: Optional[float] = None  # process CPU time of the job on the device
+    energy_j: Optional[float] = None  # the job's energy, joules (client/power.job_energy)
+    energy_source: str = ""  # "measured" (a power sensor) or "estimated" (CPU x class figure)
 
 
 def auth_headers(device: str, token: str) -> Dict[str, str]:
@@ -120,6 +123,9 @@ def encode_update(update: UpdateMessage) -> bytes:
         "grad_variance": repr(float(update.grad_variance)),
         "peak_memory": "" if update.peak_memory is None else str(update.peak_memory),
     }
+    if update.energy_j is not None:  # optional keys: older servers simply ignore them
+        meta.update(energy_j=repr(float(update.energy_j)), energy_source=update.energy_source,
+                    cpu_seconds=repr(float(update.cpu_seconds or 0.0)))
     return serialize.tensors_to_bytes(update.delta, meta)
 
 
@@ -140,7 +146,19 @@ def decode_update(data: bytes, max_bytes: int) -> UpdateMessage:
         job_id=_field(meta, "job_id", str), version=version,
         num_samples=num_samples, grad_variance=grad_variance,
         peak_memory=int(peak) if peak.isdigit() else None, delta=tensors,
+        cpu_seconds=_optional_float(meta, "cpu_seconds"),
+        energy_j=_optional_float(meta, "energy_j"),
+        energy_source=meta.get("energy_source", "")[:16],
     )
+
+
+def _optional_float(meta: Dict[str, str], key: str) -> Optional[float]:
+    """A non-negative finite float metadata value, or None when absent or malformed."""
+    try:
+        value = float(meta[key])
+    except (KeyError, ValueError):
+        return None
+    return value if 0.0 <= value < float("inf") else None
 
 
 def dumps(obj: Dict[str, Any]) -> bytes:

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from ftte_cli.commands.options import FormatOpt
+from ftte_cli.commands.options import FormatOpt, recipe_path
 from ftte_cli.errors import ExitCode, FtteError, RunError
 from ftte_cli.output import Format, console, err_console, handle_errors, print_json, table
 
@@ -75,7 +75,9 @@ def demo(
                                          help="How many emulated devices.")] = 4,
     keep: Annotated[bool, typer.Option("--keep",
                                        help="Leave the testbed running at the end.")] = False,
-    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Recipe to train.")] = (
+    recipe: Annotated[Path, typer.Option(
+        "--recipe", "-r", callback=recipe_path,
+        help="Recipe to train (a path or a built-in name).")] = (
         DEFAULT_RECIPE),
     directory: Annotated[Path, typer.Option("--dir", help="Testbed folder.")] = DEFAULT_DIR,
     fmt: FormatOpt = Format.table,

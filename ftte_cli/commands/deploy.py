@@ -21,13 +21,15 @@ from ftte_cli.commands.options import (
     InventoryOpt,
     KnownHostsOpt,
     LimitOpt,
+    recipe_path,
     ssh_options,
 )
 from ftte_cli.output import Format, err_console, handle_errors
 
 log = logging.getLogger(__name__)
 
-RecipeOpt = Annotated[Path, typer.Option("--recipe", "-r", help="Training recipe YAML.")]
+RecipeOpt = Annotated[Path, typer.Option(
+    "--recipe", "-r", callback=recipe_path, help="Training recipe YAML, or a built-in name.")]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Run the checks and say what would change; copy nothing.")
 ]

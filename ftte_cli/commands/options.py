@@ -12,15 +12,38 @@ from typing import Annotated, Optional
 
 import typer
 
+from ftte_cli import builtin
 from ftte_cli.config.inventory import Device, Inventory
 from ftte_cli.fleet.ssh import SshOptions
-from ftte_cli.output import Format
+from ftte_cli.output import Format, err_console
+
+
+def _resolve(kind: str, value: Optional[Path]) -> Optional[Path]:
+    """A `--recipe` / `--inventory` value as the file to load; says so when a name was looked up."""
+    if value is None:
+        return None
+    resolved = builtin.resolve(kind, value)
+    note = builtin.describe(kind, value, resolved)
+    if note is not None:
+        err_console.print(note, highlight=False, soft_wrap=True)
+    return resolved.path
+
+
+def recipe_path(value: Optional[Path]) -> Optional[Path]:
+    """Typer callback for every `--recipe`: a path, or a built-in name (`har`, `har.yaml`)."""
+    return _resolve(builtin.RECIPES, value)
+
+
+def inventory_path(value: Optional[Path]) -> Optional[Path]:
+    """Typer callback for every `--inventory`: a path, or a built-in name (`lab`)."""
+    return _resolve(builtin.INVENTORIES, value)
+
 
 InventoryOpt = Annotated[
     Path,
     typer.Option(
-        "--inventory", "-i", envvar="FTTE_INVENTORY",
-        help="Inventory YAML (Ansible format).",
+        "--inventory", "-i", envvar="FTTE_INVENTORY", callback=inventory_path,
+        help="Inventory YAML (Ansible format), or a built-in name (`lab`).",
     ),
 ]
 LimitOpt = Annotated[

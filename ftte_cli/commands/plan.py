@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ftte_cli.commands.options import inventory_path, recipe_path
 from ftte_cli.config.recipe import load_recipe
 from ftte_cli.engine.plan import save_plan
 from ftte_cli.engine.selection import plan_for_recipe
@@ -53,7 +54,8 @@ def render(report: dict[str, Any]) -> None:
 
 
 def plan(
-    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Recipe YAML.")],
+    recipe: Annotated[Path, typer.Option(
+        "--recipe", "-r", callback=recipe_path, help="Recipe YAML, or a built-in name (`har`).")],
     budget: Annotated[Optional[str], typer.Option(
         "--budget", "-b", help="Memory budget per device, e.g. 2MB, 512KiB (default: the "
         "recipe's plan.memory_budget).")] = None,
@@ -62,7 +64,8 @@ def plan(
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Write plan.json + plan.safetensors into this folder.")] = None,
     inventory: Annotated[Optional[Path], typer.Option(
-        "--inventory", "-i", help="Budget from this fleet's cached profiles (`ftte profile`), "
+        "--inventory", "-i", callback=inventory_path,
+        help="Budget from this fleet's cached profiles (`ftte profile`), "
         "plus a per-device headroom table under FTTE and under full training.")] = None,
     limit: Annotated[Optional[str], typer.Option(
         "--limit", "-l", help="Only these groups or hosts of the inventory.")] = None,

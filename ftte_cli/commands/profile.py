@@ -17,6 +17,7 @@ from ftte_cli.commands.options import (
     InventoryOpt,
     KnownHostsOpt,
     LimitOpt,
+    recipe_path,
     ssh_options,
 )
 from ftte_cli.errors import ConfigError
@@ -30,6 +31,7 @@ from ftte_cli.units import format_size
 COLUMNS = ("device", "class", "cpus", "quota", "memory", "limited by", "baseline", "usable M_i",
            "torch")
 BENCH_COLUMNS = ("device", "model", "fwd ms/sample", "bwd ms/sample", "rtt ms", "upload Mbit/s")
+POWER_COLUMNS = ("device", "battery", "charging", "temp C", "power W", "throttled", "from")
 
 
 def _size(n: Optional[int]) -> str:
@@ -64,6 +66,20 @@ def bench_rows(results: FleetResults) -> list[list[Any]]:
             for p in _profiles(results) if p.benchmarked]
 
 
+def power_rows(results: FleetResults) -> list[list[Any]]:
+    """Battery, charging, temperature and draw per device that reports any ("-": missing)."""
+    def yes_no(x: Optional[bool]) -> str:
+        return "-" if x is None else ("yes" if x else "no")
+
+    rows = []
+    for p in _profiles(results):
+        if p.power_sources or p.battery is not None or p.charging is not None:
+            rows.append([p.name, "-" if p.battery is None else f"{100 * p.battery:.0f}%",
+                         yes_no(p.charging), _num(p.temperature_c), _num(p.power_w),
+                         yes_no(p.throttled), ", ".join(p.power_sources) or "-"])
+    return rows
+
+
 def profile(
     inventory: InventoryOpt,
     limit: LimitOpt = None,
@@ -71,7 +87,8 @@ def profile(
         "--benchmark", help="Also time training steps of the recipe's model, RTT and upload.")
     ] = False,
     recipe: Annotated[Optional[Path], typer.Option(
-        "--recipe", "-r", help="Recipe whose model sets the baseline (and is benchmarked).")
+        "--recipe", "-r", callback=recipe_path,
+        help="Recipe whose model sets the baseline (and is benchmarked).")
     ] = None,
     max_age: Annotated[Optional[float], typer.Option(
         "--max-age", min=0, help="Reuse cached profiles younger than this many seconds.")
@@ -113,6 +130,9 @@ def _render(results: FleetResults, records: dict[str, Any], cache: Path, fmt: Fo
     bench = bench_rows(results)
     if bench:
         console.print(table("Benchmark", BENCH_COLUMNS, bench))
+    power = power_rows(results)
+    if power:
+        console.print(table("Power", POWER_COLUMNS, power))
     console.print(recap_table(results, "Recap"))
     console.print(summary_line(results), highlight=False)
     console.print(f"profiles: {cache}", highlight=False)

@@ -24,8 +24,15 @@ CompareOpt = Annotated[
 ]
 
 
+TensorboardOpt = Annotated[
+    Optional[Path], typer.Option(
+        "--tensorboard", help="Also write the run's scalars for `tensorboard --logdir DIR` "
+        "(several runs in one DIR overlay; needs pip install 'ftte-cli\\[tensorboard]').")
+]
+
+
 def report(run_dir: RunDirArg = None, compare: CompareOpt = None,
-           fmt: FormatOpt = Format.table) -> None:
+           tensorboard: TensorboardOpt = None, fmt: FormatOpt = Format.table) -> None:
     """Plot accuracy, staleness and per-device figures of a run and summarise it."""
     from ftte_cli.startmodel import describe_start
     from ftte_cli.ui.report import compare_table, device_tables, summary_table
@@ -41,10 +48,12 @@ def report(run_dir: RunDirArg = None, compare: CompareOpt = None,
         if run_dir is None:
             raise ConfigError("report: give RUN_DIR, or --compare RUN_A RUN_B")
         rep = api.report(run_dir)
+        boards = [] if tensorboard is None else api.export_tensorboard(run_dir, tensorboard)
     if fmt == Format.json:
         print_json({"run_dir": str(rep.run.path), "kind": rep.run.kind,
                     "target": rep.run.target, "init": rep.run.init, "rows": rep.rows,
-                    "plots": [str(p) for p in rep.plots]})
+                    "plots": [str(p) for p in rep.plots],
+                    "tensorboard": [str(b) for b in boards]})
         return
     console.print(summary_table(rep.run, rep.rows))
     if rep.run.init:
@@ -53,3 +62,6 @@ def report(run_dir: RunDirArg = None, compare: CompareOpt = None,
         console.print(devices)
     console.print("plots: " + ", ".join(str(p) for p in rep.plots), highlight=False,
                   soft_wrap=True)
+    if boards:
+        console.print(f"tensorboard: tensorboard --logdir {tensorboard}", highlight=False,
+                      soft_wrap=True)

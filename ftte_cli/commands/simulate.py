@@ -15,6 +15,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ftte_cli import api
+from ftte_cli.commands.options import recipe_path
+from ftte_cli.commands.report import TensorboardOpt
 from ftte_cli.config.recipe import load_recipe
 from ftte_cli.errors import ConfigError
 from ftte_cli.output import Format, console, err_console, handle_errors, print_json, table
@@ -63,7 +65,8 @@ def _backend(name: str, address: Optional[str]) -> Any:
 
 
 def simulate(
-    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Recipe YAML.")],
+    recipe: Annotated[Path, typer.Option(
+        "--recipe", "-r", callback=recipe_path, help="Recipe YAML, or a built-in name (`har`).")],
     clients: Annotated[Optional[int], typer.Option(min=1, help="Simulated clients.")] = None,
     stragglers: Annotated[Optional[float], typer.Option(
         min=0.0, max=1.0, help="Fraction of clients slowed by U(5, 20).")] = None,
@@ -85,11 +88,12 @@ def simulate(
                    ] = None,
     backend: Annotated[str, typer.Option(
         help="Where client jobs train: inprocess, or ray (needs pip install "
-             "'ftte-cli[ray]'; results equal in-process ones).")] = "inprocess",
+             "'ftte-cli\\[ray]'; results equal in-process ones).")] = "inprocess",
     address: Annotated[Optional[str], typer.Option(
         help="Ray cluster: auto or HOST:PORT (default: start a local Ray).")] = None,
     threads: Annotated[int, typer.Option(
         min=1, help="torch threads for local training (1 is fastest for many tiny jobs).")] = 1,
+    tensorboard: TensorboardOpt = None,
     fmt: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
 ) -> None:
     """Compare strategies on a simulated fleet: time to target, accuracy, memory, payload."""
@@ -101,6 +105,8 @@ def simulate(
         if until not in ("target", "limit"):
             raise ConfigError(f"--until: expected target or limit, got {until!r}")
         rec = load_recipe(recipe)
+        if tensorboard is not None:
+            api.require_tensorboard()  # before the run, not after it
         jobs_on = _backend(backend, address)
         folder = out if out is not None else new_run_dir(Path("runs"), "sim")
         folder.mkdir(parents=True, exist_ok=True)
@@ -122,6 +128,8 @@ def simulate(
                 until_target=until == "target", eval_samples=eval_samples or None, out=folder,
                 progress=progress)
         doc = {**summary_doc(result), "run_dir": str(folder)}
+        if tensorboard is not None:
+            doc["tensorboard"] = [str(b) for b in api.export_tensorboard(folder, tensorboard)]
         if fmt == Format.json:
             print_json(doc)
             return

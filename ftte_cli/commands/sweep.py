@@ -10,7 +10,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ftte_cli import api
-from ftte_cli.commands.options import AcceptNewHostKeysOpt, ConnectTimeoutOpt, FormatOpt, LimitOpt
+from ftte_cli.commands.options import (
+    AcceptNewHostKeysOpt,
+    ConnectTimeoutOpt,
+    FormatOpt,
+    LimitOpt,
+    inventory_path,
+    recipe_path,
+)
 from ftte_cli.errors import ConfigError, ExitCode
 from ftte_cli.output import Format, console, err_console, handle_errors, print_json, table
 from ftte_cli.units import format_size
@@ -20,9 +27,11 @@ COLUMNS = ("strategy", "runs", "reached", "time to target", "final acc", "payloa
 
 
 def sweep(
-    recipe: Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Recipe YAML.")] = None,
+    recipe: Annotated[Optional[Path], typer.Option(
+        "--recipe", "-r", callback=recipe_path, help="Recipe YAML, or a built-in name.")] = None,
     inventory: Annotated[Optional[Path], typer.Option(
-        "--inventory", "-i", envvar="FTTE_INVENTORY", help="Inventory YAML (the fleet; with "
+        "--inventory", "-i", envvar="FTTE_INVENTORY", callback=inventory_path,
+        help="Inventory YAML (the fleet; with "
         "--simulate its size and benchmarked profiles shape the simulated fleet).")] = None,
     strategies: Annotated[str, typer.Option(
         help="Comma-separated: ftte, fedbuff, fedasync, fedavg.")] = "ftte,fedbuff,fedavg",

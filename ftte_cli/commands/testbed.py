@@ -1,4 +1,4 @@
-"""`ftte testbed up|status|down`: an emulated fleet of capped sshd devices on this machine."""
+"""`ftte testbed up|status|down|power`: an emulated fleet of capped sshd devices on this machine."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ftte_cli.errors import ConfigError
 from ftte_cli.output import Format, console, err_console, handle_errors, print_json, table
 from ftte_cli.testbed import lifecycle
 from ftte_cli.testbed.devices import DEFAULT_MIX, DEVICE_CLASSES, DeviceClass
@@ -103,3 +104,36 @@ def down(directory: DirOpt = Path(".testbed"), fmt: FormatOpt = Format.table) ->
                 err_console.print(f"[red]left behind:[/] {item}", highlight=False)
         if report.leftovers:
             raise typer.Exit(1)
+
+
+@app.command("power")
+def power(
+    device: Annotated[str, typer.Argument(help="The testbed device, e.g. pi4-2.")],
+    battery: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="Battery level as a fraction of full (0.34).")] = None,
+    charging: Annotated[Optional[bool], typer.Option(
+        "--charging/--on-battery", help="Plugged in, or running on its battery.")] = None,
+    temperature: Annotated[Optional[float], typer.Option(
+        "--temperature", help="Hottest thermal zone, degrees C.")] = None,
+    watts: Annotated[Optional[float], typer.Option(
+        "--watts", min=0.0, help="Power draw a sensor would report (energy is then "
+        "measured, not estimated).")] = None,
+    clear: Annotated[bool, typer.Option(
+        "--clear", help="Remove the emulation: back to the machine's own sensors.")] = False,
+    directory: DirOpt = Path(".testbed"),
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Emulate one device's battery, charging, temperature and power draw (its power.json)."""
+    with handle_errors(fmt):
+        values = {k: v for k, v in (("battery", battery), ("charging", charging),
+                                    ("temperature_c", temperature), ("power_w", watts))
+                  if v is not None}
+        if not clear and not values:
+            raise ConfigError("testbed power: give --battery, --charging/--on-battery, "
+                              "--temperature or --watts (or --clear)")
+        path = lifecycle.set_power(directory, device, None if clear else values)
+        if fmt == Format.json:
+            print_json({"device": device, "file": str(path), "power": None if clear else values})
+        else:
+            what = "cleared" if clear else ", ".join(f"{k}={v}" for k, v in values.items())
+            console.print(f"{device}: {what} ({path})", highlight=False)

@@ -8,12 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
+from ftte_cli import api
 from ftte_cli.commands.options import (
     AcceptNewHostKeysOpt,
     ConnectTimeoutOpt,
     FormatOpt,
     LimitOpt,
+    inventory_path,
+    recipe_path,
 )
+from ftte_cli.commands.report import TensorboardOpt
 from ftte_cli.config.recipe import STRATEGIES
 from ftte_cli.errors import ConfigError, ExitCode
 from ftte_cli.output import Format, console, handle_errors, print_json, table
@@ -23,9 +27,12 @@ ROWS = ("device", "status", "accepted", "rejected", "staleness", "peak memory", 
 
 
 def train(
-    recipe: Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Recipe YAML.")] = None,
+    recipe: Annotated[Optional[Path], typer.Option(
+        "--recipe", "-r", callback=recipe_path,
+        help="Recipe YAML, or a built-in name (`har`).")] = None,
     inventory: Annotated[Optional[Path], typer.Option(
-        "--inventory", "-i", envvar="FTTE_INVENTORY", help="Inventory YAML.")] = None,
+        "--inventory", "-i", envvar="FTTE_INVENTORY", callback=inventory_path,
+        help="Inventory YAML, or a built-in name.")] = None,
     strategy: Annotated[Optional[str], typer.Option(
         "--strategy", help=f"Override the recipe's strategy: {'|'.join(STRATEGIES)}.")] = None,
     limit: LimitOpt = None,
@@ -43,6 +50,7 @@ def train(
         "--offline-after", min=1.0, help="Seconds without a request before a device is "
         "offline.")] = 10.0,
     connect_timeout: ConnectTimeoutOpt = 20.0,
+    tensorboard: TensorboardOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Start the server, launch the agents, train until a stop rule, stop every agent."""
@@ -54,6 +62,8 @@ def train(
             raise ConfigError("train: --recipe and --inventory are required (or --resume RUN_DIR)")
         if strategy is not None and strategy not in STRATEGIES:
             raise ConfigError(f"--strategy: unknown {strategy!r} (known: {', '.join(STRATEGIES)})")
+        if tensorboard is not None:
+            api.require_tensorboard()  # before the run, not after it
         opts = TrainOptions(
             recipe=recipe, inventory=inventory, strategy=strategy, limit=limit, direct=direct,
             run_dir=run_dir, resume=resume, offline_after=offline_after,
@@ -68,6 +78,8 @@ def train(
             result = run_training(replace(opts, phases=phases))
         finally:
             phases.close()
+        if tensorboard is not None:  # written from the run directory, like `ftte report`
+            api.export_tensorboard(result.run_dir, tensorboard)
         _render(result, fmt)
         if result.stop_reason.value in ("no_devices", "stalled", "error"):
             raise typer.Exit(int(ExitCode.FAILURE))

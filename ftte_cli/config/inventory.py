@@ -488,10 +488,14 @@ def load_inventory(
     overrides: Optional[Mapping[str, Any]] = None,
     ssh_config: Optional[SshConfig] = None,
 ) -> Inventory:
-    """Load, validate and resolve an inventory; `ssh_config` defaults to ~/.ssh/config."""
+    """Load, validate and resolve an inventory; `ssh_config` defaults to ~/.ssh/config.
+
+    `path` may also name a built-in inventory (`lab`; a local file wins), see ftte_cli/builtin.
+    """
+    from ftte_cli import builtin
     from ftte_cli.config.schema import load_yaml
 
-    path = Path(path)
+    path = builtin.resolve(builtin.INVENTORIES, path).path
     tree = _parse(path, load_yaml(path))
     ssh = ssh_config if ssh_config is not None else load_ssh_config()
     flags = dict(check_var(k, v, "command line") for k, v in (overrides or {}).items())

@@ -322,6 +322,31 @@ class SimConfig:
 
 
 @dataclass(frozen=True)
+class RequireConfig:
+    """When a device may take a job: checked by its agent before each one (client/power.py);
+    a device that fails a rule waits (not a straggler, not offline) and says why."""
+
+    charging: bool = False  # only on external power (charging, full, or no battery at all)
+    battery_min: Optional[float] = None  # lowest battery level, a fraction of full (0.5 = 50%)
+    temperature_max_c: Optional[float] = None  # hottest thermal zone (or battery) allowed
+
+    def validate(self, where: str) -> None:
+        _check(self.battery_min is None or 0 <= self.battery_min <= 1, where, "battery_min",
+               "must be in [0, 1] (a fraction of a full battery)")
+
+
+@dataclass(frozen=True)
+class DevicesConfig:
+    """What the recipe asks of the devices themselves."""
+
+    require: RequireConfig = field(default_factory=RequireConfig)
+    recheck_s: float = 2.0  # how often a waiting agent reads its power state again
+
+    def validate(self, where: str) -> None:
+        _check(self.recheck_s > 0, where, "recheck_s", "must be > 0")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A whole training recipe; `source` is the file it came from (for messages)."""
 
@@ -335,6 +360,7 @@ class Recipe:
     plan: PlanConfig = field(default_factory=PlanConfig)
     stop: StopConfig = field(default_factory=StopConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
     source: Optional[Path] = None
 
     def with_strategy(self, name: str) -> Recipe:
@@ -345,8 +371,14 @@ class Recipe:
 
 
 def load_recipe(path: Union[str, Path]) -> Recipe:
-    """Read and validate a recipe file; relative data paths resolve against the recipe's folder."""
-    path = Path(path)
+    """Read and validate a recipe file; relative data paths resolve against the recipe's folder.
+
+    `path` may also name a built-in recipe (`har` or `har.yaml`; a local file wins), see
+    ftte_cli/builtin.
+    """
+    from ftte_cli.builtin import RECIPES, resolve  # laptop only: the agent never loads YAML
+
+    path = resolve(RECIPES, path).path
     raw = load_yaml(path)
     if isinstance(raw, dict) and "source" in raw:
         raise ConfigError(f"{path}: source: unknown key")

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save as st_save
 from torch import nn
 
+from ftte_cli.client.power import watts_per_cpu
 from ftte_cli.config.inventory import device_train
 from ftte_cli.config.recipe import Recipe, recipe_to_dict
 from ftte_cli.errors import ConfigError
@@ -203,7 +204,8 @@ def _shard_bytes(fed: FederatedData, index: int) -> bytes:
 
 def _server_settings(recipe: Recipe, device: Device, index: int) -> dict[str, Any]:
     """server.json: who this device is in the run; `data_path` when it trains on local data."""
-    settings: dict[str, Any] = {"device": device.name, "run": recipe.name, "client_index": index}
+    settings: dict[str, Any] = {"device": device.name, "run": recipe.name, "client_index": index,
+                                "watts_per_cpu": watts_per_cpu(device.device_class)}
     if device.data is not None:
         settings["data_path"] = device.data
     if device.train.get("threads"):

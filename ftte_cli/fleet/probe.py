@@ -317,12 +317,32 @@ def with_torch(cfg: Dict[str, Any], out: Dict[str, Any]) -> None:
     out["peak_rss_bytes"] = rss_bytes("VmHWM")
 
 
+def power_facts(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Battery, charging, temperature, throttling and power draw from client/power.py, whose
+    source the laptop ships in the config; never fails the probe (the error is recorded)."""
+    source = cfg.get("power_source")
+    if not source:
+        return {}
+    try:
+        namespace: Dict[str, Any] = {"__name__": "ftte_power"}
+        exec(compile(source, "<ftte:power>", "exec"), namespace)
+        state = namespace["read_power"]()
+    except Exception:
+        return {"power_error": traceback.format_exc(limit=2).strip().splitlines()[-1]}
+    out = {k: state.get(k) for k in ("battery", "charging", "power_w", "throttled")}
+    out["power_sources"] = state.get("sources") or []
+    if state.get("temperature_c") is not None:  # emulated, or the battery's without zones
+        out["temperature_c"] = state["temperature_c"]
+    return out
+
+
 def main(cfg: Dict[str, Any]) -> None:
     """Probe this device and print one FTTE-PROBE line."""
     start = time.perf_counter()
     out = {}
     try:
         out.update(facts(cfg))
+        out.update(power_facts(cfg))
         with_torch(cfg, out)
     except Exception:
         out["error"] = traceback.format_exc(limit=3).strip().splitlines()[-1]

@@ -121,6 +121,13 @@ class DeviceProfile:
     temperatures_c: dict[str, float] = field(default_factory=dict)
     accelerator: Optional[str] = None  # "cuda:<name>" / "mps" when torch can train there
     memory_counted: str = "cpu"  # MemoryCounted: which memory M_i stands for
+    # Power (client/power.py): None means the device does not report it, never zero.
+    battery: Optional[float] = None  # fraction of full
+    charging: Optional[bool] = None  # on external power
+    power_w: Optional[float] = None  # draw from a sensor (Jetson INA3221, battery power_now)
+    throttled: Optional[bool] = None  # Pi firmware flags: throttled or soft temperature limit
+    power_sources: list[str] = field(default_factory=list)  # where the readings came from
+    power_error: Optional[str] = None  # reading power failed (the rest of the probe did not)
 
     @property
     def benchmarked(self) -> bool:
@@ -178,7 +185,7 @@ def shared_config(request: ProfileRequest) -> dict[str, Any]:
     trips a CPython 3.11 bug ("AST constructor recursion depth mismatch").
     """
     cfg: dict[str, Any] = {"benchmark": request.benchmark, "window_s": request.window_s,
-                           "repeats": request.repeats}
+                           "repeats": request.repeats, "power_source": power_source()}
     if request.recipe is not None:
         shape, classes = data_shape(request.recipe)
         sources, packages = model_sources()
@@ -187,6 +194,11 @@ def shared_config(request: ProfileRequest) -> dict[str, Any]:
                    batch_size=request.recipe.train.batch_size, modules=sources,
                    packages=packages, models_module=MODELS_MODULE)
     return cfg
+
+
+def power_source() -> str:
+    """client/power.py's source: the probe runs its read_power() on the device."""
+    return (PACKAGE_ROOT / "client" / "power.py").read_text()
 
 
 def probe_config(device: Device, shared: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,8 @@ Why paramiko directly and not Fabric: Fabric's `Connection` auto-adds unknown ho
 the channel, and its errors surface as a mix of Invoke and paramiko types. Here unknown keys are
 refused unless the operator opts in (`--accept-new-host-keys`, which trusts and records them,
 like OpenSSH's StrictHostKeyChecking=accept-new), a changed key is always refused, and connect,
-banner, auth, channel-open and each command run under their own timeout.
+banner, auth, channel-open and each command run under their own timeout. User scripts that
+want Fabric get it with these rules applied (`fleet/fabric_group.py`, `enforce_host_keys`).
 
 Host keys come from `SshOptions.known_hosts` (a CLI flag), else the device's `ftte_known_hosts`,
 else `~/.ssh/known_hosts` (the system-wide /etc/ssh/ssh_known_hosts is not read); non-22 ports
@@ -525,6 +526,27 @@ def _passphrase(device: Device) -> Optional[str]:
     return os.environ.get(str(var)) if var else None
 
 
+def enforce_host_keys(client: paramiko.SSHClient, device: Device, opts: SshOptions) -> Path:
+    """Give a client ftte's host-key rules for `device`: its known_hosts loaded, unknown keys
+    refused unless `opts.accept_new_host_keys` (then recorded), changed keys always refused.
+    Also for clients ftte does not open itself (Fabric's, `fleet/fabric_group.py`)."""
+    path = known_hosts_path(device, opts)
+    if path.is_file():
+        client.get_host_keys().load(str(path))
+    client.set_missing_host_key_policy(_HostKeyPolicy(path, opts.accept_new_host_keys))
+    return path
+
+
+def jump_host(device: Device) -> Optional[tuple[Optional[str], str, int]]:
+    """(user, host, port) of the device's one jump host, or None (several hops: SSHException)."""
+    return _parse_jump(device.proxy_jump) if device.proxy_jump else None
+
+
+def key_passphrase(device: Device) -> Optional[str]:
+    """The key passphrase from the variable named by `ftte_password_env` (None if unset)."""
+    return _passphrase(device)
+
+
 def _check_key_file(device: Device) -> None:
     if device.key_file is not None and not Path(device.key_file).expanduser().is_file():
         raise KeyFileError(f"key file {device.key_file} not found")
@@ -539,11 +561,8 @@ def _open_client(
     sock: Optional[paramiko.Channel] = None,
 ) -> paramiko.SSHClient:
     """A connected, authenticated paramiko client; host keys checked as the module doc says."""
-    path = known_hosts_path(device, opts)
     client = paramiko.SSHClient()
-    if path.is_file():
-        client.get_host_keys().load(str(path))
-    client.set_missing_host_key_policy(_HostKeyPolicy(path, opts.accept_new_host_keys))
+    enforce_host_keys(client, device, opts)
     key_file = str(Path(device.key_file).expanduser()) if device.key_file else None
     try:
         client.connect(

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from aiohttp import web
 
-from ftte_cli.client import wire
+from ftte_cli.client import power, wire
 from ftte_cli.engine.coordinator import (
     ClientState,
     Coordinator,
@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 EventSink = Callable[[dict], None]
 VersionHook = Callable[[Coordinator, float, SubmitResult], None]
-ONLINE = (DeviceStatus.idle, DeviceStatus.training)
+# Paused devices are online (heartbeating): they wait for their own conditions, so they are
+# neither offline nor stragglers; they hold no job while paused.
+ONLINE = (DeviceStatus.idle, DeviceStatus.training, DeviceStatus.paused)
 ISSUED_PER_DEVICE = 8  # job ids remembered per device for wrong_device checks
 DECODE_OFF_LOOP_BYTES = 256 * 1024  # larger update bodies are parsed on a worker thread
 
@@ -64,6 +66,10 @@ class _Device:
     accepted: int = 0
     rejected: int = 0
     job_id: Optional[str] = None  # job delivered and not yet answered
+    power: Optional[dict] = None  # the agent's last power reading (client/power.FIELDS)
+    energy_j: Optional[float] = None  # energy of every job it sent back (None: none reported)
+    energy_estimated: bool = False  # some of it estimated from CPU time, not a sensor
+    reason: Optional[str] = None  # why it is paused
 
 
 @dataclass(frozen=True)
@@ -202,7 +208,8 @@ class FtteServer:
             last_seen=None if d.last_seen is None else max(now - d.last_seen, 0.0),
             peak_memory=d.peak_memory, memory_budget=self.config.memory_budgets.get(d.name),
             bytes_up=d.bytes_up, bytes_down=d.bytes_down, accepted=d.accepted,
-            rejected=d.rejected,
+            rejected=d.rejected, waiting_reason=d.reason, **_power_fields(d.power),
+            energy_j=d.energy_j, energy_estimated=d.energy_estimated,
         )
 
     # ---- run control (any thread) ------------------------------------------------------------
@@ -392,13 +399,13 @@ class FtteServer:
             raise web.HTTPUnauthorized(text="unknown device or wrong token")
         return device
 
-    def _reject(self, device: str, reason: Any, detail: str = "") -> None:
+    def _reject(self, device: str, reason: Any, detail: str = "", **fields: Any) -> None:
         with self._lock:
             self._dropped[reason.value] = self._dropped.get(reason.value, 0) + 1
             if device in self._devices:
                 self._devices[device].rejected += 1
         self.event("update_rejected" if reason != ServerReason.wrong_token else "auth_failed",
-                   device, f"{reason.value} {detail}".strip(), reason=reason.value)
+                   device, f"{reason.value} {detail}".strip(), reason=reason.value, **fields)
 
     def _check_running(self, device: str) -> None:
         if self.done:
@@ -449,6 +456,7 @@ class FtteServer:
             wait = min(max(float(request.query.get("wait", "0")), 0.0), self.config.long_poll_max)
         except ValueError:
             raise web.HTTPBadRequest(text="wait: not a number") from None
+        await self._resume(device)
         await self._recover_lost_job(device)
         deadline = self.now() + wait
         while True:
@@ -559,6 +567,9 @@ class FtteServer:
                 dev.status, dev.job_id = DeviceStatus.idle, None
             if msg.peak_memory is not None:
                 dev.peak_memory = max(dev.peak_memory or 0, msg.peak_memory)
+            if msg.energy_j is not None:  # spent whether or not the update is accepted
+                dev.energy_j = (dev.energy_j or 0.0) + msg.energy_j
+                dev.energy_estimated |= msg.energy_source != "measured"
             if result.accepted:
                 dev.accepted += 1
                 dev.staleness = result.staleness
@@ -575,11 +586,12 @@ class FtteServer:
                        + (f" -> v{result.version}" if result.advanced else "")
                        + (f" ({result.detail})" if result.clipped else ""),
                        job_id=msg.job_id, staleness=result.staleness, version=result.version,
-                       clipped=result.clipped, late=result.late)
+                       clipped=result.clipped, late=result.late, **_energy_fields(msg))
         else:
             age = "" if result.staleness is None else f" staleness {result.staleness}"
             self._reject(device, RejectReason(result.reason),
-                         f"job {msg.job_id}{age}{late} {result.detail}".strip())
+                         f"job {msg.job_id}{age}{late} {result.detail}".strip(),
+                         **_energy_fields(msg))
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
         device = self._auth(request)
@@ -587,11 +599,46 @@ class FtteServer:
         self._require_online(device)
         body = await self._read_json(request, device)
         peak = body.get("peak_memory")
-        if isinstance(peak, int) and peak >= 0:
-            with self._lock:
-                dev = self._devices[device]
+        with self._lock:
+            dev = self._devices[device]
+            if isinstance(peak, int) and peak >= 0:
                 dev.peak_memory = max(dev.peak_memory or 0, peak)
+            if isinstance(body.get("power"), dict):  # only the known fields are kept
+                dev.power = {k: body["power"].get(k) for k in power.FIELDS}
+        if body.get("state") == "waiting":
+            await self._pause(device, str(body.get("reason") or "device conditions")[:200])
+        else:
+            await self._resume(device)
         return web.json_response({"version": self._version})
+
+    # ---- device conditions (recipe devices.require, checked by the agent) --------------------
+
+    async def _pause(self, device: str, reason: str) -> None:
+        """The agent waits for its conditions: free its slot (a queued or held job goes back to
+        the coordinator) and show why; it is not offline and not a straggler."""
+        with self._lock:
+            dev = self._devices[device]
+            changed = dev.status != DeviceStatus.paused or dev.reason != reason
+            was = dev.status
+            dev.status, dev.reason, dev.job_id = DeviceStatus.paused, reason, None
+            self._pending.pop(device, None)
+            reading = dict(dev.power or {})
+        if was != DeviceStatus.paused:
+            await self._in_worker(self._release, device, self.now())
+        if changed:
+            self.event("device_waiting", device, reason, power=reading)
+
+    async def _resume(self, device: str) -> None:
+        """A paused device that heartbeats as ready (or asks for work) is counted in again."""
+        with self._lock:
+            dev = self._devices[device]
+            paused = dev.status == DeviceStatus.paused
+            if paused:
+                dev.status, dev.reason = DeviceStatus.idle, None
+            reading = dict(dev.power or {})
+        if paused:
+            self.event("device_ready", device, "conditions met", power=reading)
+            self._wake(await self._in_worker(self._rejoin, device, self.now()))
 
     async def _status(self, request: web.Request) -> web.Response:
         self._auth(request)
@@ -624,6 +671,28 @@ class FtteServer:
         self._dispatch(now)
 
 
+
+
+def _energy_fields(msg: wire.UpdateMessage) -> dict[str, Any]:
+    """The job's energy for events.jsonl (absent when the agent reported none)."""
+    if msg.energy_j is None:
+        return {}
+    return {"energy_j": round(msg.energy_j, 4), "energy_source": msg.energy_source,
+            "cpu_s": None if msg.cpu_seconds is None else round(msg.cpu_seconds, 4)}
+
+
+def _power_fields(reading: Optional[dict]) -> dict[str, Any]:
+    """DeviceRow's battery, charging and temperature from an agent's reading (None: missing)."""
+    r = reading or {}
+
+    def num(key: str) -> Optional[float]:
+        value = r.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            else None
+
+    charging = r.get("charging")
+    return {"battery": num("battery"), "temperature_c": num("temperature_c"),
+            "charging": charging if isinstance(charging, bool) else None}
 
 
 async def _read_bounded(request: web.Request, bound: int) -> bytes:

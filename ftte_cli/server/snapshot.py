@@ -17,6 +17,7 @@ class DeviceStatus(str, Enum):
     waiting = "waiting"  # expected, never registered yet
     idle = "idle"  # registered, no job in hand
     training = "training"  # holds a job
+    paused = "paused"  # registered, but the recipe's device rules hold it back (battery, heat)
     offline = "offline"  # not seen for longer than the offline timeout
     failed = "failed"  # its agent died and was not restarted (e.g. OOM-killed)
     done = "done"  # told that the run is over
@@ -58,6 +59,12 @@ class DeviceRow:
     bytes_down: int = 0  # server -> device payload bytes
     accepted: int = 0
     rejected: int = 0
+    battery: Optional[float] = None  # fraction of full, as the agent last read it; None: missing
+    charging: Optional[bool] = None  # on external power; None: missing
+    temperature_c: Optional[float] = None  # hottest thermal zone (or battery); None: missing
+    waiting_reason: Optional[str] = None  # why a paused device waits ("on battery 34%")
+    energy_j: Optional[float] = None  # joules of every job it sent back; None: none reported
+    energy_estimated: bool = False  # some of it from CPU time x class figure, not a sensor
 
 
 # Events the dashboard keeps in view however many routine ones (update_accepted) follow.

@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ftte_cli.client.power import DEFAULT_WATTS_PER_CPU, watts_per_cpu
 from ftte_cli.config.recipe import SimConfig
 from ftte_cli.engine.flops import forward_flops, training_flops
 from ftte_cli.engine.plan import MaskKind, Plan, module_of
@@ -108,6 +109,7 @@ class DeviceModel:
     sec_per_sample_bwd: Optional[float] = None  # measured full backward (profile fleets)
     slowdown: float = 1.0  # straggler factor on compute; 1.0 for a normal client
     device_class: Optional[str] = None  # DEVICE_CLASSES name (class fleets)
+    watts_per_cpu: float = DEFAULT_WATTS_PER_CPU  # energy charged per compute second
 
     @property
     def straggler(self) -> bool:
@@ -215,7 +217,7 @@ def make_fleet(cfg: SimConfig, clients: int, seed: int, margin_bytes: int = 0
             bandwidth_bps=_uniform(rng, cfg.bandwidth_mbps or cls.bandwidth_mbps) * 1e6,
             latency_s=_uniform(rng, cfg.latency_ms or cls.latency_ms) / 1000.0,
             flops_per_s=_uniform(rng, cfg.device_gflops or cls.gflops) * 1e9,
-            device_class=name,
+            device_class=name, watts_per_cpu=watts_per_cpu(name),
         ))
     return fleet
 
@@ -268,4 +270,5 @@ def _profile(path: Path, i: int, entry: Any) -> DeviceModel:
         bandwidth_bps=fields["bandwidth_bps"], latency_s=fields["rtt_s"],
         sec_per_sample_fwd=fields["sec_per_sample_fwd"],
         sec_per_sample_bwd=fields["sec_per_sample_bwd"],
+        watts_per_cpu=watts_per_cpu(entry.get("device_class")),
     )

@@ -20,7 +20,7 @@ from ftte_cli.units import format_size
 
 # the human table fits 80 columns; versions, clients and more are in the JSON / summary.json
 COLUMNS = ("strategy", "to target", "final", "best", "memory", "payload", "stale",
-           "dropped")
+           "dropped", "energy (est.)")
 # the second table: each strategy's plan, who strict FedAvg left out, ratios against FedAvg
 PLAN_COLUMNS = ("strategy", "trained", "vs full", "left out", "time", "memory", "payload")
 BASELINE = "fedavg"  # ratios are against this strategy when it ran
@@ -117,11 +117,22 @@ def summary_row(r: Any) -> Dict[str, Any]:
         "excluded_clients": r.excluded, "excluded": r.excluded_clients,
         "over_memory": r.over_memory, "plan": r.plan,
         "wall_s": r.wall_s, "cpu_s": r.cpu_s, "train_cpu_s": r.train_cpu_s,
+        "energy": r.energy,
     }
 
 
 def _fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _energy_cell(energy: Optional[Dict[str, Any]]) -> str:
+    """Estimated joules to target (else in total): `12.3 J`, `-` without figures."""
+    if not energy:
+        return "-"
+    value = energy.get("to_target_j")
+    value = energy.get("total_j") if value is None else value
+    return "-" if value is None else (f"{value / 1000:.3g} kJ" if value >= 1000 else
+                                      f"{value:.3g} J")
 
 
 def table_rows(doc: Dict[str, Any]) -> List[List[str]]:
@@ -136,7 +147,7 @@ def table_rows(doc: Dict[str, Any]) -> List[List[str]]:
             format_size(mem) if mem is not None else "-",
             format_size(payload) if payload is not None else "-",
             f"{_fmt(s['staleness_mean'], '.1f')}/{_fmt(s['staleness_max'], 'd')}",
-            str(s["dropped_total"]),
+            str(s["dropped_total"]), _energy_cell(s.get("energy")),
         ])
     return rows
 

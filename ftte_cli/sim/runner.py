@@ -48,6 +48,7 @@ from ftte_cli.sim.devices import (
     ComputeCost,
     DeviceModel,
     compute_cost,
+    compute_seconds,
     job_seconds,
     load_profiles,
     make_fleet,
@@ -113,6 +114,7 @@ class StrategyResult:
     train_cpu_s: float  # process CPU inside train_job
     excluded_clients: List[ClientRef] = field(default_factory=list)  # strict FedAvg left out
     over_memory: List[ClientRef] = field(default_factory=list)  # kept, plan overflows (lenient)
+    energy: Optional[Dict[str, Any]] = None  # sim_energy(): estimated joules (see there)
 
 
 @dataclass(frozen=True)
@@ -335,6 +337,7 @@ class _Run:
                            "under baseline_memory strict; use lenient")
         self.test = _eval_set(world)
         self.train_cpu = 0.0
+        self.energy: List[Tuple[float, float]] = []  # (arrival time, joules) per trained job
         self.rng = random.Random(f"availability:{world.seed}:{name}")
         self.clock: VirtualClock[Event] = VirtualClock()
         self.coord = Coordinator(
@@ -367,6 +370,9 @@ class _Run:
                 key = "dense" if self.strategy.dense else "ftte"
                 handle = self.backend.submit(key, job, i, self.recipe.train)
                 self.clock.schedule(now + duration, _Arrive(job, i, handle))
+                device = self.world.fleet[i]
+                self.energy.append((now + duration, device.watts_per_cpu * compute_seconds(
+                    device, self.cost, samples)))
 
     def _arrive(self, ev: _Arrive, now: float) -> None:
         res, cpu = self.backend.result(ev.handle)
@@ -434,7 +440,22 @@ class _Run:
                     if i not in members]
         return StrategyResult(self.name, summary, self.coord.metrics, info, len(self.members),
                               self.excluded, wall, cpu, self.train_cpu, excluded,
-                              [_client_ref(self.world.fleet, i) for i in self.over_memory])
+                              [_client_ref(self.world.fleet, i) for i in self.over_memory],
+                              sim_energy(self.energy, now, summary.time_to_target,
+                                         self.coord.version))
+
+
+def sim_energy(jobs: List[Tuple[float, float]], end: float, to_target: Optional[float],
+               versions: int) -> Dict[str, Any]:
+    """Estimated energy of a simulated run, charged like a device without a power sensor:
+    each job's virtual compute seconds x its device class's watts per CPU (client/power.py).
+    Jobs that arrived by `end` count; `to_target_j` sums those that arrived by the target."""
+    done = [j for t, j in jobs if t <= end]
+    total = sum(done)
+    return {"total_j": total, "per_version_j": total / versions if versions else None,
+            "to_target_j": None if to_target is None else sum(
+                j for t, j in jobs if t <= to_target),
+            "jobs": len(done), "label": "estimated"}
 
 
 def _client_ref(fleet: List[DeviceModel], i: int) -> ClientRef:

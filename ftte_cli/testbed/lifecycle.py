@@ -18,6 +18,7 @@ init that reaps (`docker run --init`, tini) or use `ftte demo`, which does both 
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import os
 import secrets
@@ -40,6 +41,35 @@ INVENTORY_FILE = "inventory.yaml"
 CLIENT_KEY = "id_ed25519"
 KNOWN_HOSTS = "known_hosts"
 ISOLATED_PORT_BASE = 2200  # device k listens on 2200+k inside its own namespace
+# Each device's emulated battery/temperature: <dir>/<device>/power.json, named in every SSH
+# session by $FTTE_POWER_FILE (client/power.py reads it; absent: the real sensors, if any).
+POWER_FILE = "power.json"
+POWER_FILE_ENV = "FTTE_POWER_FILE"
+
+
+def power_file(directory: Path, device: str) -> Path:
+    """Where a testbed device's emulated power state lives (write JSON: battery, charging,
+    temperature_c, power_w, throttled; delete it to go back to the machine's sensors)."""
+    return Path(directory) / device / POWER_FILE
+
+
+def set_power(directory: Path, device: str, values: Optional[dict[str, Any]]) -> Path:
+    """Write (or with None remove) one device's emulated power state; ConfigError names an
+    unknown device or testbed. Agents read it before their next job, the probe at once."""
+    state = st.load(Path(directory))
+    if state is None:
+        raise ConfigError(f"{directory}: no testbed here (ftte testbed up first)")
+    names = [d.name for d in state.devices]
+    if device not in names:
+        raise ConfigError(f"{directory}: no device {device!r} (devices: {', '.join(names)})")
+    path = power_file(Path(state.dir), device)
+    if values is None:
+        path.unlink(missing_ok=True)
+    else:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(values) + "\n")
+        os.replace(tmp, path)  # an agent never reads half a file
+    return path
 
 
 @dataclass(frozen=True)
@@ -206,7 +236,8 @@ def _start_sshd(state: st.TestbedState, dev: st.DeviceState, ddir: Path) -> st.T
     sshd.write_config(ddir / "sshd_config", port=dev.port, listen=dev.address,
                       host_key=ddir / "ssh_host_ed25519_key",
                       authorized_keys=Path(state.dir) / "authorized_keys",
-                      pid_file=ddir / "sshd.pid", root=os.geteuid() == 0)
+                      pid_file=ddir / "sshd.pid", root=os.geteuid() == 0,
+                      env={POWER_FILE_ENV: str(ddir / POWER_FILE)})
     sshd.write_wrapper(ddir / "start-sshd.sh", config=ddir / "sshd_config",
                        cgroup_procs=[Path(c) / "cgroup.procs" for c in dev.cgroups],
                        netns_file=netns.netns_path(dev.netns) if dev.netns else None)

@@ -55,8 +55,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def write_config(path: Path, *, port: int, listen: str, host_key: Path, authorized_keys: Path,
-                 pid_file: Path, root: bool) -> None:
-    """An sshd_config for one device: key-only login, no PAM, SFTP and forwarding allowed."""
+                 pid_file: Path, root: bool, env: Optional[dict[str, str]] = None) -> None:
+    """An sshd_config for one device: key-only login, no PAM, SFTP and forwarding allowed;
+    `env` is set in every session (SetEnv: the per-device power file, for example)."""
     lines = [
         f"Port {port}",
         f"ListenAddress {listen}",
@@ -77,6 +78,7 @@ def write_config(path: Path, *, port: int, listen: str, host_key: Path, authoriz
         "Subsystem sftp internal-sftp",
         "LogLevel ERROR",
     ]
+    lines += [f'SetEnv "{k}={v}"' for k, v in (env or {}).items()]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -475,6 +475,7 @@ def _run_training(opts: TrainOptions, lock: Any) -> TrainResult:
     agents = None
     with ServerThread(server, host, port) as st, _sigterm_interrupts():
         try:
+            run.manifest["server_url"] = st.url  # this run's server (GET /v1/status, tokens)
             _say(opts, f"starting {len(remote)} agents")
             agents = _start_agents(run, remote, st.port, opts)
             watch = _AgentWatch(run, server, agents)

@@ -24,6 +24,7 @@ STATUS_STYLE = {
     DeviceStatus.waiting: "dim",
     DeviceStatus.idle: "cyan",
     DeviceStatus.training: "green",
+    DeviceStatus.paused: "magenta",
     DeviceStatus.offline: "yellow",
     DeviceStatus.failed: "bold red",
     DeviceStatus.done: "blue",
@@ -63,22 +64,48 @@ WIDE = 100  # below this many columns the device table drops last-seen and byte 
 NARROW_DROP = ("seen", "up", "down")
 
 
+def _status(row: DeviceRow) -> Text:
+    """The status cell; a paused device says why it waits ("waiting: on battery 34%")."""
+    if row.status == DeviceStatus.paused:
+        return Text(f"waiting: {row.waiting_reason or 'device conditions'}",
+                    style=STATUS_STYLE[row.status])
+    return Text(row.status.value, style=STATUS_STYLE[row.status])
+
+
+def _battery(row: DeviceRow) -> str:
+    """`34%`, `80% charging`, `charging` (no level), or `-` when the device reports neither."""
+    level = None if row.battery is None else f"{100 * row.battery:.0f}%"
+    plug = {True: "charging", False: "on battery", None: None}[row.charging]
+    if level and plug == "charging":
+        return f"{level} charging"
+    return level or plug or "-"
+
+
+def _has_power(snapshot: RunSnapshot) -> bool:
+    """Battery/temperature columns only when some device reports them."""
+    return any(r.battery is not None or r.charging is not None or r.temperature_c is not None
+               or r.status == DeviceStatus.paused for r in snapshot.devices)
+
+
 def device_table(snapshot: RunSnapshot, width: int = WIDE) -> Table:
-    """One row per device: status, version, staleness, last seen, peak memory, bytes; on a
-    narrow terminal the least needed columns go first, so none is cut to nothing."""
+    """One row per device: status, version, staleness, last seen, peak memory, bytes (and
+    battery and temperature when devices report them); on a narrow terminal the least needed
+    columns go first, so none is cut to nothing."""
+    power = _has_power(snapshot)
     columns = ("device", "status", "ver", "stale", "seen", "peak/budget", "up", "down", "ok",
-               "rej")
+               "rej") + (("battery", "temp") if power else ())
     keep = [c for c in columns if width >= WIDE or c not in NARROW_DROP]
     t = Table(title="Devices", title_justify="left", pad_edge=width >= WIDE)
     for col in keep:
         t.add_column(col, no_wrap=True, min_width=8 if col == "status" else None)
     for row in snapshot.devices:
-        cells: dict[str, str | Text] = {
-            "device": row.name, "status": Text(row.status.value, style=STATUS_STYLE[row.status]),
+        temp = "-" if row.temperature_c is None else f"{row.temperature_c:.0f}C"
+        cells: dict[str, RenderableType] = {
+            "device": row.name, "status": _status(row),
             "ver": _opt(row.version), "stale": _opt(row.staleness), "seen": _ago(row.last_seen),
             "peak/budget": _memory(row), "up": format_size(row.bytes_up),
             "down": format_size(row.bytes_down), "ok": str(row.accepted),
-            "rej": str(row.rejected),
+            "rej": str(row.rejected), "battery": _battery(row), "temp": temp,
         }
         t.add_row(*(cells[c] for c in keep))
     return t
@@ -153,9 +180,11 @@ def progress_line(snapshot: RunSnapshot) -> str:
     acc = snapshot.last_accuracy
     online = sum(d.status in (DeviceStatus.idle, DeviceStatus.training) for d in snapshot.devices)
     dropped = sum(snapshot.dropped.values())
+    paused = sum(d.status == DeviceStatus.paused for d in snapshot.devices)
     return (f"[{snapshot.elapsed:6.1f}s] {snapshot.state.value} v{snapshot.version} "
             f"acc {'-' if acc is None else f'{acc:.3f}'} accepted {snapshot.accepted} "
-            f"dropped {dropped} devices {online}/{len(snapshot.devices)} online")
+            f"dropped {dropped} devices {online}/{len(snapshot.devices)} online"
+            + (f", {paused} waiting" if paused else ""))
 
 
 def _milestone(snapshot: RunSnapshot) -> tuple:

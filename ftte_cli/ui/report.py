@@ -36,8 +36,10 @@ _METRICS = re.compile(r"^metrics(?:[-_](?P<name>.+))?\.jsonl$")
 _TIME_KEYS = ("t", "time", "elapsed")
 COLUMNS = ("series", "stop", "target", "time to target", "version at target", "final acc",
            "best acc", "versions", "duration", "payload to target", "memory/device",
-           "staleness mean/max", "accepted", "dropped")
-DEVICE_COLUMNS = ("device", "status", "accepted", "rejected", "peak memory", "memory cap")
+           "staleness mean/max", "accepted", "dropped", "energy", "energy/version",
+           "energy to target")
+DEVICE_COLUMNS = ("device", "status", "accepted", "rejected", "peak memory", "memory cap",
+                  "energy")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Point:
     time: float
     version: Optional[int]
     accuracy: Optional[float]
+    loss: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class DeviceStats:
     peak_memory: Optional[int]  # bytes, measured on the device
     memory_budget: Optional[int]  # bytes the device may use, if known
     status: str = ""
+    energy_j: Optional[float] = None  # joules of its jobs (None: not reported)
+    energy_estimated: bool = False  # from CPU time x its class's figure, not a sensor
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,8 @@ class Series:
     summary: dict[str, Any]
     staleness: dict[int, int]  # tau -> accepted updates
     devices: list[DeviceStats] = field(default_factory=list)
+    energy: list[tuple[float, Optional[int], float, str]] = field(default_factory=list)
+    """(time, version, joules, "measured" | "estimated") per update that reported energy."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,20 @@ def _series(name: str, metrics: Path, root: Path, manifest: dict[str, Any],
     summary = _summary_for(name, metrics, root, top_summary)
     events = _events_for(metrics, root)
     staleness = _staleness(summary, events)
-    return Series(name, points, summary, staleness, _devices(summary, events))
+    return Series(name, points, summary, staleness, _devices(summary, events),
+                  _energy_events(events))
+
+
+def _energy_events(events: list[dict[str, Any]]) -> list[tuple[float, Optional[int], float, str]]:
+    """Every update's energy from events.jsonl (accepted or not: the device spent it)."""
+    out = []
+    for e in events:
+        if e.get("kind") in ("update_accepted", "update_rejected") and isinstance(
+                e.get("energy_j"), (int, float)):
+            version = e.get("version")
+            out.append((float(e.get("t") or 0.0), version if isinstance(version, int) else None,
+                        float(e["energy_j"]), str(e.get("energy_source") or "estimated")))
+    return out
 
 
 def _point(record: Any) -> Optional[Point]:
@@ -147,8 +167,10 @@ def _point(record: Any) -> Optional[Point]:
         return None
     acc = record.get("accuracy")
     version = record.get("version")
+    loss = record.get("loss")
     return Point(float(t), int(version) if isinstance(version, int) else None,
-                 float(acc) if isinstance(acc, (int, float)) else None)
+                 float(acc) if isinstance(acc, (int, float)) else None,
+                 float(loss) if isinstance(loss, (int, float)) else None)
 
 
 def _summary_for(name: str, metrics: Path, root: Path, top: dict[str, Any]) -> dict[str, Any]:
@@ -197,7 +219,8 @@ def _devices(summary: dict[str, Any], events: list[dict[str, Any]]) -> list[Devi
     if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
         return [DeviceStats(str(r.get("name")), int(r.get("accepted") or 0),
                             int(r.get("rejected") or 0), _opt_int(r.get("peak_memory")),
-                            _opt_int(r.get("memory_budget")), str(r.get("status") or ""))
+                            _opt_int(r.get("memory_budget")), str(r.get("status") or ""),
+                            _opt_float(r.get("energy_j")), bool(r.get("energy_estimated")))
                 for r in rows]
     accepted = Counter(e.get("device") for e in events if e.get("kind") == "update_accepted")
     rejected = Counter(e.get("device") for e in events if e.get("kind") == "update_rejected")
@@ -207,6 +230,10 @@ def _devices(summary: dict[str, Any], events: list[dict[str, Any]]) -> list[Devi
 
 def _opt_int(value: Any) -> Optional[int]:
     return int(value) if isinstance(value, (int, float)) else None
+
+
+def _opt_float(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _target(manifest: dict[str, Any], series: list[Series]) -> Optional[float]:
@@ -249,7 +276,35 @@ def _row(s: Series, target: Optional[float]) -> dict[str, Any]:
         "staleness_max": get("staleness_max", max(s.staleness) if s.staleness else None),
         "accepted": get("accepted", total or None),
         "dropped": get("dropped", {}),
+        **_energy_row(s, get("time_to_target", hit.time if hit else None),
+                      get("versions", max(versions) if versions else None)),
         "devices": [vars(d) for d in s.devices],
+    }
+
+
+def _energy_row(s: Series, to_target: Optional[float], versions: Optional[int]
+                ) -> dict[str, Any]:
+    """Joules in total, per model version and until the target, and whether estimated.
+
+    A simulate summary carries its own `energy` figures; a train run's come from the energy
+    each device reported with its updates (events.jsonl). `energy_label` is "estimated" when any
+    part was estimated from CPU time (no power sensor), "measured" otherwise, None without data.
+    """
+    own = s.summary.get("energy")
+    if isinstance(own, dict):
+        return {"energy_j": own.get("total_j"), "energy_per_version_j": own.get("per_version_j"),
+                "energy_to_target_j": own.get("to_target_j"), "energy_label": own.get("label")}
+    if not s.energy:
+        return {"energy_j": None, "energy_per_version_j": None, "energy_to_target_j": None,
+                "energy_label": None}
+    total = sum(e[2] for e in s.energy)
+    estimated = any(e[3] != "measured" for e in s.energy)
+    return {
+        "energy_j": total,
+        "energy_per_version_j": total / versions if versions else None,
+        "energy_to_target_j": None if to_target is None else sum(
+            e[2] for e in s.energy if e[0] <= to_target),
+        "energy_label": "estimated" if estimated else "measured",
     }
 
 
@@ -263,8 +318,21 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         _secs(row["time_to_target"]), _text(row["version_at_target"]),
         _pct(row["final_accuracy"]), _pct(row["best_accuracy"]), _text(row["versions"]),
         _secs(row["duration"]), _size(row["payload_to_target"]), _size(row["memory_per_device"]),
-        stale, _text(row["accepted"]), dropped,
+        stale, _text(row["accepted"]), dropped, *_energy_cells(row),
     ]
+
+
+def _joules(v: Optional[float], label: Optional[str]) -> str:
+    if v is None:
+        return "-"
+    text = f"{v / 1000:.3g} kJ" if v >= 1000 else f"{v:.3g} J"
+    return f"{text} ({label})" if label else text
+
+
+def _energy_cells(row: dict[str, Any]) -> list[str]:
+    label = row.get("energy_label")
+    return [_joules(row.get(k), label) for k in ("energy_j", "energy_per_version_j",
+                                                 "energy_to_target_j")]
 
 
 def summary_table(report: RunReport, rows: list[dict[str, Any]]) -> Table:
@@ -295,7 +363,9 @@ def device_tables(report: RunReport) -> list[Table]:
     for s in report.series:
         if s.devices:
             rows = [[d.name, d.status or "-", d.accepted, d.rejected, _size(d.peak_memory),
-                     _size(d.memory_budget)] for d in s.devices]
+                     _size(d.memory_budget),
+                     _joules(d.energy_j, "estimated" if d.energy_estimated else "measured")]
+                    for d in s.devices]
             out.append(table(f"Devices ({s.name})", DEVICE_COLUMNS, rows))
     return out
 
