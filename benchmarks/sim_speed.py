@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -102,7 +103,7 @@ def loop_child(clients: int, rounds: int, threads: int) -> Dict[str, Any]:
 
     torch.set_num_threads(threads)
     recipe = load_recipe(HAR)
-    data = load_federated(recipe.data, clients, recipe.seed)
+    data = load_federated(replace(recipe.data, clients=clients), clients, recipe.seed)  # as ftte
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, data.input_shape, data.num_classes)
     test = data.test
