@@ -60,9 +60,9 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def measure(cmd: List[str]) -> Dict[str, Any]:
+def measure(cmd: List[str], last_line: bool = False) -> Dict[str, Any]:
     """Run `cmd`; wall seconds, CPU seconds (user + sys, children included), peak tree RSS,
-    and its stdout parsed as JSON."""
+    and its stdout parsed as JSON (only its last line with `last_line`)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -83,7 +83,8 @@ def measure(cmd: List[str]) -> Dict[str, Any]:
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"sim_speed: {' '.join(cmd[:6])} ... failed (exit {proc.returncode})")
-    doc = json.loads(out) if out.strip() else {}  # one JSON document on stdout
+    text = out.strip().splitlines()[-1] if last_line and out.strip() else out
+    doc = json.loads(text) if text.strip() else {}
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_mib": peak[0] / 2**20,
             "doc": doc}
 
