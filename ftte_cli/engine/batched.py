@@ -176,13 +176,7 @@ def _train_group(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
         while sched.steps[active - 1] <= s:
             active -= 1
         leaves = {n: t[:active].detach().requires_grad_(True) for n, t in stack.items()}
-        rows = sched.index[s, :active].t()  # (B, k): gathered batch-major, so no transpose copy
-        x = xs[rows]  # (B, k, C, ...)
-        x = x.reshape(x.shape[0], -1, *x.shape[3:])  # (B, k*C, ...), a view
-        logits = _forward(model, params.at(leaves, active), x, first, active)  # (B, k, O)
-        y = ys[rows]  # (B, k)
-        ce = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1), reduction="none")
-        losses = (ce.view_as(y) * sched.mask[s, :active].t()).sum(0) / sched.count[s, :active]
+        losses = _losses(model, params.at(leaves, active), xs, ys, sched, s, active, first)
         grads = torch.autograd.grad(losses.sum(), [leaves[n] for n in names])
         with torch.no_grad():
             _sgd([stack[n][:active] for n in names], grads,
@@ -194,6 +188,18 @@ def _train_group(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
                 gsum[n][:active].add_(gr)
             loss_sum[:active] += losses.detach().double()
     return _results(sched, shards, names, stack, start, gsum, sq, loss_sum)
+
+
+def _losses(model: nn.Module, p: Mapping[str, Tensor], xs: Tensor, ys: Tensor,
+            sched: _Schedule, s: int, k: int, first: int) -> Tensor:
+    """(k,) each client's mean cross-entropy over its real samples of step s."""
+    rows = sched.index[s, :k].t()  # (B, k): gathered batch-major, so no transpose copy
+    x = xs[rows]  # (B, k, C, ...)
+    x = x.reshape(x.shape[0], -1, *x.shape[3:])  # (B, k*C, ...), a view
+    logits = _forward(model, p, x, first, k)  # (B, k, O)
+    y = ys[rows]  # (B, k)
+    ce = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1), reduction="none").view_as(y)
+    return (ce * sched.mask[s, :k].t()).sum(0) / sched.count[s, :k]  # padding weighs 0
 
 
 def _repeat(t: Tensor, g: int) -> Tensor:
