@@ -15,12 +15,14 @@ from ftte_cli.config.recipe import StrategyConfig
 from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig
 from ftte_cli.engine.plan import dense_plan
 from ftte_cli.engine.serialize import tensors_and_metadata_from_bytes, tensors_to_bytes
-from ftte_cli.engine.strategies import make_strategy
+from ftte_cli.engine.strategies import aggregate, make_strategy, weights
 
 ray = pytest.importorskip("ray")
 from ftte_cli.server.tier import (  # noqa: E402
     CoordinatorActor,
     Verdict,
+    combine,
+    partial_sum,
     start_aggregator,
     start_tier,
 )
@@ -151,3 +153,24 @@ def test_killing_an_aggregator_loses_no_update(local_ray: None) -> None:
     assert {d for d, v in after if v.accepted} & set(moved)
     for actor in [tier.coordinator, tier.aggregators[1], restarted]:
         ray.kill(actor)
+
+
+def test_partial_sums_with_buffer_weights_equal_one_weighted_mean() -> None:
+    """The next stage (docs/SCALING.md): aggregators send sum(alpha_i delta_i) over their own
+    updates, with alphas computed at the coordinator over the whole buffer (n_mean, v_mean)."""
+    gen = torch.Generator().manual_seed(5)
+    k, shapes = 10, {"w": (64, 32, 3), "b": (64,)}
+    deltas = {f"j{i}": {n: torch.randn(s, generator=gen) * 10 ** (i % 3 - 3)
+                        for n, s in shapes.items()} for i in range(k)}
+    n = [int(x) for x in torch.randint(10, 200, (k,), generator=gen)]
+    tau = [int(x) for x in torch.randint(0, 6, (k,), generator=gen)]
+    v = [float(x) for x in torch.rand(k, generator=gen) * 5]
+    s_age = weights.staleness_fn(StrategyConfig().staleness_weight)
+    alphas = weights.ftte_weights(n, tau, v, s_age, beta=1.0)
+    ids = list(deltas)
+    single = aggregate.weighted_mean([(deltas[j], a) for j, a in zip(ids, alphas)])
+    mine = {j: a for j, a in zip(ids, alphas) if int(j[1:]) % 3 == 0}  # aggregator A's share
+    theirs = {j: a for j, a in zip(ids, alphas) if j not in mine}  # aggregator B's
+    tier = combine([partial_sum(deltas, mine), partial_sum(deltas, theirs)], single)
+    for name in shapes:  # float64 sums in another order, rounded to float32: the same bits
+        assert torch.equal(tier[name], single[name]), name

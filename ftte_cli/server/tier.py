@@ -51,6 +51,41 @@ class Verdict:
     version: int
 
 
+# ---- the next stage: partial weighted sums (docs/SCALING.md, "scalars first, weights back") --
+
+def partial_sum(deltas: Dict[str, Dict[str, Any]], alphas: Dict[str, float]
+                ) -> Tuple[Dict[str, Any], float]:
+    """An aggregator's share of a buffer step: (sum_i alpha_i * delta_i in float64, sum_i
+    alpha_i) over the updates it holds (job id -> delta), with the alphas the coordinator
+    computed over the whole buffer (so n_mean and v_mean are the buffer's, exactly)."""
+    import torch  # noqa: PLC0415
+
+    sums: Dict[str, Any] = {}
+    total = 0.0
+    for job_id, alpha in alphas.items():
+        for name, t in deltas[job_id].items():
+            acc = sums.setdefault(name, torch.zeros_like(t, dtype=torch.float64))
+            acc.add_(t.to(torch.float64), alpha=alpha)
+        total += alpha
+    return sums, total
+
+
+def combine(partials: List[Tuple[Dict[str, Any], float]], like: Dict[str, Any]
+            ) -> Dict[str, Any]:
+    """The coordinator's side: sum of the partial sums / sum of the weights, in `like`'s dtypes
+    (equal to `aggregate.weighted_mean` over all the updates up to float64 summation order)."""
+    total = sum(w for _, w in partials)
+    if total <= 0:
+        raise ValueError(f"combine: weights sum to {total}")
+    out: Dict[str, Any] = {}
+    for name, ref in like.items():
+        acc = partials[0][0][name].clone()
+        for sums, _ in partials[1:]:
+            acc.add_(sums[name])
+        out[name] = (acc / total).to(ref.dtype)
+    return out
+
+
 class CoordinatorActor:
     """Actor body: the run's Coordinator, a queued job per device, updates applied in order."""
 
