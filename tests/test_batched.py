@@ -4,6 +4,7 @@ tolerance, bit-identical run after run, and invisible to the virtual clock."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import List
 
@@ -133,6 +134,9 @@ def test_a_model_it_cannot_stack_is_refused_with_the_reason(tmp_path: Path) -> N
         train_jobs(model, params, plan, extract(params, plan), _shards((3, 8), 4, (4,)),
                    TrainConfig(), [1])
     world = prepare(SimSettings(_recipe(tmp_path), strategies=("fedavg",)))
+    with pytest.raises(ConfigError, match="--backend batched: train.device cuda"):
+        BatchedBackend().start(replace(world, recipe=replace(
+            world.recipe, train=replace(world.recipe.train, device="cuda"))))
     world.model = model
     with pytest.raises(ConfigError, match="--backend batched: .*Tiny"):
         BatchedBackend().start(world)

@@ -57,9 +57,10 @@ class BatchedBackend:
         problem = unsupported(world.model)
         if problem is not None:
             raise ConfigError(f"--backend batched: {problem}; use --backend inprocess")
-        if resolve_device(world.recipe.train.device).type != "cpu":
-            raise ConfigError(f"--backend batched: train.device {world.recipe.train.device} "
-                              "resolves to an accelerator; batched jobs run on the CPU")
+        device = world.recipe.train.device
+        if device == "cuda" or (device == "auto" and resolve_device(device).type != "cpu"):
+            raise ConfigError(f"--backend batched: train.device {device} means an accelerator; "
+                              "batched jobs run on the CPU (use train.device: cpu)")
         self.world = world
 
     def submit(self, plan_key: str, job: Job, device: int, cfg: TrainConfig) -> Any:
