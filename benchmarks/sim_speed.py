@@ -1,0 +1,289 @@
+"""`ftte simulate` (in-process and batched backends) against a plain per-client torch loop on the
+same FedAvg work: wall time, CPU time and peak memory, side by side with ratios, from one run.
+
+    .venv/bin/python benchmarks/sim_speed.py [--sizes 20x3,100x5,500x5] [--threads 1]
+                                             [--no-recipe] [--format table|json]
+
+The work, for each CLIENTSxROUNDS: FedAvg on har_cnn with ftte's own synthetic HAR shards
+(recipes/har.yaml's data, split over CLIENTS), every client trains one epoch at batch 16 and
+lr 0.05 in every round, the server averages by n_i and evaluates the same 1,000 test samples
+after every round. The three sides:
+- loop: the plainest loop a user would write on the same shards (nn.Module, torch.optim.SGD,
+  load_state_dict per client, one client after the other);
+- ftte inprocess / ftte batched: the real command, `python -m ftte_cli simulate --strategies
+  fedavg --until limit --backend ...` (imports, set-up, run directory and plots included).
+Each side runs in its own child process; this process samples the resident memory of the
+child's whole process tree every 0.1 s ("peak MiB") and reads the child's CPU time from the
+kernel when it exits. On a shared machine wall time depends on the load; CPU time much less, so
+both are shown. Final accuracies should agree to about 0.01 (same data and steps; the loop's
+shuffles use its own seeds, so the bits differ).
+
+Then, unless --no-recipe: recipes/har.yaml itself (strategy ftte) with 100 clients for its 300
+versions, in-process against batched (issue goal: under 2 minutes on 2 cores).
+
+Flower: see benchmarks/sim_speed_flower.py (needs its own environment with flwr installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+HAR = ROOT / "recipes" / "har.yaml"
+SIDES = ("loop", "ftte inprocess", "ftte batched")
+EVAL_SAMPLES = 1000
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and all its descendants (from /proc)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def measure(cmd: List[str], last_line: bool = False) -> Dict[str, Any]:
+    """Run `cmd`; wall seconds, CPU seconds (user + sys, children included), peak tree RSS,
+    and its stdout parsed as JSON (only its last line with `last_line`)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    sampler.join()
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"sim_speed: {' '.join(cmd[:6])} ... failed (exit {proc.returncode})")
+    text = out.strip().splitlines()[-1] if last_line and out.strip() else out
+    doc = json.loads(text) if text.strip() else {}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_mib": peak[0] / 2**20,
+            "doc": doc}
+
+
+# ---------------------------------------------------------------------------------------------
+# the plain loop (runs in a child process)
+
+
+def loop_child(clients: int, rounds: int, threads: int) -> Dict[str, Any]:
+    """FedAvg as a user would write it, on ftte's shards; returns the final accuracy."""
+    import torch
+    import torch.nn.functional as F
+
+    from ftte_cli.config.recipe import load_recipe
+    from ftte_cli.engine.data import load_federated
+    from ftte_cli.engine.models import build_model
+
+    torch.set_num_threads(threads)
+    recipe = load_recipe(HAR)
+    data = load_federated(replace(recipe.data, clients=clients), clients, recipe.seed)  # as ftte
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model, data.input_shape, data.num_classes)
+    test = data.test
+    if len(test) > EVAL_SAMPLES:  # the same subset ftte's simulator evaluates on
+        gen = torch.Generator().manual_seed(recipe.seed)
+        test = test.subset(torch.randperm(len(test), generator=gen)[:EVAL_SAMPLES].sort().values)
+    cfg = recipe.train
+    global_state = {k: v.clone() for k, v in model.state_dict().items()}
+    acc = 0.0
+    for r in range(rounds):
+        total = {k: torch.zeros_like(v) for k, v in global_state.items()}
+        samples = 0
+        for c in data.clients:
+            model.load_state_dict(global_state)
+            opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+            gen = torch.Generator().manual_seed(1_000_003 * r + c.client_id)
+            n = len(c.train)
+            for _ in range(cfg.epochs):
+                for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
+                    opt.zero_grad()
+                    F.cross_entropy(model(c.train.x[idx]), c.train.y[idx]).backward()
+                    opt.step()
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    total[k] += n * v
+            samples += n
+        global_state = {k: v / samples for k, v in total.items()}
+        model.load_state_dict(global_state)
+        with torch.no_grad():
+            acc = float((model(test.x).argmax(1) == test.y).float().mean())
+    return {"final_accuracy": acc, "jobs": clients * rounds}
+
+
+# ---------------------------------------------------------------------------------------------
+# ftte simulate children
+
+
+def fedavg_recipe(folder: Path, rounds: int) -> Path:
+    """recipes/har.yaml as FedAvg for `rounds` rounds, every client in, evaluated every round."""
+    text = HAR.read_text()
+    text = text.replace("name: ftte ", "name: fedavg ").replace("max_versions: 300",
+                                                                f"max_versions: {rounds}")
+    text = text.replace("time_limit: 900", "time_limit: 100000000").replace(
+        "eval_every: 2", "eval_every: 1").replace("baseline_memory: strict",
+                                                  "baseline_memory: lenient")
+    path = folder / f"fedavg{rounds}.yaml"
+    path.write_text(text)
+    return path
+
+
+def simulate_cmd(recipe: Path, clients: int, strategy: str, backend: str, threads: int,
+                 out: Path) -> List[str]:
+    return [sys.executable, "-m", "ftte_cli", "simulate", "--recipe", str(recipe),
+            "--clients", str(clients), "--strategies", strategy, "--until", "limit",
+            "--backend", backend, "--threads", str(threads), "--eval-samples",
+            str(EVAL_SAMPLES), "--format", "json", "--out", str(out)]
+
+
+def _strategy(doc: Dict[str, Any]) -> Dict[str, Any]:
+    return doc["strategies"][0] if doc.get("strategies") else {}
+
+
+def run_size(tmp: Path, clients: int, rounds: int, threads: int) -> Dict[str, Any]:
+    recipe = fedavg_recipe(tmp, rounds)
+    rows: Dict[str, Dict[str, Any]] = {}
+    rows["loop"] = measure([sys.executable, __file__, "--loop-child", f"{clients}x{rounds}",
+                            "--threads", str(threads)])
+    rows["loop"]["final_accuracy"] = rows["loop"]["doc"]["final_accuracy"]
+    for backend in ("inprocess", "batched"):
+        out = tmp / f"run-{clients}x{rounds}-{backend}"
+        m = measure(simulate_cmd(recipe, clients, "fedavg", backend, threads, out))
+        s = _strategy(m["doc"])
+        m["final_accuracy"] = s.get("final_accuracy")
+        m["versions"] = s.get("versions")
+        rows[f"ftte {backend}"] = m
+    for r in rows.values():
+        r.pop("doc", None)
+    return {"clients": clients, "rounds": rounds, "sides": rows}
+
+
+def run_recipe(tmp: Path, threads: int) -> Dict[str, Any]:
+    """recipes/har.yaml (ftte, 300 versions) with 100 clients, both backends."""
+    rows = {}
+    for backend in ("inprocess", "batched"):
+        m = measure(simulate_cmd(HAR, 100, "ftte", backend, threads, tmp / f"har-{backend}"))
+        s = _strategy(m.pop("doc"))
+        rows[f"ftte {backend}"] = {**m, "versions": s.get("versions"),
+                                   "final_accuracy": s.get("final_accuracy")}
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return None if a is None or not b else a / b
+
+
+def _fmt(v: Optional[float], spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table_rows(doc: Dict[str, Any]) -> List[Tuple[str, ...]]:
+    rows = []
+    for size in doc["sizes"]:
+        sides = size["sides"]
+        loop = sides["loop"]
+        cells = [f"{size['clients']} x {size['rounds']}"]
+        for name in SIDES:
+            s = sides[name]
+            cells.append(f"{s['wall_s']:.1f} s, {s['cpu_s']:.1f} s CPU, {s['peak_mib']:.0f} MiB, "
+                         f"acc {_fmt(s['final_accuracy'], '.3f')}")
+        for name in SIDES[1:]:
+            s = sides[name]
+            cells.append(f"{_fmt(_ratio(s['wall_s'], loop['wall_s']), '.2f')} wall, "
+                         f"{_fmt(_ratio(s['cpu_s'], loop['cpu_s']), '.2f')} CPU, "
+                         f"{_fmt(_ratio(s['peak_mib'], loop['peak_mib']), '.2f')} mem")
+        rows.append(tuple(cells))
+    return rows
+
+
+def print_table(doc: Dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=f"FedAvg on har_cnn, synthetic HAR, {doc['threads']} torch thread(s): "
+                    "wall, CPU (user+sys), peak RSS of the process tree, final accuracy")
+    for col in ("clients x rounds", *SIDES, "inprocess / loop", "batched / loop"):
+        t.add_column(col)
+    for row in table_rows(doc):
+        t.add_row(*row)
+    console.print(t)
+    rec = doc.get("recipe")
+    if rec:
+        t2 = Table(title="recipes/har.yaml (ftte), 100 clients, until 300 versions")
+        for col in ("backend", "wall", "CPU", "peak", "versions", "final acc"):
+            t2.add_column(col)
+        for name, s in rec.items():
+            t2.add_row(name, f"{s['wall_s']:.1f} s", f"{s['cpu_s']:.1f} s",
+                       f"{s['peak_mib']:.0f} MiB", str(s["versions"]),
+                       _fmt(s["final_accuracy"], ".3f"))
+        a, b = rec["ftte inprocess"], rec["ftte batched"]
+        t2.add_row("batched / inprocess", f"{b['wall_s'] / a['wall_s']:.2f}",
+                   f"{b['cpu_s'] / a['cpu_s']:.2f}", f"{b['peak_mib'] / a['peak_mib']:.2f}", "", "")
+        console.print(t2)
+    console.print(f"load average at the end: {doc['load_average']}", highlight=False)
+
+
+def _size(text: str) -> Tuple[int, int]:
+    clients, rounds = text.lower().split("x")
+    return int(clients), int(rounds)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--sizes", default="20x3,100x5,500x5", help="CLIENTSxROUNDS, comma-separated")
+    p.add_argument("--threads", type=int, default=1, help="torch threads on every side")
+    p.add_argument("--no-recipe", action="store_true", help="skip the har.yaml 300-version run")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--loop-child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.loop_child:
+        clients, rounds = _size(args.loop_child)
+        print(json.dumps(loop_child(clients, rounds, args.threads)))
+        return 0
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        sizes = [run_size(tmp, *_size(s), args.threads) for s in args.sizes.split(",") if s]
+        recipe = None if args.no_recipe else run_recipe(tmp, args.threads)
+    doc = {"threads": args.threads, "sizes": sizes, "recipe": recipe,
+           "load_average": os.getloadavg()}
+    if args.format == "json":
+        print(json.dumps(doc, indent=2))
+    else:
+        print_table(doc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
