@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ftte_cli.config.recipe import Recipe
-from ftte_cli.engine.data import FederatedData
+from ftte_cli.engine.data import Dataset, FederatedData
 from ftte_cli.engine.models import build_model
 from ftte_cli.engine.serialize import TensorPayloadError, load_tensors_with_metadata, save_tensors
 from ftte_cli.engine.train import evaluate
@@ -125,15 +125,18 @@ def _load_checkpoint(model: nn.Module, recipe: Recipe) -> StartInfo:
     return StartInfo("checkpoint", source=str(path))
 
 
-def cache_key(recipe: Recipe, clients: int) -> str:
-    """What a warm start depends on, hashed: model, data and its client count (the inputs are
-    standardised with the clients' statistics), init settings, seed, torch build."""
+def cache_key(recipe: Recipe, public: Dataset) -> str:
+    """What a warm start depends on, hashed: model, init settings, seed, torch build, and the
+    public data's own bytes (standardised as the federation sees them), so any change to the
+    data, its generator or its statistics makes a new warm start rather than reusing a stale one."""
     from ftte_cli.output import to_jsonable
 
     init = {k: v for k, v in asdict(recipe.init).items() if k != "checkpoint"}
-    data = {**to_jsonable(recipe.data), "clients": clients}
-    doc = {"v": _CACHE_VERSION, "model": to_jsonable(recipe.model), "data": data, "init": init,
-           "seed": recipe.seed, "torch": torch.__version__}
+    digest = hashlib.sha256()
+    for t in (public.x, public.y):
+        digest.update(t.contiguous().numpy().tobytes())
+    doc = {"v": _CACHE_VERSION, "model": to_jsonable(recipe.model), "init": init,
+           "seed": recipe.seed, "torch": torch.__version__, "public": digest.hexdigest()}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -142,7 +145,7 @@ def _warm_start(model: nn.Module, recipe: Recipe, fed: Optional[FederatedData],
     if fed is None or fed.public is None or len(fed.public) == 0:
         raise ConfigError(f"{recipe.source or 'recipe'}: init.method: pretrain needs the "
                           "server's public data, and none was loaded for it")
-    path = cache_dir / f"{recipe.name}-{cache_key(recipe, fed.num_clients)}.safetensors"
+    path = cache_dir / f"{recipe.name}-{cache_key(recipe, fed.public)}.safetensors"
     if path.is_file():
         try:
             meta = _load_into(model, path, f"warm-start cache {path}")
