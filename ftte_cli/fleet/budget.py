@@ -1,8 +1,11 @@
 """The global memory budget from measured profiles (FTTE.md section 1), and per-device headroom.
 
-M_i = min(MemAvailable, cgroup memory limit, inventory cap) - runtime baseline - safety margin.
-Swap never counts. M_min = min over devices of M_i, unless the recipe's `plan.memory_budget`
-overrides it. Headroom rows compare each M_i with a plan's training memory (FTTE) and with full
+M_i = min(MemAvailable, cgroup memory limit, inventory cap) - runtime baseline - runtime overhead
+- safety margin. The baseline is resident memory after `import torch` and building the model; the
+runtime overhead is what one real training step costs beyond the plan's tensors (allocator,
+autograd, thread pools, kernel code: probe.runtime_step, ~20-25 MiB on x86 for har_cnn), which
+the plan's estimate does not contain. Swap never counts. M_min = min over devices of M_i, unless
+the recipe's `plan.memory_budget` overrides it. Headroom rows compare each M_i with a plan's training memory (FTTE) and with full
 training (what synchronous FedAvg would need), so the table shows who full FedAvg would exclude.
 
 Records are the JSON profiles `ftte profile` writes (`<inventory dir>/.ftte/profiles.json`,
@@ -43,7 +46,8 @@ class DeviceBudget:
     limited_by: Limit  # which of the three it was
     baseline_bytes: int  # resident memory of the client runtime (import torch + model)
     margin_bytes: int  # the recipe's safety margin
-    usable_bytes: int  # M_i = ceiling - baseline - margin (negative: nothing fits)
+    usable_bytes: int  # M_i = ceiling - baseline - runtime - margin (negative: nothing fits)
+    runtime_bytes: int = 0  # the runtime's cost of a training step beyond the plan's tensors
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,10 @@ class Headroom:
 
 
 def device_budget(name: str, mem_available: int, cgroup_limit: Optional[int],
-                  inventory_cap: Optional[int], baseline: int, margin: int) -> DeviceBudget:
-    """M_i for one device; swap is deliberately not an input."""
+                  inventory_cap: Optional[int], baseline: int, margin: int,
+                  runtime: int = 0) -> DeviceBudget:
+    """M_i for one device; swap is deliberately not an input. `runtime`: what a real training
+    step costs beyond the plan's tensors (the profile's runtime_overhead_bytes)."""
     ceilings = [(mem_available, Limit.mem_available)]
     if cgroup_limit is not None:
         ceilings.append((cgroup_limit, Limit.cgroup))
@@ -89,7 +95,7 @@ def device_budget(name: str, mem_available: int, cgroup_limit: Optional[int],
     ceiling, limit = min(ceilings, key=lambda c: c[0])
     return DeviceBudget(name=name, ceiling_bytes=ceiling, limited_by=limit,
                         baseline_bytes=baseline, margin_bytes=margin,
-                        usable_bytes=ceiling - baseline - margin)
+                        usable_bytes=ceiling - baseline - runtime - margin, runtime_bytes=runtime)
 
 
 def budget_from_record(record: Mapping[str, Any], margin: int,
@@ -101,7 +107,8 @@ def budget_from_record(record: Mapping[str, Any], margin: int,
         raise ConfigError(f"{where}: {name}: mem_available_bytes missing (profile it again)")
     return device_budget(name, available, record.get("cgroup_mem_limit_bytes"),
                          record.get("inventory_cap_bytes"),
-                         int(record.get("baseline_rss_bytes") or 0), margin)
+                         int(record.get("baseline_rss_bytes") or 0), margin,
+                         int(record.get("runtime_overhead_bytes") or 0))
 
 
 def fleet_budget(devices: Iterable[DeviceBudget],

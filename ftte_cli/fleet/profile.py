@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # .../ftte_cli
 MODELS_MODULE = "ftte_cli.engine.models"
+# the runtime step (probe.runtime_step) trains with the engine's own job and estimates it
+MEMORY_MODULE = "ftte_cli.engine.memory"
+TRAIN_MODULE = "ftte_cli.engine.train"
+PLAN_MODULE = "ftte_cli.engine.plan"
 # Two uploads; the difference of their times cancels the per-command overhead (channel, shell).
 UPLOAD_SMALL, UPLOAD_LARGE = 256 * 1024, 4 * 1024 * 1024
 RTT_SAMPLES = 5
@@ -107,6 +111,12 @@ class DeviceProfile:
     baseline_rss_bytes: Optional[int] = None  # resident after import torch (+ building the model)
     baseline_note: str = ""  # what the baseline includes
     peak_rss_bytes: Optional[int] = None  # probe's peak (after the benchmark, if any)
+    # one real training step (probe.runtime_step): its peak RSS, the engine's estimate of its
+    # tensors, and the runtime's cost beyond them (peak - baseline - estimate), which M_i subtracts
+    runtime_step_peak_bytes: Optional[int] = None
+    runtime_step_estimate_bytes: Optional[int] = None
+    runtime_overhead_bytes: Optional[int] = None
+    runtime_note: str = ""
     safety_margin_bytes: int = 0
     usable_memory_bytes: Optional[int] = None  # M_i
     limited_by: Optional[str] = None  # mem_available | cgroup | inventory_cap
@@ -181,11 +191,13 @@ def shared_config(request: ProfileRequest) -> dict[str, Any]:
                            "repeats": request.repeats}
     if request.recipe is not None:
         shape, classes = data_shape(request.recipe)
-        sources, packages = model_sources()
+        sources, packages = model_sources(MEMORY_MODULE)  # its closure holds models and train
         cfg.update(model={"name": request.recipe.model.name, "width": request.recipe.model.width},
                    input_shape=list(shape), num_classes=classes,
-                   batch_size=request.recipe.train.batch_size, modules=sources,
-                   packages=packages, models_module=MODELS_MODULE)
+                   batch_size=request.recipe.train.batch_size,
+                   momentum=request.recipe.train.momentum, modules=sources,
+                   packages=packages, models_module=MODELS_MODULE, memory_module=MEMORY_MODULE,
+                   train_module=TRAIN_MODULE, plan_module=PLAN_MODULE)
     return cfg
 
 
@@ -251,7 +263,8 @@ def build_profile(device: Device, raw: Mapping[str, Any], margin: int,
     if prof.mem_available_bytes is not None:
         b = bud.device_budget(device.name, prof.mem_available_bytes,
                               prof.cgroup_mem_limit_bytes, cap,
-                              prof.baseline_rss_bytes or 0, margin)
+                              prof.baseline_rss_bytes or 0, margin,
+                              prof.runtime_overhead_bytes or 0)
         prof = replace(prof, usable_memory_bytes=b.usable_bytes, limited_by=b.limited_by.value)
     return prof
 
@@ -339,7 +352,8 @@ def _reusable(record: Mapping[str, Any], request: ProfileRequest, max_age: float
         return False
     model = request.recipe.model.name if request.recipe else None
     baseline_ok = model is None or record.get("torch_version") is None or (
-        record.get("baseline_note") == f"import torch + {model}")
+        record.get("baseline_note") == f"import torch + {model}"
+        and "runtime_overhead_bytes" in record)  # profiles from before the runtime step
     if request.benchmark:
         return baseline_ok and record.get("sec_per_sample_fwd") is not None and (
             record.get("bench_model") == model)
