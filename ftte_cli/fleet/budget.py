@@ -5,8 +5,9 @@ M_i = min(MemAvailable, cgroup memory limit, inventory cap) - runtime baseline -
 runtime overhead is what one real training step costs beyond the plan's tensors (allocator,
 autograd, thread pools, kernel code: probe.runtime_step, ~20-25 MiB on x86 for har_cnn), which
 the plan's estimate does not contain. Swap never counts. M_min = min over devices of M_i, unless
-the recipe's `plan.memory_budget` overrides it. Headroom rows compare each M_i with a plan's training memory (FTTE) and with full
-training (what synchronous FedAvg would need), so the table shows who full FedAvg would exclude.
+the recipe's `plan.memory_budget` overrides it. Headroom rows compare each M_i with a plan's
+training memory (FTTE) and with full training (what synchronous FedAvg would need), so the table
+shows who full FedAvg would exclude.
 
 Records are the JSON profiles `ftte profile` writes (`<inventory dir>/.ftte/profiles.json`,
 `{"devices": [record, ...]}`), so everything here also works on a copied or hand-made file.
