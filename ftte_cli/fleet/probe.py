@@ -346,6 +346,8 @@ def runtime_step(torch: Any, model: Any, cfg: Dict[str, Any], baseline: int,
         memory = importlib.import_module(cfg["memory_module"])
         train = importlib.import_module(cfg["train_module"])
         plans = importlib.import_module(cfg["plan_module"])
+        if cfg.get("agent_module"):  # what the client imports besides the engine
+            importlib.import_module(cfg["agent_module"])
         head_masks = {n: plans.FULL for n in _head_params(model)}
     except Exception as exc:  # e.g. no safetensors yet: the budget then ignores the runtime
         return {"runtime_note": "runtime step skipped (" + str(exc) + ")"}

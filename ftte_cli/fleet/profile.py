@@ -54,6 +54,7 @@ MODELS_MODULE = "ftte_cli.engine.models"
 MEMORY_MODULE = "ftte_cli.engine.memory"
 TRAIN_MODULE = "ftte_cli.engine.train"
 PLAN_MODULE = "ftte_cli.engine.plan"
+AGENT_MODULE = "ftte_cli.client.agent"  # imported too: its modules are part of the runtime
 # Two uploads; the difference of their times cancels the per-command overhead (channel, shell).
 UPLOAD_SMALL, UPLOAD_LARGE = 256 * 1024, 4 * 1024 * 1024
 RTT_SAMPLES = 5
@@ -147,6 +148,8 @@ def _top_level_imports(path: Path) -> list[str]:
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append(node.module)
+            # `from pkg import mod`: mod may be a module (model_sources skips names that are not)
+            found += [f"{node.module}.{alias.name}" for alias in node.names]
         elif isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
     return [m for m in found if m.split(".")[0] == "ftte_cli"]
@@ -192,12 +195,16 @@ def shared_config(request: ProfileRequest) -> dict[str, Any]:
     if request.recipe is not None:
         shape, classes = data_shape(request.recipe)
         sources, packages = model_sources(MEMORY_MODULE)  # its closure holds models and train
+        agent_sources, agent_packages = model_sources(AGENT_MODULE)
+        sources.update(agent_sources)
+        packages = sorted(set(packages) | set(agent_packages))
         cfg.update(model={"name": request.recipe.model.name, "width": request.recipe.model.width},
                    input_shape=list(shape), num_classes=classes,
                    batch_size=request.recipe.train.batch_size,
                    momentum=request.recipe.train.momentum, modules=sources,
                    packages=packages, models_module=MODELS_MODULE, memory_module=MEMORY_MODULE,
-                   train_module=TRAIN_MODULE, plan_module=PLAN_MODULE)
+                   train_module=TRAIN_MODULE, plan_module=PLAN_MODULE,
+                   agent_module=AGENT_MODULE)
     return cfg
 
 
