@@ -80,13 +80,19 @@ def test_profile_record_fields_and_cache(testbed: Testbed,  # noqa: F811
         assert rec["swap_total_bytes"] is not None and rec["disk_free_bytes"] > 0
         usable = (min(x for x in (rec["mem_available_bytes"], rec["cgroup_mem_limit_bytes"],
                                   rec["inventory_cap_bytes"]) if x is not None)
-                  - rec["baseline_rss_bytes"] - rec["runtime_overhead_bytes"]
-                  - rec["safety_margin_bytes"])
+                  - _baseline(rec) - rec["runtime_overhead_bytes"] - rec["safety_margin_bytes"])
         assert rec["usable_memory_bytes"] == usable
         # one real training step costs the runtime more than its tensors: M_i counts it
         assert 2 * 2**20 < rec["runtime_overhead_bytes"] < 200 * 2**20, rec["runtime_note"]
         assert rec["runtime_step_peak_bytes"] >= (rec["baseline_rss_bytes"]
                                                   + rec["runtime_step_estimate_bytes"])
+
+
+def _baseline(rec: dict[str, Any]) -> int:
+    """The baseline M_i counts: the cgroup's charge against its limit, else resident memory."""
+    if rec["limited_by"] == "cgroup" and rec["baseline_cgroup_bytes"] is not None:
+        return int(rec["baseline_cgroup_bytes"])
+    return int(rec["baseline_rss_bytes"])
 
 
 def test_max_age_reuses_fresh_profiles(testbed: Testbed,  # noqa: F811
@@ -216,6 +222,15 @@ def test_device_budget_takes_the_tightest_ceiling_and_ignores_swap() -> None:
     rec = {"name": "x", "mem_available_bytes": 2000 * MiB, "swap_total_bytes": 10**12,
            "inventory_cap_bytes": 600 * MiB, "baseline_rss_bytes": 200 * MiB}
     assert bud.budget_from_record(rec, 0).usable_bytes == 400 * MiB  # swap never counts
+
+
+def test_baseline_is_counted_in_the_currency_of_the_binding_ceiling() -> None:
+    # the cgroup limit binds: its charge (here without shared pages loaded elsewhere) counts
+    b = bud.device_budget("pi", 900 * MiB, 448 * MiB, None, 230 * MiB, 0, cgroup_baseline=150 * MiB)
+    assert b.usable_bytes == (448 - 150) * MiB and b.baseline_bytes == 150 * MiB
+    # MemAvailable binds: resident memory counts, whatever the cgroup says
+    b = bud.device_budget("pi", 300 * MiB, 448 * MiB, None, 230 * MiB, 0, cgroup_baseline=150 * MiB)
+    assert b.usable_bytes == 70 * MiB
 
 
 def test_budget_subtracts_the_runtime_cost_of_a_training_step() -> None:

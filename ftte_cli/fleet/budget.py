@@ -3,6 +3,8 @@
 M_i = min(MemAvailable, cgroup memory limit, inventory cap) - runtime baseline - runtime overhead
 - data shard - safety margin.
 - runtime baseline: resident memory after `import torch` and building the model (the probe);
+  against a memory cgroup's limit, what the cgroup is charged for at that point instead
+  (device_budget says why);
 - runtime overhead: what real training steps cost beyond the plan's tensors (allocator heap,
   autograd, thread pools, kernel code: probe.runtime_step, ~23 MiB on x86 for har_cnn), which
   the plan's estimate does not contain;
@@ -89,16 +91,26 @@ class Headroom:
 
 def device_budget(name: str, mem_available: int, cgroup_limit: Optional[int],
                   inventory_cap: Optional[int], baseline: int, margin: int,
-                  runtime: int = 0, data: int = 0) -> DeviceBudget:
+                  runtime: int = 0, data: int = 0,
+                  cgroup_baseline: Optional[int] = None) -> DeviceBudget:
     """M_i for one device; swap is deliberately not an input. `runtime`: what a real training
     step costs beyond the plan's tensors (the profile's runtime_overhead_bytes); `data`: the
-    bytes of the shard its bundle carries (known when the run's data is split)."""
+    bytes of the shard its bundle carries (known when the run's data is split).
+
+    The baseline is counted in the currency of the ceiling that binds: resident memory against
+    MemAvailable or an inventory cap, but what the memory cgroup is charged for
+    (`cgroup_baseline`, every process in it) against the cgroup's limit, which the kernel
+    enforces on that charge and not on RSS (shared library pages loaded by another cgroup count
+    in RSS but not in the charge; a login shell or sshd in the cgroup counts in the charge).
+    """
     ceilings = [(mem_available, Limit.mem_available)]
     if cgroup_limit is not None:
         ceilings.append((cgroup_limit, Limit.cgroup))
     if inventory_cap is not None:
         ceilings.append((inventory_cap, Limit.inventory_cap))
     ceiling, limit = min(ceilings, key=lambda c: c[0])
+    if limit == Limit.cgroup and cgroup_baseline is not None:
+        baseline = cgroup_baseline
     return DeviceBudget(name=name, ceiling_bytes=ceiling, limited_by=limit,
                         baseline_bytes=baseline, margin_bytes=margin,
                         usable_bytes=ceiling - baseline - runtime - data - margin,
@@ -115,7 +127,8 @@ def budget_from_record(record: Mapping[str, Any], margin: int,
     return device_budget(name, available, record.get("cgroup_mem_limit_bytes"),
                          record.get("inventory_cap_bytes"),
                          int(record.get("baseline_rss_bytes") or 0), margin,
-                         int(record.get("runtime_overhead_bytes") or 0), data)
+                         int(record.get("runtime_overhead_bytes") or 0), data,
+                         record.get("baseline_cgroup_bytes"))
 
 
 def fleet_budget(devices: Iterable[DeviceBudget],

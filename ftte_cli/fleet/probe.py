@@ -129,6 +129,17 @@ def cgroup_memory() -> Tuple[Optional[int], Optional[int]]:
     return version, (min(limits) if limits else None)
 
 
+def cgroup_usage() -> Optional[int]:
+    """Bytes our memory cgroup is charged for now (every process in it, and the page cache it
+    brought in), or None without one: what its limit is checked against."""
+    version, dirs = _cgroup_dirs("memory")
+    if not dirs:
+        return None
+    raw = read(os.path.join(dirs[0], "memory.usage_in_bytes" if version == 1 else
+                            "memory.current"))
+    return int(raw) if raw and raw.isdigit() else None
+
+
 def cgroup_cpu() -> Optional[float]:
     """The CPU quota in CPUs (0.25 = a quarter of one CPU), tightest up the tree; None: none."""
     version, dirs = _cgroup_dirs("cpu")
@@ -408,7 +419,8 @@ def with_torch(cfg: Dict[str, Any], out: Dict[str, Any]) -> None:
     out["torch_version"] = torch.__version__.split("+")[0]
     out["accelerator"] = accelerator(torch)
     model, note = build(cfg)
-    out.update(baseline_rss_bytes=rss_bytes(), baseline_note=note)
+    out.update(baseline_rss_bytes=rss_bytes(), baseline_cgroup_bytes=cgroup_usage(),
+               baseline_note=note)
     if model is not None:  # before the benchmark, which would page in the same runtime
         out.update(runtime_step(torch, model, cfg, out["baseline_rss_bytes"],
                                 agent_threads(out.get("cpu_quota"))))

@@ -110,6 +110,10 @@ class DeviceProfile:
     jetson_release: Optional[str] = None  # first line of /etc/nv_tegra_release (L4T version)
     temperature_c: Optional[float] = None  # hottest thermal zone
     baseline_rss_bytes: Optional[int] = None  # resident after import torch (+ building the model)
+    # what the memory cgroup is charged for at the same point (all its processes, its page
+    # cache; shared library pages another cgroup loaded first are not): the baseline M_i uses
+    # when the cgroup limit is the binding ceiling
+    baseline_cgroup_bytes: Optional[int] = None
     baseline_note: str = ""  # what the baseline includes
     peak_rss_bytes: Optional[int] = None  # probe's peak (after the benchmark, if any)
     # one real training step (probe.runtime_step): its peak RSS, the engine's estimate of its
@@ -271,7 +275,8 @@ def build_profile(device: Device, raw: Mapping[str, Any], margin: int,
         b = bud.device_budget(device.name, prof.mem_available_bytes,
                               prof.cgroup_mem_limit_bytes, cap,
                               prof.baseline_rss_bytes or 0, margin,
-                              prof.runtime_overhead_bytes or 0)
+                              prof.runtime_overhead_bytes or 0,
+                              cgroup_baseline=prof.baseline_cgroup_bytes)
         prof = replace(prof, usable_memory_bytes=b.usable_bytes, limited_by=b.limited_by.value)
     return prof
 

@@ -18,7 +18,8 @@ class DeviceStatus(str, Enum):
     idle = "idle"  # registered, no job in hand
     training = "training"  # holds a job
     offline = "offline"  # not seen for longer than the offline timeout
-    failed = "failed"  # its agent died and was not restarted (e.g. OOM-killed)
+    failed = "failed"  # its agent died and was not restarted
+    killed_for_memory = "killed_for_memory"  # the kernel killed its agent for memory, for good
     done = "done"  # told that the run is over
 
 

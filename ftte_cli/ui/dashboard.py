@@ -26,6 +26,7 @@ STATUS_STYLE = {
     DeviceStatus.training: "green",
     DeviceStatus.offline: "yellow",
     DeviceStatus.failed: "bold red",
+    DeviceStatus.killed_for_memory: "bold red",
     DeviceStatus.done: "blue",
 }
 
