@@ -14,7 +14,6 @@ the benchmark pages in the same code.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import glob
 import importlib.abc
 import importlib.util
@@ -344,12 +343,13 @@ def runtime_step(torch: Any, model: Any, cfg: Dict[str, Any], baseline: int,
 
     Runs engine.train.train_job as a client does, on the recipe's model at its batch size and
     the agent's thread count, twice: the head alone on the whole batch (the frozen prefix in
-    chunks without autograd, the head's backward on all samples), then every parameter in
-    passes of one sample (every backward kernel the model has). Both hold little tensor memory,
-    so they fit any device that holds the baseline. overhead = peak RSS over both - baseline -
-    the engine's larger estimate of the two steps' tensors (engine.memory): allocator heap and
-    arenas, the autograd engine, thread pools and kernel code paged in, which no plan removes.
-    FTTE.md section 1: M_i subtracts it.
+    chunks without autograd, the head's backward on all samples), then the first layer and the
+    head in passes of one sample (a backward through every layer: each kind of input-gradient
+    kernel, and a weight gradient of the first). Both hold little tensor memory, so they fit
+    any device that holds the baseline, whatever the model's size. overhead = peak RSS over
+    both - baseline - the engine's larger estimate of the two steps' tensors (engine.memory):
+    allocator heap and arenas, the autograd engine, thread pools and kernel code paged in,
+    which no plan removes. FTTE.md section 1: M_i subtracts it.
     """
     if not cfg.get("memory_module"):
         return {"runtime_note": "runtime step skipped (engine code not available)"}
@@ -360,6 +360,8 @@ def runtime_step(torch: Any, model: Any, cfg: Dict[str, Any], baseline: int,
         if cfg.get("agent_module"):  # what the client imports besides the engine
             importlib.import_module(cfg["agent_module"])
         head_masks = {n: plans.FULL for n in _head_params(model)}
+        first = [n for n, _ in model.named_parameters()][:1]
+        deep_masks = dict(head_masks, **{n: plans.FULL for n in first})
     except Exception as exc:  # e.g. no safetensors yet: the budget then ignores the runtime
         return {"runtime_note": "runtime step skipped (" + str(exc) + ")"}
     torch.set_num_threads(threads)
@@ -371,7 +373,7 @@ def runtime_step(torch: Any, model: Any, cfg: Dict[str, Any], baseline: int,
                      torch.randint(0, int(cfg["num_classes"]), (batch,), generator=gen))
     frozen = {k: v.detach() for k, v in model.named_parameters()}
     steps = [plans.build_plan(model, head_masks),
-             dataclasses.replace(plans.dense_plan(model), micro_batch=1)]
+             plans.build_plan(model, deep_masks, micro_batch=1)]
     measured = reset_peak()
     estimates = []
     for plan in steps:
