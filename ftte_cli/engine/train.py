@@ -159,6 +159,7 @@ def train_job(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
     batches = _batches(n, cfg.batch_size, cfg.epochs, cfg.max_steps, gen) if n else []
     stats = _GradStats(leaves)
     total_loss = 0.0
+    grads: Tuple[Tensor, ...] = ()
     micro = plan.pass_size(cfg.batch_size)
     prefix = chunked_prefix(model, plan, micro)
     was_training = model.training
@@ -179,10 +180,12 @@ def train_job(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
             stats.add(grads)
             total_loss += step_loss
     model.train(was_training)
-    with torch.no_grad():
-        delta = {n: (t.detach() - start[n]).cpu() for n, t in trainable.items()}
+    variance = stats.variance()
+    del stats, grads  # the gradient and its running sum are not needed for the delta
+    with torch.no_grad():  # in place: the trained copy becomes the delta (no fifth copy of w*)
+        delta = {n: t.detach().sub_(start[n]).cpu() for n, t in trainable.items()}
     return JobResult(
-        delta=delta, num_samples=n, grad_variance=stats.variance(), steps=len(batches),
+        delta=delta, num_samples=n, grad_variance=variance, steps=len(batches),
         loss=total_loss / len(batches) if batches else 0.0,
         peak_memory=_peak(measured, device),
     )
