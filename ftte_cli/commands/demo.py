@@ -137,7 +137,8 @@ def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
                      f"{format_size(summary['plan_bytes'] or 0)} per device = "
                      f"{(summary['plan_bytes'] or 0) / max(1, full):.0%} of full training "
                      f"({format_size(full)})"
-                     + (f", passes of {micro} samples" if micro else "")],
+                     + (f", passes of {micro} sample{'s' if micro > 1 else ''}" if micro
+                        else "")],
             ["budget set by", str(summary["bound_by"] or "the recipe")]]
     excluded = summary["fedavg_excluded"]
     rows.append(["strict FedAvg", "would exclude " + ", ".join(
