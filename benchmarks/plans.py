@@ -1,11 +1,12 @@
 """Sparse plans against full training, per model, side by side (issue 2 acceptance).
 
-For each model: the plan chosen at a budget of 20% of full-training memory (and at the other
---fractions), its training memory and payload per job against full training, and the proxy
-accuracy after a short fine-tune with the plan, with full training and with the head alone.
+For each model: the plan chosen at budgets of 10, 20, 30 and 50% of full-training memory (the
+--fractions), its trainable share, micro-batch, training memory and payload per job against full
+training, and the proxy accuracy after a short fine-tune with the plan, with full training and
+with the head alone.
 
-    .venv/bin/python benchmarks/plans.py [--steps 150] [--fractions 0.2,0.35]
-                                          [--models har,mobilenet]
+    .venv/bin/python benchmarks/plans.py [--steps 150] [--fractions 0.1,0.2,0.3,0.5]
+                                          [--models har,mobilenet] [--format json]
 
 Models and data: har_cnn on synthetic HAR (recipes/har.yaml); mobilenet_v2 (width 0.5, as in
 recipes/cifar10.yaml) on sklearn's digits upscaled to 3x32x32 (real images that ship offline, in
@@ -15,6 +16,7 @@ place of CIFAR-10, which needs a local download), through the project's own .npz
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -117,11 +119,12 @@ def bench(recipe: Recipe, fractions: List[float], steps: int) -> List[Row]:
     shape, classes = data.input_shape, data.num_classes
     dense = dense_plan(model, recipe.model.name)
     head = build_plan(model, plan_masks(model, []), model_name=recipe.model.name)
+    tiniest = replace(head, micro_batch=1)  # the smallest plan: head only, one sample per pass
     acc_full = fine_tune(model, params, dense, train, data.proxy, recipe.train, steps, 0)
     acc_head = fine_tune(model, params, head, train, data.proxy, recipe.train, steps, 0)
     full_mem = training_memory(model, dense, recipe.train.batch_size, shape,
                                recipe.train.momentum).total
-    smallest = training_memory(model, head, recipe.train.batch_size, shape,
+    smallest = training_memory(model, tiniest, recipe.train.batch_size, shape,
                                recipe.train.momentum).total
     rows: List[Row] = []
     scored: Optional[Selection] = None
@@ -148,7 +151,8 @@ def _fmt_ratio(a: float, b: float) -> str:
 def print_rows(rows: List[Row], steps: int) -> None:
     """One table, one line per model and budget."""
     head = (f"{'model':<13}{'budget':>7}  {'memory plan/full':>24}  {'payload plan/full':>26}  "
-            f"{'trainable':>15}  {f'proxy acc, {steps} steps: plan | full | head':>44}")
+            f"{'trainable':>15}  {'micro':>6}  "
+            f"{f'proxy acc, {steps} steps: plan | full | head':>44}")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -163,8 +167,10 @@ def print_rows(rows: List[Row], steps: int) -> None:
         pay = (f"{format_size(p.payload_bytes)}/{format_size(p.full_payload_bytes)} "
                f"{_fmt_ratio(p.payload_bytes, p.full_payload_bytes)}")
         par = f"{p.trainable_params / p.total_params:.1%} ({len(p.units)}u)"
+        micro = str(p.micro_batch or "-")
         acc = f"{r.acc_plan:.3f} | {r.acc_full:.3f} | {r.acc_head:.3f}"
-        print(f"{r.model:<13}{r.fraction:>6.0%}  {mem:>24}  {pay:>26}  {par:>15}  {acc:>44}")
+        print(f"{r.model:<13}{r.fraction:>6.0%}  {mem:>24}  {pay:>26}  {par:>15}  {micro:>6}  "
+              f"{acc:>44}")
     for r in rows:
         if r.plan is not None:
             print(f"\n{r.model} at {r.fraction:.0%} ({r.plan.method}, {r.seconds:.0f} s, head-only "
@@ -175,9 +181,10 @@ def print_rows(rows: List[Row], steps: int) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150, help="fine-tune steps per arm")
-    parser.add_argument("--fractions", default="0.2,0.35",
+    parser.add_argument("--fractions", default="0.1,0.2,0.3,0.5",
                         help="budgets as fractions of full-training memory")
     parser.add_argument("--models", default="har,mobilenet")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     fractions = [float(f) for f in args.fractions.split(",")]
@@ -185,8 +192,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for recipe in recipes(Path(tmp), args.models.split(",")):
             rows += bench(recipe, fractions, args.steps)
-    print_rows(rows, args.steps)
+    if args.format == "json":
+        print(json.dumps([row_json(r) for r in rows], indent=1))
+    else:
+        print_rows(rows, args.steps)
     return 0
+
+
+def row_json(r: Row) -> dict:
+    """The figures of one table line."""
+    p = r.plan
+    return {"model": r.model, "fraction": r.fraction, "feasible": p is not None,
+            "smallest_bytes": r.smallest, "full_bytes": r.full_memory,
+            "estimated_bytes": p.estimated_bytes if p else None,
+            "trainable_share": p.trainable_params / p.total_params if p else None,
+            "micro_batch": p.micro_batch if p else None, "units": p.units if p else [],
+            "payload_bytes": p.payload_bytes if p else None,
+            "acc_plan": r.acc_plan if p else None, "acc_full": r.acc_full,
+            "acc_head": r.acc_head}
 
 
 if __name__ == "__main__":

@@ -228,9 +228,20 @@ def fleet_plan(recipe: Recipe, inventory: Path, devices: list[Device], selected:
     profiled = [d for d in selected if d.name in records] or selected
     model, start = start_model(recipe, fed.input_shape, fed.num_classes, fed)
     choice = choose_plan(recipe, model, profiled, fed.input_shape, fed.num_classes, fed.proxy,
-                         records)
+                         records, shard_bytes(fed, devices))
     params = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     return FleetPlan(fed, choice, params, start)
+
+
+def shard_bytes(fed: Any, devices: list[Device]) -> dict[str, int]:
+    """Device -> bytes of the data shard its bundle carries (client i goes to device i; a device
+    training on its own `ftte_data` file gets none from us)."""
+    out = {}
+    for device, client in zip(devices, fed.clients):
+        if device.data is None:
+            tensors = (client.train.x, client.train.y, client.test.x, client.test.y)
+            out[device.name] = sum(t.numel() * t.element_size() for t in tensors)
+    return out
 
 
 def plan_and_deploy(recipe: Recipe, inventory: Path, devices: list[Device],

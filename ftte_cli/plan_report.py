@@ -50,6 +50,7 @@ def plan_report(sel: Selection, budget: Budget) -> dict[str, Any]:
         "budget_source": budget.source,
         "method": plan.method,
         "earliest_layer": plan.earliest_layer,
+        "micro_batch": plan.micro_batch,
         "units": units,
         "memory": {"plan": plan.estimated_bytes, "full": plan.full_training_bytes,
                    "ratio": _ratio(plan.estimated_bytes or 0, plan.full_training_bytes),

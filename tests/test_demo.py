@@ -55,6 +55,10 @@ def test_demo_runs_every_step_and_takes_the_testbed_down(tmp_path: Path,
     assert all(s["status"] == "ok" for s in steps.values())
     assert "2 devices: changed=2" in steps["deploy"]["detail"]
     assert "target 60% reached" in steps["train"]["detail"]
+    summary = doc["summary"]  # the closing summary: plan vs full, FedAvg's exclusions, accuracy
+    assert 0 < summary["trainable_share"] <= 1 and summary["target_reached"]
+    assert summary["plan_bytes"] <= summary["full_training_bytes"]
+    assert isinstance(summary["fedavg_excluded"], dict) and summary["best_accuracy"] >= 0.6
     report = Path(doc["run_dir"]) / "report"
     assert {p.name for p in report.glob("*.png")} >= {"accuracy_vs_time.png", "devices.png"}
     assert testbed_state.load(bed) is None  # state cleared: everything it made is gone

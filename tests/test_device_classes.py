@@ -86,7 +86,8 @@ def test_plan_fits_a_device_with_a_larger_batch_at_its_own_batch_size(tmp_path: 
     from ftte_cli.train.planning import choose_plan
 
     write_recipe(tmp_path).rename(tmp_path / "r.yaml")
-    text = (tmp_path / "r.yaml").read_text().replace("memory_budget: 40MB", "memory_budget: 1.5MB")
+    # 2MB holds full training at the recipe's batch 32 in one pass, not at batch 48
+    text = (tmp_path / "r.yaml").read_text().replace("memory_budget: 40MB", "memory_budget: 2MB")
     (tmp_path / "r.yaml").write_text(text)
     recipe = load_recipe(tmp_path / "r.yaml")
     fed = load_federated(recipe.data, 2, recipe.seed)
@@ -95,11 +96,14 @@ def test_plan_fits_a_device_with_a_larger_batch_at_its_own_batch_size(tmp_path: 
     big = list(load_inventory(_inventory(tmp_path, "{batch_size: 48}")).devices.values())
     base = choose_plan(recipe, model, plain, fed.input_shape, fed.num_classes, fed.proxy, {})
     over = training_memory(model, base.plan, 48, fed.input_shape, 0.0).total
-    assert over > 1_500_000  # the recipe-batch plan would not fit the big-batch device
+    assert base.plan.micro_batch is None
+    assert over > 2_000_000  # the recipe-batch plan would not fit the big-batch device
     chosen = choose_plan(recipe, model, big, fed.input_shape, fed.num_classes, fed.proxy, {})
     fits = training_memory(model, chosen.plan, 48, fed.input_shape, 0.0).total
-    assert fits <= 1_500_000, fits
-    assert chosen.plan.trainable_params < base.plan.trainable_params
+    assert fits <= 2_000_000, fits
+    # the lower budget buys passes of fewer samples (or fewer units): the big batch then fits
+    assert (chosen.plan.micro_batch is not None
+            or chosen.plan.trainable_params < base.plan.trainable_params)
     assert any("zero-1: batch size 48" in n for n in chosen.notes), chosen.notes
 
 

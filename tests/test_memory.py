@@ -41,6 +41,7 @@ def rss():
         return next(int(l.split()[1]) * 1024 for l in fh if l.startswith("VmRSS:"))
 
 name, shape, batch, mask = json.loads(sys.argv[1])
+mask, _, micro = mask.partition("/")
 torch.manual_seed(0)
 model = build_model(ModelConfig(name), tuple(shape), 10)
 params = {k: v.detach() for k, v in model.named_parameters()}
@@ -57,6 +58,9 @@ else:  # the second half of the parameters: weights at half their input channels
         masks[n] = ParamMask(MaskKind.channels, half) if half else FULL
     masks.update({n: FULL for n in names[-2:]})
     plan = build_plan(model, masks)
+if micro:  # passes of `micro` samples, gradients accumulated
+    from dataclasses import replace
+    plan = replace(plan, micro_batch=int(micro))
 data = Data(torch.randn(batch, *shape), torch.randint(0, 10, (batch,)))
 cfg = TrainConfig(batch_size=batch, max_steps=1)
 subset = sparse.extract(params, plan)
@@ -73,6 +77,8 @@ CASES = [
     ("har_cnn", (9, 128), 256, "dense"),
     ("har_cnn", (9, 128), 256, "half"),
     ("har_cnn", (9, 128), 256, "head"),  # half and head run their frozen prefix in micro-batches
+    ("har_cnn", (9, 128), 256, "dense/64"),  # the trainable part in micro-batches too
+    ("har_cnn", (9, 128), 256, "half/64"),
     ("mobilenet_v2", (3, 32, 32), 16, "dense"),
     ("mobilenet_v2", (3, 32, 32), 16, "half"),
 ]
@@ -148,3 +154,63 @@ def test_chunked_frozen_prefix_trains_like_the_whole_batch(monkeypatch: pytest.M
     assert chunked.loss == pytest.approx(whole.loss, rel=1e-5)
     for n, d in whole.delta.items():
         torch.testing.assert_close(chunked.delta[n], d, rtol=1e-4, atol=1e-6)
+
+
+def _micro_data(n: int = 40) -> tuple:
+    from ftte_cli.engine.data import Dataset
+
+    gen = torch.Generator().manual_seed(1)
+    return Dataset(torch.randn(n, 9, 128, generator=gen), torch.randint(0, 6, (n,), generator=gen))
+
+
+@pytest.mark.parametrize("kind", ["dense", "last_block", "channels"])
+def test_micro_batches_give_the_whole_batchs_gradient(kind: str) -> None:
+    """Accumulated over passes of 3 (the last one partial), the step equals one pass of 16."""
+    from dataclasses import replace
+
+    from ftte_cli.config.recipe import TrainConfig
+    from ftte_cli.engine import sparse, train
+    from ftte_cli.engine.plan import MaskKind, ParamMask
+
+    model = _har()
+    names = [n for n, _ in model.named_parameters()]
+    if kind == "dense":
+        plan = dense_plan(model)
+    elif kind == "last_block":  # frozen prefix of 3 blocks: chunked within each pass as well
+        plan = build_plan(model, {n: FULL for n in names[-5:]})
+    else:
+        half = ParamMask(MaskKind.channels, tuple(range(0, 64, 2)))
+        plan = build_plan(model, {"features.2.conv.weight": half, "head.weight": FULL,
+                                  "head.bias": FULL})
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    data = _micro_data()
+    cfg = TrainConfig(batch_size=16, max_steps=3)
+    whole = train.train_job(model, params, plan, sparse.extract(params, plan), data, cfg, 7)
+    micro = replace(plan, micro_batch=3)
+    assert micro.pass_size(16) == 3 and plan.pass_size(16) == 16
+    parts = train.train_job(model, params, micro, sparse.extract(params, micro), data, cfg, 7)
+    assert parts.steps == whole.steps == 3
+    assert parts.loss == pytest.approx(whole.loss, rel=1e-5)
+    assert parts.grad_variance == pytest.approx(whole.grad_variance, rel=1e-4)
+    for n, d in whole.delta.items():
+        torch.testing.assert_close(parts.delta[n], d, rtol=1e-4, atol=1e-6)
+        assert not torch.equal(d, torch.zeros_like(d))  # the step did move w*
+
+
+def test_micro_batch_estimate_holds_one_passs_activations() -> None:
+    from dataclasses import replace
+
+    from ftte_cli.engine.memory import accumulation_transient
+
+    model = _har()
+    plan = dense_plan(model)
+    whole = training_memory(model, plan, 64, (9, 128))
+    micro = training_memory(model, replace(plan, micro_batch=16), 64, (9, 128))
+    at_16 = training_memory(model, plan, 16, (9, 128))
+    # activations and buffers are those of one pass of 16; the gradient sum gains one tensor
+    assert micro.activations == at_16.activations < whole.activations / 3
+    assert micro.forward_buffers == at_16.forward_buffers
+    assert micro.grads == whole.grads + accumulation_transient(plan)
+    assert accumulation_transient(plan) == 4 * 128 * 128 * 3  # features.3.conv.weight
+    # a micro-batch at least the batch is the plain step
+    assert training_memory(model, replace(plan, micro_batch=64), 64, (9, 128)) == whole

@@ -51,10 +51,24 @@ def test_json_plan_within_budget_and_saved(recipe: Path, tmp_path: Path) -> None
     assert plan.payload_bytes == doc["payload"]["plan"]
 
 
+def test_har_recipe_at_20_percent_of_full_trains_more_than_the_head() -> None:
+    recipe = str(Path(__file__).parents[1] / "recipes" / "har.yaml")
+    code, out = _run("--recipe", recipe, "--budget", "1GB", "--format", "json")
+    assert code == 0, out
+    full = json.loads(out)["memory"]["full"]
+    code, out = _run("--recipe", recipe, "--budget", str(full // 5), "--format", "json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["memory"]["plan"] <= full // 5 and doc["units"], doc  # more than the head
+    assert doc["trainable_params"]["plan"] > 128 * 6 + 6  # har_cnn's head: 128 x 6 + 6
+    assert doc["micro_batch"] is not None and doc["micro_batch"] < 16
+
+
 def test_table_output_names_the_figures(recipe: Path) -> None:
     code, out = _run("--recipe", str(recipe), "--budget", "1MB")
     assert code == 0, out
-    for word in ("training memory", "payload per job", "trainable params", "contribution"):
+    for word in ("training memory", "payload per job", "trainable params", "contribution",
+                 "micro-batch"):
         assert word in out
 
 

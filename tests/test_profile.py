@@ -22,6 +22,7 @@ from ftte_cli.fleet import budget as bud
 from ftte_cli.fleet.profile import ProbeFailed, ProfileRequest, parse_probe, profile_fleet
 from ftte_cli.fleet.ssh import Outcome, SshOptions
 from ftte_cli.testbed.sshd import free_port
+from ftte_cli.units import format_size
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="cgroup caps need root (CI is root)")
@@ -52,8 +53,11 @@ def profiled(testbed: Testbed) -> dict[str, Any]:  # noqa: F811
 def test_profile_reports_each_memory_cap_within_5_percent(testbed: Testbed,  # noqa: F811
                                                           profiled: dict[str, Any]) -> None:
     profiles = _by_name(profiled)
-    caps = {d.name: d.mem_cap_bytes for d in testbed.state.devices}
+    caps = {d.name: d.cgroup_limit_bytes for d in testbed.state.devices}
     assert len(set(caps.values())) == 4  # four different caps
+    for dev in testbed.state.devices:  # each board's free memory, less torch's shared pages
+        assert dev.cgroup_limit_bytes and dev.mem_cap_bytes
+        assert dev.mem_cap_bytes - 200 * 2**20 < dev.cgroup_limit_bytes < dev.mem_cap_bytes
     for name, cap in caps.items():
         measured = profiles[name]["cgroup_mem_limit_bytes"]
         assert cap is not None and abs(measured - cap) <= 0.05 * cap, (name, measured, cap)
@@ -80,8 +84,19 @@ def test_profile_record_fields_and_cache(testbed: Testbed,  # noqa: F811
         assert rec["swap_total_bytes"] is not None and rec["disk_free_bytes"] > 0
         usable = (min(x for x in (rec["mem_available_bytes"], rec["cgroup_mem_limit_bytes"],
                                   rec["inventory_cap_bytes"]) if x is not None)
-                  - rec["baseline_rss_bytes"] - rec["safety_margin_bytes"])
+                  - _baseline(rec) - rec["runtime_overhead_bytes"] - rec["safety_margin_bytes"])
         assert rec["usable_memory_bytes"] == usable
+        # one real training step costs the runtime more than its tensors: M_i counts it
+        assert 2 * 2**20 < rec["runtime_overhead_bytes"] < 200 * 2**20, rec["runtime_note"]
+        assert rec["runtime_step_peak_bytes"] >= (rec["baseline_rss_bytes"]
+                                                  + rec["runtime_step_estimate_bytes"])
+
+
+def _baseline(rec: dict[str, Any]) -> int:
+    """The baseline M_i counts: the cgroup's charge against its limit, else resident memory."""
+    if rec["limited_by"] == "cgroup" and rec["baseline_cgroup_bytes"] is not None:
+        return int(rec["baseline_cgroup_bytes"])
+    return int(rec["baseline_rss_bytes"])
 
 
 def test_max_age_reuses_fresh_profiles(testbed: Testbed,  # noqa: F811
@@ -175,6 +190,20 @@ def test_local_device_is_probed_as_a_subprocess(tmp_path: Path) -> None:
     assert res.value.usable_memory_bytes <= 4096 * 2**20 - res.value.baseline_rss_bytes
 
 
+def test_local_probe_runs_a_real_training_step_of_the_recipes_model(tmp_path: Path) -> None:
+    from ftte_cli.config.recipe import load_recipe
+
+    dev = Device(name="laptop", host="localhost", connection="local", python=sys.executable,
+                 workdir=str(tmp_path / "work"), mem_cap_mb=4096)
+    req = ProfileRequest(recipe=load_recipe(RECIPE))
+    prof = profile_fleet([dev], SshOptions(), req)["laptop"].value
+    assert prof.runtime_overhead_bytes is not None, prof.runtime_note
+    assert prof.runtime_overhead_bytes > 2 * 2**20  # x86: ~20 MiB for har_cnn
+    assert prof.runtime_step_estimate_bytes and prof.runtime_step_estimate_bytes > 0
+    assert prof.usable_memory_bytes == (4096 * 2**20 - prof.baseline_rss_bytes
+                                        - prof.runtime_overhead_bytes - prof.safety_margin_bytes)
+
+
 def test_parse_probe_rejects_missing_or_failed_output() -> None:
     with pytest.raises(ProbeFailed, match="no result"):
         parse_probe("Traceback: boom\n")
@@ -197,6 +226,23 @@ def test_device_budget_takes_the_tightest_ceiling_and_ignores_swap() -> None:
     rec = {"name": "x", "mem_available_bytes": 2000 * MiB, "swap_total_bytes": 10**12,
            "inventory_cap_bytes": 600 * MiB, "baseline_rss_bytes": 200 * MiB}
     assert bud.budget_from_record(rec, 0).usable_bytes == 400 * MiB  # swap never counts
+
+
+def test_baseline_is_counted_in_the_currency_of_the_binding_ceiling() -> None:
+    # the cgroup limit binds: its charge (here without shared pages loaded elsewhere) counts
+    b = bud.device_budget("pi", 900 * MiB, 448 * MiB, None, 230 * MiB, 0, cgroup_baseline=150 * MiB)
+    assert b.usable_bytes == (448 - 150) * MiB and b.baseline_bytes == 150 * MiB
+    # MemAvailable binds: resident memory counts, whatever the cgroup says
+    b = bud.device_budget("pi", 300 * MiB, 448 * MiB, None, 230 * MiB, 0, cgroup_baseline=150 * MiB)
+    assert b.usable_bytes == 70 * MiB
+
+
+def test_budget_subtracts_the_runtime_cost_of_a_training_step() -> None:
+    b = bud.device_budget("pi", 900 * MiB, 448 * MiB, None, 230 * MiB, 4 * MiB, 50 * MiB)
+    assert b.usable_bytes == (448 - 230 - 50 - 4) * MiB and b.runtime_bytes == 50 * MiB
+    rec = {"name": "x", "mem_available_bytes": 600 * MiB, "baseline_rss_bytes": 200 * MiB,
+           "runtime_overhead_bytes": 30 * MiB}
+    assert bud.budget_from_record(rec, 0).usable_bytes == 370 * MiB
 
 
 def test_fleet_budget_min_override_and_headroom() -> None:
@@ -277,7 +323,9 @@ def test_table_output_from_cache(testbed: Testbed, profiled: dict[str, Any]) -> 
                         env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "Device profiles" in res.output and "4 devices: ok=4 (exit 0)" in res.output
-    assert "448.00 MiB" in res.output or not testbed.isolated
+    zero = _by_name(profiled)["pi-zero-2-1"]  # its ceiling: the cgroup limit under 352 MiB
+    assert not testbed.isolated or format_size(zero["cgroup_mem_limit_bytes"]) in res.output
+    assert "runtime" in res.output
 
 
 def test_cached_record_is_reused_only_when_it_answers_the_request() -> None:
@@ -296,10 +344,13 @@ def test_cached_record_is_reused_only_when_it_answers_the_request() -> None:
     assert not _reusable({**fresh, "torch_version": "2.1", "baseline_note": "import torch only"},
                          ProfileRequest(recipe=har), 3600)
     benched = {**fresh, "sec_per_sample_fwd": 1e-4, "bench_model": "har_cnn",
-               "torch_version": "2.1", "baseline_note": "import torch + har_cnn"}
+               "torch_version": "2.1", "baseline_note": "import torch + har_cnn",
+               "runtime_overhead_bytes": 20 * 2**20}
     assert _reusable(benched, ProfileRequest(recipe=har, benchmark=True), 3600)
     assert not _reusable({**benched, "bench_model": "small_cnn"},
                          ProfileRequest(recipe=har, benchmark=True), 3600)
+    without_step = {k: v for k, v in benched.items() if k != "runtime_overhead_bytes"}
+    assert not _reusable(without_step, ProfileRequest(recipe=har), 3600)  # from an older probe
 
 
 def test_plan_with_inventory_uses_fleet_budget_and_shows_headroom(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from ftte_cli.engine.selection import (
     knapsack_value,
     magnitude_channels,
     make_plan,
+    micro_batches,
     per_value_slots,
     plan_masks,
     select,
@@ -52,7 +54,9 @@ def _proxy(n: int = 64) -> Dataset:
 
 def _bounds(model: torch.nn.Module, recipe: Recipe) -> tuple[int, int]:
     b, m = recipe.train.batch_size, recipe.train.momentum
-    head = training_memory(model, build_plan(model, plan_masks(model, [])), b, HAR_SHAPE, m).total
+    # the smallest plan: head only, one sample per pass (micro-batch 1)
+    head_plan = build_plan(model, plan_masks(model, []), micro_batch=1)
+    head = training_memory(model, head_plan, b, HAR_SHAPE, m).total
     full = training_memory(model, dense_plan(model), b, HAR_SHAPE, m).total
     return head, full
 
@@ -162,7 +166,7 @@ def test_infeasible_budget_names_the_smallest_that_works() -> None:
         make_plan(model, recipe, None, head - 1, HAR_SHAPE, 6)
     assert err.value.smallest_bytes == head and str(head) in str(err.value)
     plan = make_plan(model, recipe, None, head, HAR_SHAPE, 6)
-    assert plan.units == [] and plan.trainable_params == 6 * 64 + 6
+    assert plan.units == [] and plan.trainable_params == 6 * 64 + 6 and plan.micro_batch == 1
 
 
 def test_fallback_without_proxy_is_stated() -> None:
@@ -197,3 +201,42 @@ def test_mobilenet_at_20_percent_of_full_trains_more_than_the_head() -> None:
     head_params = sum(p.numel() for n, p in model.named_parameters() if n.startswith("head."))
     assert plan.estimated_bytes is not None and plan.estimated_bytes <= 0.2 * full
     assert len(plan.units) >= 3 and plan.trainable_params > 5 * head_params
+
+
+def test_micro_batches_halve_the_batch_down_to_one() -> None:
+    assert micro_batches(16) == [16, 8, 4, 2, 1]
+    assert micro_batches(48) == [48, 24, 12, 6, 3, 1]
+    assert micro_batches(1) == [1]
+
+
+def test_har_at_20_percent_of_full_trains_more_than_the_head_in_micro_batches() -> None:
+    """Issue 2's blocked criterion: at batch 16, block 3's norm alone cost 28% of full training
+    because of its saved activations; passes of fewer samples shrink them."""
+    model = _har(1.0)
+    recipe = replace(_recipe(method="gradnorm"), model=ModelConfig("har_cnn", 1.0),
+                     train=TrainConfig(batch_size=16))
+    _, full = _bounds(model, recipe)
+    plan = make_plan(model, recipe, None, int(0.2 * full), HAR_SHAPE, 6)
+    assert plan.estimated_bytes is not None and plan.estimated_bytes <= 0.2 * full
+    assert plan.units and plan.trainable_params > 6 * 128 + 6
+    assert plan.micro_batch is not None and plan.micro_batch < 16
+    assert any("micro-batch" in n for n in plan.notes)
+
+
+def test_a_roomy_budget_keeps_the_whole_batch() -> None:
+    """Smaller passes are slower: they are chosen only when they buy value."""
+    model = _har()
+    recipe = _recipe()
+    _, full = _bounds(model, recipe)
+    plan = make_plan(model, recipe, None, 2 * full, HAR_SHAPE, 6)
+    assert plan.micro_batch is None and plan.trainable_params == plan.total_params
+
+
+def test_micro_batch_survives_save_and_load(tmp_path: Path) -> None:
+    from ftte_cli.engine.plan import load_plan, save_plan
+
+    model = _har()
+    plan = build_plan(model, plan_masks(model, []), micro_batch=3)
+    save_plan(plan, tmp_path / "p")
+    assert load_plan(tmp_path / "p").micro_batch == 3
+    assert load_plan(tmp_path / "p").pass_size(16) == 3

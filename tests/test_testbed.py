@@ -47,9 +47,11 @@ def test_parse_mix_round_robin_and_errors() -> None:
 
 
 def test_every_class_leaves_room_for_torch() -> None:
-    """import torch alone is ~230 MiB resident: every cap must hold it with room to train."""
-    for cls in DEVICE_CLASSES.values():
-        assert cls.mem_cap_mb is None or cls.mem_cap_mb >= 400, cls
+    """import torch alone is ~230 MiB resident on x86: every board's free memory holds it with
+    ~100 MiB to spare; the Pi Zero 2 W (352 MiB free of 512 MB) is the tightest, as for real."""
+    caps = {name: cls.mem_cap_mb for name, cls in DEVICE_CLASSES.items()}
+    assert all(cap is None or cap >= 330 for cap in caps.values()), caps
+    assert min((c, n) for n, c in caps.items() if c is not None) == (352, "pi-zero-2")
 
 
 def test_inventory_and_known_hosts_reach_every_device(testbed: Testbed) -> None:  # noqa: F811

@@ -54,7 +54,8 @@ def _inventory_with_data(testbed: Testbed, folder: Path, host: str, data: Path) 
 def test_lenient_fedavg_capped_device_fails_visibly(tmp_path: Path,
                                                     testbed: Testbed) -> None:  # noqa: F811
     """Full training at a large batch cannot fit the Pi Zero 2's cap: its agent is OOM-killed,
-    restarted once, killed again and shown failed; the other device carries the rounds."""
+    restarted once, killed again and shown killed for memory (with the peak and the cap); the
+    other device carries the rounds."""
     import os
     import signal
 
@@ -66,7 +67,7 @@ def test_lenient_fedavg_capped_device_fails_visibly(tmp_path: Path,
         return
     small = testbed.by_class("pi-zero-2").name
     big = testbed.by_class("pi4").name
-    n = 8192  # one batch of 8192 windows: far more activation memory than 448 MiB allows
+    n = 8192  # one batch of 8192 windows: far more activation memory than 352 MiB allows
     gen = torch.Generator().manual_seed(0)
     data = tmp_path / "local.safetensors"
     save_tensors(data, {"train_x": torch.randn(n, 9, 128, generator=gen),
@@ -92,10 +93,13 @@ def test_lenient_fedavg_capped_device_fails_visibly(tmp_path: Path,
             proc.kill()
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = {d["name"]: d for d in summary["devices"]}
-    assert rows[small]["status"] == "failed" and rows[small]["accepted"] == 0
+    assert rows[small]["status"] == "killed_for_memory" and rows[small]["accepted"] == 0
     assert rows[big]["accepted"] >= 1 and summary["versions"] >= 1
     kinds = [(e["kind"], e["device"]) for e in _events(run_dir)]
     assert ("agent_restarted", small) in kinds  # restarted once after the first OOM kill
+    assert kinds.count(("killed_for_memory", small)) == 2
+    failed = next(e for e in _events(run_dir) if e["kind"] == "device_failed")
+    assert failed["detail"].startswith("killed for memory: peak ") and "cap " in failed["detail"]
     assert [d for k, d in kinds if k == "device_failed"] == [small]
     assert group_members(agent_pids(run_dir)) == []
 

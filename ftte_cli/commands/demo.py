@@ -2,9 +2,11 @@
 
 Steps, each timed and shown: bring up an N-device testbed (real sshd per device, with memory
 and CPU caps when root), profile it, plan under the tightest device's budget, deploy the
-bundles, train recipes/har.yaml to its target accuracy with the live dashboard, and write the
-report. The testbed is always taken down at the end (in `finally`, also on Ctrl-C or an error)
-unless `--keep` is given. Every step is the same code the individual commands run.
+bundles, train recipes/har-demo.yaml to its target accuracy with the live dashboard, and write
+the report; the closing summary states the plan against full training, the devices strict
+FedAvg would have excluded and the accuracy reached. The testbed is always taken down at the
+end (in `finally`, also on Ctrl-C or an error) unless `--keep` is given. Every step is the same
+code the individual commands run.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ftte_cli.output import Format, console, err_console, handle_errors, print_j
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RECIPE = Path("recipes/har.yaml")
+DEFAULT_RECIPE = Path("recipes/har-demo.yaml")  # docs/demo.md says why this recipe
 DEFAULT_DIR = Path(".testbed/demo")
 COLUMNS = ("step", "status", "seconds", "detail")
 
@@ -89,15 +91,69 @@ def demo(
         steps = run_demo(state, keep=keep)
     rows = [[s.step, s.status.value, f"{s.seconds:.1f}", s.detail] for s in steps]
     failed = [s for s in steps if s.status == StepStatus.failed]
+    summary = closing_summary(state)
     if fmt == Format.json:
-        print_json({"steps": steps, "run_dir": state.run_dir, "ok": not failed})
+        print_json({"steps": steps, "run_dir": state.run_dir, "ok": not failed,
+                    "summary": summary})
     else:
         console.print(table("ftte demo", COLUMNS, rows))
+        if summary:
+            console.print(table("What FTTE did on this fleet", ("", ""), summary_rows(summary)))
         if state.run_dir is not None:
             console.print(f"run directory: {state.run_dir} (plots in {state.run_dir}/report/)",
                           highlight=False)
     if failed:
         raise typer.Exit(int(ExitCode.FAILURE))
+
+
+def closing_summary(state: DemoState) -> dict[str, Any]:
+    """The demo's point in figures: the plan against full training, the devices strict FedAvg
+    would have left out (usable memory below full training), the accuracy reached.
+    Empty when planning did not happen."""
+    if state.planned is None:
+        return {}
+    plan, budget = state.planned.choice.plan, state.planned.choice.budget
+    full = plan.full_training_bytes or 0
+    usable = {d.name: d.usable_bytes for d in budget.devices} if budget is not None else {}
+    out: dict[str, Any] = {
+        "trainable_share": plan.trainable_params / max(1, plan.total_params),
+        "plan_bytes": plan.estimated_bytes, "full_training_bytes": full,
+        "micro_batch": plan.micro_batch, "bound_by": budget.bound_by if budget else None,
+        "fedavg_excluded": {n: u for n, u in usable.items() if u < full},
+    }
+    if state.train is not None:
+        out.update(best_accuracy=state.train.best_accuracy,
+                   target_accuracy=state.recipe.stop.target_accuracy,
+                   target_reached=state.train.target_reached,
+                   time_to_target=state.train.time_to_target)
+    return out
+
+
+def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """The closing summary as table rows."""
+    from ftte_cli.units import format_size
+
+    full = summary["full_training_bytes"]
+    micro = summary["micro_batch"]
+    rows = [["plan", f"{summary['trainable_share']:.0%} of parameters trained, "
+                     f"{format_size(summary['plan_bytes'] or 0)} per device = "
+                     f"{(summary['plan_bytes'] or 0) / max(1, full):.0%} of full training "
+                     f"({format_size(full)})"
+                     + (f", passes of {micro} sample{'s' if micro > 1 else ''}" if micro
+                        else "")],
+            ["budget set by", str(summary["bound_by"] or "the recipe")]]
+    excluded = summary["fedavg_excluded"]
+    rows.append(["strict FedAvg", "would exclude " + ", ".join(
+        f"{n} (usable {format_size(max(0, u))} < full training {format_size(full)})"
+        for n, u in excluded.items()) if excluded else "would keep every device"])
+    if "best_accuracy" in summary:
+        best = summary["best_accuracy"]
+        reached = "reached" if summary["target_reached"] else "not reached"
+        rows.append(["accuracy", f"{'-' if best is None else f'{best:.1%}'} best; target "
+                                 f"{summary['target_accuracy']:.0%} {reached}"
+                     + (f" in {summary['time_to_target']:.0f}s"
+                        if summary["time_to_target"] is not None else "")])
+    return rows
 
 
 def run_demo(state: DemoState, keep: bool = False,

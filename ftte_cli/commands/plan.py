@@ -40,6 +40,7 @@ def render(report: dict[str, Any]) -> None:
         ("trainable params", f"{par['plan']:,}", f"{par['full']:,}", _pct(par["ratio"])),
         ("earliest trainable layer", report["earliest_layer"] or "", "", ""),
         ("method", report["method"], "", ""),
+        ("micro-batch", str(report["micro_batch"] or "whole batch"), "", ""),
     ]
     console.print(table(f"Plan for {report['model']}", ("", "plan", "full training", "ratio"),
                         rows))

@@ -28,8 +28,8 @@ from ftte_cli.fleet.ssh import FleetResults
 from ftte_cli.output import Format, console, handle_errors, print_json, table
 from ftte_cli.units import format_size
 
-COLUMNS = ("device", "class", "cpus", "quota", "memory", "limited by", "baseline", "usable M_i",
-           "torch")
+COLUMNS = ("device", "class", "cpus", "quota", "memory", "limited by", "baseline", "runtime",
+           "usable M_i", "torch")
 BENCH_COLUMNS = ("device", "model", "fwd ms/sample", "bwd ms/sample", "rtt ms", "upload Mbit/s")
 POWER_COLUMNS = ("device", "battery", "charging", "temp C", "power W", "throttled", "from")
 
@@ -54,9 +54,17 @@ def profile_rows(results: FleetResults) -> list[list[Any]]:
                                   p.inventory_cap_bytes, 2**63) if x is not None)
         rows.append([p.name, p.device_class or "-", p.cpu_count, _num(p.cpu_quota),
                      _size(ceiling if ceiling < 2**63 else None), p.limited_by or "-",
-                     _size(p.baseline_rss_bytes), _size(p.usable_memory_bytes),
+                     _size(_baseline(p)), _size(p.runtime_overhead_bytes),
+                     _size(p.usable_memory_bytes),
                      p.torch_version or "absent"])
     return rows
+
+
+def _baseline(p: prof.DeviceProfile) -> Optional[int]:
+    """The baseline M_i counts: the cgroup's charge against its limit, else resident memory."""
+    if p.limited_by == "cgroup" and p.baseline_cgroup_bytes is not None:
+        return p.baseline_cgroup_bytes
+    return p.baseline_rss_bytes
 
 
 def bench_rows(results: FleetResults) -> list[list[Any]]:

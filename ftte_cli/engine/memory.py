@@ -12,11 +12,15 @@ total = frozen weights (every parameter, held once by the client)
         The frozen prefix train_job runs in micro-batches (train.chunked_prefix) holds its output
         for the whole batch plus one micro-batch's transients (PREFIX_CHUNK / batch of them).
 
-All figures are bytes of float32 tensors at the recipe's batch size on CPU.
+All figures are bytes of float32 tensors at the recipe's batch size on CPU. A plan with a
+micro-batch (plan.micro_batch) runs each step in passes of that many samples and accumulates the
+gradient: activations and forward buffers are then those of one pass, and the gradient sum gains
+one tensor's transient (accumulation_transient).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Set, Tuple
 
@@ -59,16 +63,24 @@ def training_memory(model: nn.Module, plan: Plan, batch_size: int, input_shape: 
     """Measure the training memory of `plan` with one forward pass of a random batch."""
     subset_bytes = BYTES_PER_VALUE * plan.trainable_params
     frozen_bytes = BYTES_PER_VALUE * plan.total_params
-    activations, buffers = measure_forward(model, plan, batch_size, input_shape)
+    micro = plan.pass_size(batch_size)
+    activations, buffers = measure_forward(model, plan, micro, input_shape)
     parts = dict(
         params=2 * subset_bytes,
-        grads=subset_bytes,
+        grads=subset_bytes + (accumulation_transient(plan) if micro < batch_size else 0),
         optimizer=optimizer_slots(momentum) * subset_bytes,
         activations=activations,
         frozen=frozen_bytes,
         forward_buffers=buffers,
     )
     return MemoryEstimate(total=sum(parts.values()), **parts)
+
+
+def accumulation_transient(plan: Plan) -> int:
+    """Bytes beside the running gradient sum while micro-batches accumulate: backward adds each
+    tensor's fresh gradient into .grad in place, so at most the largest tensor of w* is doubled."""
+    sizes = [BYTES_PER_VALUE * math.prod(s) for s in plan.subset_shapes().values()]
+    return max(sizes, default=0)
 
 
 def _storage_key(t: Tensor) -> Tuple[int, int]:

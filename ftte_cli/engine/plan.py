@@ -79,10 +79,17 @@ class Plan:
     full_payload_bytes: int = 0  # the same for the dense model
     method: str = "dense"  # contribution | gradnorm | dense
     notes: List[str] = field(default_factory=list)
+    #: samples per forward/backward pass of a step (gradients accumulated over the batch);
+    #: None: the whole batch at once (FTTE.md section 1)
+    micro_batch: Optional[int] = None
 
     def trainable_names(self) -> List[str]:
         """Names of the parameters with a trainable part, in model order."""
         return [name for name, m in self.masks.items() if m.trainable]
+
+    def pass_size(self, batch_size: int) -> int:
+        """Samples per forward/backward pass at `batch_size`: the micro-batch, at most the batch."""
+        return batch_size if self.micro_batch is None else max(1, min(batch_size, self.micro_batch))
 
     def subset_shapes(self) -> Dict[str, Tuple[int, ...]]:
         """Shape of every tensor of w* (a channel weight keeps only its chosen input channels)."""
@@ -209,6 +216,7 @@ def plan_to_dict(plan: Plan) -> Dict[str, object]:
         "full_payload_bytes": plan.full_payload_bytes,
         "method": plan.method,
         "notes": list(plan.notes),
+        "micro_batch": plan.micro_batch,
     }
 
 
@@ -280,7 +288,15 @@ def _plan_from_dict(raw: Mapping[str, object], channels: Mapping[str, torch.Tens
         full_payload_bytes=int(raw["full_payload_bytes"]),  # type: ignore[arg-type]
         method=str(raw["method"]),
         notes=[str(n) for n in raw["notes"]],
+        micro_batch=_micro_batch(raw.get("micro_batch")),  # absent in plans from before it
     )
+
+
+def _micro_batch(value: object) -> Optional[int]:
+    micro = _opt_int(value)
+    if micro is not None and micro < 1:
+        raise ValueError(f"micro_batch: must be >= 1, got {micro}")
+    return micro
 
 
 def _opt_int(value: object) -> Optional[int]:

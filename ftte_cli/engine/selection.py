@@ -8,6 +8,9 @@
 3. Search: for each earliest trainable layer d the saved activations are fixed, so an exact
    multiple-choice knapsack picks the units of layers >= d; the best d wins. The chosen plan is then
    measured with engine/memory.py and units are dropped until the measurement fits the budget.
+4. Micro-batch: steps 3 runs for each micro-batch size (the batch, halved down to 1; train_job
+   accumulates gradients over the passes, so activations scale with the micro-batch); the
+   largest size whose plan is worth within MICRO_BATCH_TOLERANCE of the best one wins.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ log = logging.getLogger(__name__)
 
 EVAL_CAP = 256  # proxy samples used to score a unit (scoring cost grows with it)
 GRADNORM_BATCHES = 4
+# A smaller micro-batch is chosen only when the larger one's plan is worth less than (1 - this)
+# of the best: passes of fewer samples make every step slower (har_cnn at batch 16 on one core:
+# passes of 4-8 samples take 1.7x the time of the whole batch, passes of 1-2 about 4x).
+MICRO_BATCH_TOLERANCE = 0.1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,13 +364,13 @@ def search(units: Sequence[Unit], scores: Mapping[str, float], budget: int,
 
 
 def fit_to_budget(model: nn.Module, chosen: List[Unit], scores: Mapping[str, float], budget: int,
-                  batch_size: int, input_shape: Tuple[int, ...], momentum: float
-                  ) -> Tuple[List[Unit], MemoryEstimate]:
+                  batch_size: int, input_shape: Tuple[int, ...], momentum: float,
+                  micro_batch: Optional[int] = None) -> Tuple[List[Unit], MemoryEstimate]:
     """Measure the plan; while it exceeds the budget drop the least valuable unit per byte."""
     slots = per_value_slots(momentum)
     chosen = list(chosen)
     while True:
-        plan = build_plan(model, plan_masks(model, chosen))
+        plan = build_plan(model, plan_masks(model, chosen), micro_batch=micro_batch)
         est = training_memory(model, plan, batch_size, input_shape, momentum)
         if est.total <= budget or not chosen:
             return chosen, est
@@ -371,6 +378,50 @@ def fit_to_budget(model: nn.Module, chosen: List[Unit], scores: Mapping[str, flo
         log.debug("plan %s over budget by %d B: dropping %s", format_size(est.total),
                   est.total - budget, worst.name)
         chosen.remove(worst)
+
+
+def micro_batches(batch_size: int) -> List[int]:
+    """Micro-batch sizes the search tries, largest first: the batch, halved down to 1."""
+    sizes = [batch_size]
+    while sizes[-1] > 1:
+        sizes.append(sizes[-1] // 2)
+    return sizes
+
+
+def _micro(m: int, batch_size: int) -> Optional[int]:
+    """The plan's micro_batch field: None when a step is one pass over the whole batch."""
+    return None if m >= batch_size else m
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """The units chosen, and measured, for one micro-batch size."""
+
+    micro_batch: int
+    units: List[Unit]
+    memory: MemoryEstimate
+    value: float
+
+
+def _best_candidate(candidates: Sequence[_Candidate]) -> _Candidate:
+    """The largest micro-batch whose plan is worth within MICRO_BATCH_TOLERANCE of the best:
+    smaller passes are slower (less parallel work per call), so they must buy real value."""
+    best = max(c.value for c in candidates)
+    return next(c for c in candidates if c.value >= best * (1 - MICRO_BATCH_TOLERANCE))
+
+
+def search_micro_batches(model: nn.Module, units: Sequence[Unit], scores: Mapping[str, float],
+                         budget: int, batch: int, shape: Tuple[int, ...], momentum: float,
+                         sizes: Sequence[int]) -> _Candidate:
+    """Units and micro-batch chosen together: the search and fit_to_budget run once per size."""
+    out = []
+    for m in sizes:
+        costs = CostModel.of(model, m, shape, momentum)
+        chosen = search(units, scores, budget, costs)
+        chosen, est = fit_to_budget(model, chosen, scores, budget, batch, shape, momentum,
+                                    _micro(m, batch))
+        out.append(_Candidate(m, chosen, est, sum(scores.get(u.name, 0.0) for u in chosen)))
+    return _best_candidate(out)
 
 
 def select(model: nn.Module, recipe: Recipe, data: object, budget_bytes: int,
@@ -385,15 +436,18 @@ def select(model: nn.Module, recipe: Recipe, data: object, budget_bytes: int,
     shape = tuple(input_shape)
     name = recipe.model.name
     full = training_memory(model, dense_plan(model, name), batch, shape, momentum)
-    head_plan = build_plan(model, plan_masks(model, []), model_name=name)
-    head_est = training_memory(model, head_plan, batch, shape, momentum)
-    if head_est.total > budget_bytes:
+    # micro-batch sizes at which the head alone fits (the smallest size is the last resort)
+    sizes = [m for m in micro_batches(batch) if _head_memory(
+        model, name, batch, _micro(m, batch), shape, momentum) <= budget_bytes]
+    if not sizes:
+        smallest = _head_memory(model, name, batch, _micro(1, batch), shape, momentum)
         raise BudgetInfeasible(
             f"memory budget {format_size(budget_bytes)} ({budget_bytes} B) cannot hold even the "
-            f"classifier head of {name} at batch size {batch}: the smallest budget that works is "
-            f"{format_size(head_est.total)} ({head_est.total} B)", head_est.total)
+            f"classifier head of {name} at batch size {batch}, micro-batch 1: the smallest "
+            f"budget that works is {format_size(smallest)} ({smallest} B)", smallest)
     units = enumerate_units(model, recipe.plan.ratios)
-    costs = CostModel.of(model, batch, shape, momentum)
+    # the smallest micro-batch is the most permissive: a unit that cannot fit there never fits
+    costs = CostModel.of(model, sizes[-1], shape, momentum)
     proxy, fallback_data = _proxy_and_fallback(data)
     notes: List[str] = []
     scores: Dict[str, float] = dict(reuse.scores) if reuse is not None else {}
@@ -416,16 +470,25 @@ def select(model: nn.Module, recipe: Recipe, data: object, budget_bytes: int,
                else "fallback: no proxy data")
         source = "synthetic inputs" if fallback_data is None else f"{len(fallback_data)} samples"
         notes.append(f"gradnorm ({why}): gradient norm per byte on {source}")
-    chosen = search(units, scores, budget_bytes, costs)
-    chosen, est = fit_to_budget(model, chosen, scores, budget_bytes, batch, shape, momentum)
+    best = search_micro_batches(model, units, scores, budget_bytes, batch, shape, momentum, sizes)
+    chosen, est = best.units, best.memory
     if not chosen:
         notes.append("no unit fits beside the head (or none helps): head only")
+    if best.micro_batch < batch:
+        notes.append(f"micro-batch {best.micro_batch}: each step of {batch} samples runs in "
+                     f"passes of {best.micro_batch}, gradients accumulated")
     plan = build_plan(
         model, plan_masks(model, chosen), model_name=name,
         units=[u.name for u in sorted(chosen, key=lambda u: (u.layer_index, u.name))],
         budget_bytes=budget_bytes, estimated_bytes=est.total, full_training_bytes=full.total,
-        method=method, notes=notes)
+        method=method, notes=notes, micro_batch=_micro(best.micro_batch, batch))
     return Selection(plan, dict(scores), est, full)
+
+
+def _head_memory(model: nn.Module, name: str, batch: int, micro: Optional[int],
+                 shape: Tuple[int, ...], momentum: float) -> int:
+    plan = build_plan(model, plan_masks(model, []), model_name=name, micro_batch=micro)
+    return training_memory(model, plan, batch, shape, momentum).total
 
 
 def make_plan(model: nn.Module, recipe: Recipe, data_or_proxy: object, budget_bytes: int,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -159,34 +159,77 @@ def train_job(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
     batches = _batches(n, cfg.batch_size, cfg.epochs, cfg.max_steps, gen) if n else []
     stats = _GradStats(leaves)
     total_loss = 0.0
-    prefix = chunked_prefix(model, plan, cfg.batch_size)
+    grads: Tuple[Tensor, ...] = ()
+    micro = plan.pass_size(cfg.batch_size)
+    prefix = chunked_prefix(model, plan, micro)
     was_training = model.training
     model.train()
     with torch.random.fork_rng(devices=[]):  # dropout and the like: reproducible, no global effect
         torch.manual_seed(int(seed))
         for idx in batches:
-            y = data.y[idx].to(device)
-            params = materialize(base, plan, trainable, index)
-            if prefix:
-                # no name for the prefix output: it must be freed once the rest no longer needs it
-                logits = functional_call(
-                    model, params, (_prefix_forward(model, params, data.x, idx, prefix),),
-                    {"start": prefix})
+            if int(idx.shape[0]) <= micro:  # the whole batch in one pass
+                params = materialize(base, plan, trainable, index)
+                loss = _pass_loss(model, params, data, idx, prefix, device, int(idx.shape[0]))
+                grads = torch.autograd.grad(loss, leaves)
+                step_loss = float(loss.detach())
             else:
-                logits = functional_call(model, params, (data.x[idx].to(device),))
-            loss = F.cross_entropy(logits, y)
-            grads = torch.autograd.grad(loss, leaves)
+                step_loss, grads = _accumulated_grads(
+                    model, lambda: materialize(base, plan, trainable, index), leaves, data, idx,
+                    micro, prefix, device)
             _sgd_step(leaves, grads, momentum, cfg.lr, cfg.momentum)
             stats.add(grads)
-            total_loss += float(loss.detach())
+            total_loss += step_loss
     model.train(was_training)
-    with torch.no_grad():
-        delta = {n: (t.detach() - start[n]).cpu() for n, t in trainable.items()}
+    variance = stats.variance()
+    del stats, grads  # the gradient and its running sum are not needed for the delta
+    with torch.no_grad():  # in place: the trained copy becomes the delta (no fifth copy of w*)
+        delta = {n: t.detach().sub_(start[n]).cpu() for n, t in trainable.items()}
     return JobResult(
-        delta=delta, num_samples=n, grad_variance=stats.variance(), steps=len(batches),
+        delta=delta, num_samples=n, grad_variance=variance, steps=len(batches),
         loss=total_loss / len(batches) if batches else 0.0,
         peak_memory=_peak(measured, device),
     )
+
+
+def _pass_loss(model: nn.Module, params: Dict[str, Tensor], data: Dataset, idx: Tensor,
+               prefix: int, device: torch.device, batch: int) -> Tensor:
+    """Cross-entropy of samples `idx` summed and divided by `batch` (the whole step's size), so
+    the gradients of a step's passes add up to the gradient of its mean loss."""
+    y = data.y[idx].to(device)
+    if prefix:
+        # no name for the prefix output: it must be freed once the rest no longer needs it
+        logits = functional_call(model, params,
+                                 (_prefix_forward(model, params, data.x, idx, prefix),),
+                                 {"start": prefix})
+    else:
+        logits = functional_call(model, params, (data.x[idx].to(device),))
+    if int(idx.shape[0]) == batch:
+        return F.cross_entropy(logits, y)
+    return F.cross_entropy(logits, y, reduction="sum") / batch
+
+
+def _accumulated_grads(model: nn.Module, params_fn: Callable[[], Dict[str, Tensor]],
+                       leaves: List[Tensor], data: Dataset, idx: Tensor, micro: int, prefix: int,
+                       device: torch.device) -> Tuple[float, Tuple[Tensor, ...]]:
+    """(mean loss, gradient of w*) of batch `idx`, `micro` samples per forward/backward pass.
+
+    Saved activations then scale with the micro-batch, not the batch (FTTE.md section 1); every
+    model is per-sample (GroupNorm, no batch statistics), so the gradient is the whole batch's
+    up to float rounding. backward() adds each pass into .grad in place, so only one layer's
+    fresh gradient exists beside the running sum. The parameters are materialized per pass
+    because backward frees the graph that holds them.
+    """
+    batch = int(idx.shape[0])
+    total = 0.0
+    for part in idx.split(micro):
+        loss = _pass_loss(model, params_fn(), data, part, prefix, device, batch)
+        torch.autograd.backward(loss, inputs=leaves)
+        total += float(loss.detach())
+    grads = tuple(leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+                  for leaf in leaves)
+    for leaf in leaves:
+        leaf.grad = None
+    return total, grads
 
 
 def chunked_prefix(model: nn.Module, plan: Plan, batch_size: int) -> int:

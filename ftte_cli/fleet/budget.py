@@ -1,6 +1,15 @@
 """The global memory budget from measured profiles (FTTE.md section 1), and per-device headroom.
 
-M_i = min(MemAvailable, cgroup memory limit, inventory cap) - runtime baseline - safety margin.
+M_i = min(MemAvailable, cgroup memory limit, inventory cap) - runtime baseline - runtime overhead
+- data shard - safety margin.
+- runtime baseline: resident memory after `import torch` and building the model (the probe);
+  against a memory cgroup's limit, what the cgroup is charged for at that point instead
+  (device_budget says why);
+- runtime overhead: what real training steps cost beyond the plan's tensors (allocator heap,
+  autograd, thread pools, kernel code: probe.runtime_step, ~23 MiB on x86 for har_cnn), which
+  the plan's estimate does not contain;
+- data shard: the bytes of the device's data, which its agent holds, when the run's split is
+  known (`ftte train`, `ftte deploy`; not for `ftte plan --inventory`).
 Swap never counts. M_min = min over devices of M_i, unless the recipe's `plan.memory_budget`
 overrides it. Headroom rows compare each M_i with a plan's training memory (FTTE) and with full
 training (what synchronous FedAvg would need), so the table shows who full FedAvg would exclude.
@@ -43,7 +52,9 @@ class DeviceBudget:
     limited_by: Limit  # which of the three it was
     baseline_bytes: int  # resident memory of the client runtime (import torch + model)
     margin_bytes: int  # the recipe's safety margin
-    usable_bytes: int  # M_i = ceiling - baseline - margin (negative: nothing fits)
+    usable_bytes: int  # M_i = ceiling - baseline - runtime - margin (negative: nothing fits)
+    runtime_bytes: int = 0  # the runtime's cost of a training step beyond the plan's tensors
+    data_bytes: int = 0  # the device's data shard, which its agent holds while it trains
 
 
 @dataclass(frozen=True)
@@ -79,21 +90,35 @@ class Headroom:
 
 
 def device_budget(name: str, mem_available: int, cgroup_limit: Optional[int],
-                  inventory_cap: Optional[int], baseline: int, margin: int) -> DeviceBudget:
-    """M_i for one device; swap is deliberately not an input."""
+                  inventory_cap: Optional[int], baseline: int, margin: int,
+                  runtime: int = 0, data: int = 0,
+                  cgroup_baseline: Optional[int] = None) -> DeviceBudget:
+    """M_i for one device; swap is deliberately not an input. `runtime`: what a real training
+    step costs beyond the plan's tensors (the profile's runtime_overhead_bytes); `data`: the
+    bytes of the shard its bundle carries (known when the run's data is split).
+
+    The baseline is counted in the currency of the ceiling that binds: resident memory against
+    MemAvailable or an inventory cap, but what the memory cgroup is charged for
+    (`cgroup_baseline`, every process in it) against the cgroup's limit, which the kernel
+    enforces on that charge and not on RSS (shared library pages loaded by another cgroup count
+    in RSS but not in the charge; a login shell or sshd in the cgroup counts in the charge).
+    """
     ceilings = [(mem_available, Limit.mem_available)]
     if cgroup_limit is not None:
         ceilings.append((cgroup_limit, Limit.cgroup))
     if inventory_cap is not None:
         ceilings.append((inventory_cap, Limit.inventory_cap))
     ceiling, limit = min(ceilings, key=lambda c: c[0])
+    if limit == Limit.cgroup and cgroup_baseline is not None:
+        baseline = cgroup_baseline
     return DeviceBudget(name=name, ceiling_bytes=ceiling, limited_by=limit,
                         baseline_bytes=baseline, margin_bytes=margin,
-                        usable_bytes=ceiling - baseline - margin)
+                        usable_bytes=ceiling - baseline - runtime - data - margin,
+                        runtime_bytes=runtime, data_bytes=data)
 
 
 def budget_from_record(record: Mapping[str, Any], margin: int,
-                       where: str = "profiles") -> DeviceBudget:
+                       where: str = "profiles", data: int = 0) -> DeviceBudget:
     """M_i from one profile record (see module docstring); ConfigError names the missing key."""
     name = str(record.get("name", "?"))
     available = record.get("mem_available_bytes")
@@ -101,7 +126,9 @@ def budget_from_record(record: Mapping[str, Any], margin: int,
         raise ConfigError(f"{where}: {name}: mem_available_bytes missing (profile it again)")
     return device_budget(name, available, record.get("cgroup_mem_limit_bytes"),
                          record.get("inventory_cap_bytes"),
-                         int(record.get("baseline_rss_bytes") or 0), margin)
+                         int(record.get("baseline_rss_bytes") or 0), margin,
+                         int(record.get("runtime_overhead_bytes") or 0), data,
+                         record.get("baseline_cgroup_bytes"))
 
 
 def fleet_budget(devices: Iterable[DeviceBudget],
@@ -119,15 +146,19 @@ def fleet_budget(devices: Iterable[DeviceBudget],
 
 def recipe_budget(records: Mapping[str, Mapping[str, Any]], safety_margin: Union[int, str],
                   memory_budget: Union[int, str, None] = None,
-                  names: Optional[Iterable[str]] = None, where: str = "profiles") -> FleetBudget:
-    """The fleet budget for a recipe's plan section over the chosen devices' records."""
+                  names: Optional[Iterable[str]] = None, where: str = "profiles",
+                  data_bytes: Optional[Mapping[str, int]] = None) -> FleetBudget:
+    """The fleet budget for a recipe's plan section over the chosen devices' records;
+    `data_bytes`: device -> its data shard's bytes, when the run's split is known."""
     margin = parse_size(safety_margin, "plan.safety_margin")
     override = None if memory_budget is None else parse_size(memory_budget, "plan.memory_budget")
     chosen = list(records) if names is None else list(names)
     missing = [n for n in chosen if n not in records]
     if missing:
         raise ConfigError(f"{where}: no profile for {', '.join(missing)} (run `ftte profile`)")
-    return fleet_budget((budget_from_record({"name": n, **records[n]}, margin, where)
+    shards = data_bytes or {}
+    return fleet_budget((budget_from_record({"name": n, **records[n]}, margin, where,
+                                            shards.get(n, 0))
                          for n in chosen), override)
 
 

@@ -17,6 +17,7 @@ so no `setsid`, `nohup` or `pkill` is needed on the device.
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import threading
@@ -30,6 +31,7 @@ import paramiko
 
 from ftte_cli.config.inventory import Device
 from ftte_cli.fleet.ssh import (
+    CommandFailed,
     DeviceResult,
     FleetResults,
     Outcome,
@@ -39,6 +41,7 @@ from ftte_cli.fleet.ssh import (
     connect,
 )
 from ftte_cli.fleet.tunnel import ReverseTunnel
+from ftte_cli.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,59 @@ print("alive" if members() else "gone")
 """
 
 
+# Prints one JSON line about the memory cgroup of this process (the agent's, when it was
+# started from the same SSH login): OOM kills counted so far, the limit and the peak usage in
+# bytes (cgroup v2 or v1; without a memory cgroup, the kernel's system-wide OOM kill count).
+_MEMORY = r"""
+import json, os
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+def number(text):
+    text = (text or "").strip()
+    return int(text) if text.isdigit() and int(text) < 1 << 60 else None
+def counter(text, key):
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == key and parts[1].isdigit():
+            return int(parts[1])
+    return None
+out = {"oom_kills": None, "limit": None, "peak": None}
+for line in (read("/proc/self/cgroup") or "").splitlines():
+    _, ctrls, path = line.split(":", 2)
+    if ctrls == "" and os.path.exists("/sys/fs/cgroup" + path + "/memory.events"):
+        d = "/sys/fs/cgroup" + path
+        out = {"oom_kills": counter(read(d + "/memory.events"), "oom_kill"),
+               "limit": number(read(d + "/memory.max")), "peak": number(read(d + "/memory.peak"))}
+    elif "memory" in ctrls.split(",") and os.path.isdir("/sys/fs/cgroup/memory" + path):
+        d = "/sys/fs/cgroup/memory" + path
+        out = {"oom_kills": counter(read(d + "/memory.oom_control"), "oom_kill"),
+               "limit": number(read(d + "/memory.limit_in_bytes")),
+               "peak": number(read(d + "/memory.max_usage_in_bytes"))}
+        break
+if out["oom_kills"] is None:
+    out["oom_kills"] = counter(read("/proc/vmstat"), "oom_kill")
+print(json.dumps(out))
+"""
+
+
+@dataclass(frozen=True)
+class MemoryKill:
+    """An agent the kernel killed for memory: its cgroup's peak usage and limit, in bytes."""
+
+    peak: Optional[int]  # the memory cgroup's peak usage (None without one)
+    limit: Optional[int]  # the memory cgroup's limit (None: no limit, the system ran out)
+
+    def describe(self) -> str:
+        """One line for the dashboard, the events and the report."""
+        peak = "?" if self.peak is None else format_size(self.peak)
+        cap = "no cgroup limit" if self.limit is None else format_size(self.limit)
+        return f"killed for memory: peak {peak}, cap {cap}"
+
+
 class DeviceBusy(Exception):
     """Another run's agent holds the device's lock (fleet/locks.py)."""
 
@@ -141,6 +197,7 @@ class _Agent:
     pid: Optional[int] = None
     real_bundle: str = ""  # the resolved folder holding agent.log and agent.pid
     state: AgentState = AgentState.stopped
+    oom_kills: Optional[int] = None  # the memory cgroup's OOM kill count when it was started
 
 
 T = TypeVar("T")
@@ -182,6 +239,16 @@ class AgentFleet:
         if agent.pid is None:
             return False
         return _group(agent.session, agent.pid, "check") == "alive"
+
+    def memory_kill(self, name: str) -> Optional[MemoryKill]:
+        """How `name`'s agent died, when the kernel killed it for memory (its memory cgroup, or
+        the system, counted an OOM kill since it started); None otherwise or when unknown."""
+        agent = self._agents[name]
+        now = _memory(agent.session)
+        before, after = agent.oom_kills, now.get("oom_kills")
+        if before is None or after is None or after <= before:
+            return None
+        return MemoryKill(peak=now.get("peak"), limit=now.get("limit"))
 
     def connected(self, name: str) -> bool:
         """Whether `name`'s SSH session (and so its tunnel) is still up."""
@@ -338,6 +405,7 @@ def _launch(agent: _Agent, log_mode: str, run_id: str) -> int:
     python = agent.device.python
     lock = f"{agent.device.workdir.rstrip('/')}/{DEVICE_LOCK}"
     args = " ".join(shlex.quote(a) for a in (agent.bundle, agent.url, log_mode, run_id, lock))
+    agent.oom_kills = _memory(agent.session).get("oom_kills")
     result = agent.session.run(f"{python} -c {shlex.quote(_LAUNCH)} {args}")
     last = result.stdout.strip().splitlines()[-1]
     if last.startswith("busy"):
@@ -346,6 +414,17 @@ def _launch(agent: _Agent, log_mode: str, run_id: str) -> int:
     agent.pid, agent.real_bundle, agent.state = int(pid_text), real, AgentState.running
     log.info("%s: agent pid %s dials %s", agent.device.name, agent.pid, agent.url)
     return agent.pid
+
+
+def _memory(session: Session) -> dict[str, Optional[int]]:
+    """The device's memory cgroup figures (_MEMORY); empty when they cannot be read."""
+    cmd = f"{session.device.python} -c {shlex.quote(_MEMORY)}"
+    try:
+        raw = json.loads(session.run(cmd, timeout=30).stdout.strip().splitlines()[-1])
+    except (CommandFailed, ValueError, IndexError) as err:
+        log.info("%s: memory cgroup not readable: %s", session.device.name, err)
+        return {}
+    return {k: v if isinstance(v, int) else None for k, v in raw.items()}
 
 
 def _group(session: Session, pgid: Optional[int], grace: str) -> str:

@@ -6,7 +6,9 @@ engine modules that build it (so the device needs no ftte install). It prints ex
 `FTTE-PROBE {json}` and nothing else on stdout.
 
 Order matters: the runtime baseline (resident memory after `import torch` and building the
-model) is read before the benchmark allocates anything, so it is what a fresh client costs.
+model) is read before anything else allocates, so it is what a fresh client costs; then one real
+training step measures the runtime's own cost beyond the plan's tensors (runtime_step), before
+the benchmark pages in the same code.
 """
 
 from __future__ import annotations
@@ -124,6 +126,17 @@ def cgroup_memory() -> Tuple[Optional[int], Optional[int]]:
         if raw and raw != "max" and raw.isdigit() and int(raw) < V1_UNLIMITED:
             limits.append(int(raw))
     return version, (min(limits) if limits else None)
+
+
+def cgroup_usage() -> Optional[int]:
+    """Bytes our memory cgroup is charged for now (every process in it, and the page cache it
+    brought in), or None without one: what its limit is checked against."""
+    version, dirs = _cgroup_dirs("memory")
+    if not dirs:
+        return None
+    raw = read(os.path.join(dirs[0], "memory.usage_in_bytes" if version == 1 else
+                            "memory.current"))
+    return int(raw) if raw and raw.isdigit() else None
 
 
 def cgroup_cpu() -> Optional[float]:
@@ -287,6 +300,104 @@ def benchmark(torch: Any, model: Any, cfg: Dict[str, Any]) -> Dict[str, Any]:
             "bench_threads": threads, "bench_batch": batch}
 
 
+class _StepData:
+    """A batch of random samples shaped like the recipe's (what train_job reads: x and y)."""
+
+    def __init__(self, x: Any, y: Any) -> None:
+        self.x = x
+        self.y = y
+
+
+class _StepCfg:
+    """The TrainConfig fields train_job reads, for one step at the recipe's batch."""
+
+    def __init__(self, batch_size: int, momentum: float) -> None:
+        self.batch_size = batch_size
+        self.momentum = momentum
+        self.epochs = 1
+        self.max_steps = 1
+        self.lr = 0.01
+        self.device = "cpu"
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM (the kernel's peak-RSS mark) so the next peak is the step's own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def agent_threads(quota: Optional[float]) -> int:
+    """torch threads as the agent sets them: the CPU quota rounded up, else every CPU."""
+    if quota:
+        return max(1, int(-(-quota // 1)))
+    return max(1, os.cpu_count() or 1)
+
+
+def runtime_step(torch: Any, model: Any, cfg: Dict[str, Any], baseline: int,
+                 threads: int) -> Dict[str, Any]:
+    """The runtime's own cost of real training steps, beyond the plan's tensors.
+
+    Runs engine.train.train_job as a client does, on the recipe's model at its batch size and
+    the agent's thread count, twice: the head alone on the whole batch (the frozen prefix in
+    chunks without autograd, the head's backward on all samples), then the first layer and the
+    head in passes of one sample (a backward through every layer: each kind of input-gradient
+    kernel, and a weight gradient of the first). Both hold little tensor memory, so they fit
+    any device that holds the baseline, whatever the model's size. overhead = peak RSS over
+    both - baseline - the engine's larger estimate of the two steps' tensors (engine.memory):
+    allocator heap and arenas, the autograd engine, thread pools and kernel code paged in,
+    which no plan removes. FTTE.md section 1: M_i subtracts it.
+    """
+    if not cfg.get("memory_module"):
+        return {"runtime_note": "runtime step skipped (engine code not available)"}
+    try:
+        memory = importlib.import_module(cfg["memory_module"])
+        train = importlib.import_module(cfg["train_module"])
+        plans = importlib.import_module(cfg["plan_module"])
+        if cfg.get("agent_module"):  # what the client imports besides the engine
+            importlib.import_module(cfg["agent_module"])
+        head_masks = {n: plans.FULL for n in _head_params(model)}
+        first = [n for n, _ in model.named_parameters()][:1]
+        deep_masks = dict(head_masks, **{n: plans.FULL for n in first})
+    except Exception as exc:  # e.g. no safetensors yet: the budget then ignores the runtime
+        return {"runtime_note": "runtime step skipped (" + str(exc) + ")"}
+    torch.set_num_threads(threads)
+    batch = int(cfg["batch_size"])
+    shape = tuple(cfg["input_shape"])
+    momentum = float(cfg.get("momentum", 0.0))
+    gen = torch.Generator().manual_seed(0)
+    data = _StepData(torch.randn((batch,) + shape, generator=gen),
+                     torch.randint(0, int(cfg["num_classes"]), (batch,), generator=gen))
+    frozen = {k: v.detach() for k, v in model.named_parameters()}
+    steps = [plans.build_plan(model, head_masks),
+             plans.build_plan(model, deep_masks, micro_batch=1)]
+    measured = reset_peak()
+    estimates = []
+    for plan in steps:
+        subset = {k: frozen[k].clone() for k in plan.trainable_names()}  # the received w*
+        train.train_job(model, frozen, plan, subset, data, _StepCfg(batch, momentum), 0)
+        del subset
+        estimates.append(memory.training_memory(model, plan, batch, shape,
+                                                momentum).training_overhead)
+    peak = rss_bytes("VmHWM")
+    est = max(estimates)
+    return {"runtime_step_peak_bytes": peak, "runtime_step_estimate_bytes": est,
+            "runtime_overhead_bytes": max(0, peak - baseline - est),
+            "runtime_note": ("steps of " + str(batch) + " samples, " + str(threads)
+                             + " threads" + ("" if measured else ", peak not resettable"))}
+
+
+def _head_params(model: Any) -> List[str]:
+    """The classifier head's parameters: those of the last module that owns any."""
+    owners = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+    head = owners[-1]
+    return [n for n, p in model.named_parameters() if any(p is q for q in head.parameters(
+        recurse=False))]
+
+
 def accelerator(torch: Any) -> Optional[str]:
     """"cuda:<GPU name>" or "mps" when this torch can train there, else None."""
     try:
@@ -310,7 +421,11 @@ def with_torch(cfg: Dict[str, Any], out: Dict[str, Any]) -> None:
     out["torch_version"] = torch.__version__.split("+")[0]
     out["accelerator"] = accelerator(torch)
     model, note = build(cfg)
-    out.update(baseline_rss_bytes=rss_bytes(), baseline_note=note)
+    out.update(baseline_rss_bytes=rss_bytes(), baseline_cgroup_bytes=cgroup_usage(),
+               baseline_note=note)
+    if model is not None:  # before the benchmark, which would page in the same runtime
+        out.update(runtime_step(torch, model, cfg, out["baseline_rss_bytes"],
+                                agent_threads(out.get("cpu_quota"))))
     if cfg.get("benchmark") and model is not None:
         cfg = dict(cfg, cpu_quota=out.get("cpu_quota"))
         out.update(benchmark(torch, model, cfg), bench_model=cfg["model"]["name"])

@@ -50,6 +50,11 @@ log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # .../ftte_cli
 MODELS_MODULE = "ftte_cli.engine.models"
+# the runtime step (probe.runtime_step) trains with the engine's own job and estimates it
+MEMORY_MODULE = "ftte_cli.engine.memory"
+TRAIN_MODULE = "ftte_cli.engine.train"
+PLAN_MODULE = "ftte_cli.engine.plan"
+AGENT_MODULE = "ftte_cli.client.agent"  # imported too: its modules are part of the runtime
 # Two uploads; the difference of their times cancels the per-command overhead (channel, shell).
 UPLOAD_SMALL, UPLOAD_LARGE = 256 * 1024, 4 * 1024 * 1024
 RTT_SAMPLES = 5
@@ -105,8 +110,18 @@ class DeviceProfile:
     jetson_release: Optional[str] = None  # first line of /etc/nv_tegra_release (L4T version)
     temperature_c: Optional[float] = None  # hottest thermal zone
     baseline_rss_bytes: Optional[int] = None  # resident after import torch (+ building the model)
+    # what the memory cgroup is charged for at the same point (all its processes, its page
+    # cache; shared library pages another cgroup loaded first are not): the baseline M_i uses
+    # when the cgroup limit is the binding ceiling
+    baseline_cgroup_bytes: Optional[int] = None
     baseline_note: str = ""  # what the baseline includes
     peak_rss_bytes: Optional[int] = None  # probe's peak (after the benchmark, if any)
+    # one real training step (probe.runtime_step): its peak RSS, the engine's estimate of its
+    # tensors, and the runtime's cost beyond them (peak - baseline - estimate), which M_i subtracts
+    runtime_step_peak_bytes: Optional[int] = None
+    runtime_step_estimate_bytes: Optional[int] = None
+    runtime_overhead_bytes: Optional[int] = None
+    runtime_note: str = ""
     safety_margin_bytes: int = 0
     usable_memory_bytes: Optional[int] = None  # M_i
     limited_by: Optional[str] = None  # mem_available | cgroup | inventory_cap
@@ -144,6 +159,8 @@ def _top_level_imports(path: Path) -> list[str]:
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append(node.module)
+            # `from pkg import mod`: mod may be a module (model_sources skips names that are not)
+            found += [f"{node.module}.{alias.name}" for alias in node.names]
         elif isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
     return [m for m in found if m.split(".")[0] == "ftte_cli"]
@@ -188,11 +205,17 @@ def shared_config(request: ProfileRequest) -> dict[str, Any]:
                            "repeats": request.repeats, "power_source": power_source()}
     if request.recipe is not None:
         shape, classes = data_shape(request.recipe)
-        sources, packages = model_sources()
+        sources, packages = model_sources(MEMORY_MODULE)  # its closure holds models and train
+        agent_sources, agent_packages = model_sources(AGENT_MODULE)
+        sources.update(agent_sources)
+        packages = sorted(set(packages) | set(agent_packages))
         cfg.update(model={"name": request.recipe.model.name, "width": request.recipe.model.width},
                    input_shape=list(shape), num_classes=classes,
-                   batch_size=request.recipe.train.batch_size, modules=sources,
-                   packages=packages, models_module=MODELS_MODULE)
+                   batch_size=request.recipe.train.batch_size,
+                   momentum=request.recipe.train.momentum, modules=sources,
+                   packages=packages, models_module=MODELS_MODULE, memory_module=MEMORY_MODULE,
+                   train_module=TRAIN_MODULE, plan_module=PLAN_MODULE,
+                   agent_module=AGENT_MODULE)
     return cfg
 
 
@@ -263,7 +286,9 @@ def build_profile(device: Device, raw: Mapping[str, Any], margin: int,
     if prof.mem_available_bytes is not None:
         b = bud.device_budget(device.name, prof.mem_available_bytes,
                               prof.cgroup_mem_limit_bytes, cap,
-                              prof.baseline_rss_bytes or 0, margin)
+                              prof.baseline_rss_bytes or 0, margin,
+                              prof.runtime_overhead_bytes or 0,
+                              cgroup_baseline=prof.baseline_cgroup_bytes)
         prof = replace(prof, usable_memory_bytes=b.usable_bytes, limited_by=b.limited_by.value)
     return prof
 
@@ -351,7 +376,8 @@ def _reusable(record: Mapping[str, Any], request: ProfileRequest, max_age: float
         return False
     model = request.recipe.model.name if request.recipe else None
     baseline_ok = model is None or record.get("torch_version") is None or (
-        record.get("baseline_note") == f"import torch + {model}")
+        record.get("baseline_note") == f"import torch + {model}"
+        and "runtime_overhead_bytes" in record)  # profiles from before the runtime step
     if request.benchmark:
         return baseline_ok and record.get("sec_per_sample_fwd") is not None and (
             record.get("bench_model") == model)

@@ -237,12 +237,18 @@ class FtteServer:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake_all)
 
-    def mark_failed(self, device: str, detail: str) -> None:
-        """The orchestrator saw this device's agent die (e.g. OOM-killed): show it as failed."""
+    def mark_failed(self, device: str, detail: str, *, memory_peak: Optional[int] = None,
+                    killed_for_memory: bool = False) -> None:
+        """The orchestrator saw this device's agent die: show it as failed, or as killed for
+        memory with the peak its memory cgroup reached (the dashboard's peak column)."""
         with self._lock:
             dev = self._devices[device]
             was_online = dev.status in ONLINE
-            dev.status, dev.job_id = DeviceStatus.failed, None
+            dev.status = DeviceStatus.killed_for_memory if killed_for_memory else \
+                DeviceStatus.failed
+            dev.job_id = None
+            if memory_peak is not None:  # what the kernel saw when it killed the agent
+                dev.peak_memory = memory_peak
             self._pending.pop(device, None)
         if was_online:
             self._executor.submit(self._release, device, self.now()).result()
@@ -440,7 +446,8 @@ class FtteServer:
         await self._read_json(request, device)
         with self._lock:
             dev = self._devices[device]
-            rejoined = dev.status in (DeviceStatus.offline, DeviceStatus.failed)
+            rejoined = dev.status in (DeviceStatus.offline, DeviceStatus.failed,
+                                      DeviceStatus.killed_for_memory)
             dev.status, dev.job_id, dev.last_seen = DeviceStatus.idle, None, self.now()
         got = await self._in_worker(self._rejoin, device, self.now())
         self._wake(got)

@@ -19,7 +19,8 @@ class DeviceStatus(str, Enum):
     training = "training"  # holds a job
     paused = "paused"  # registered, but the recipe's device rules hold it back (battery, heat)
     offline = "offline"  # not seen for longer than the offline timeout
-    failed = "failed"  # its agent died and was not restarted (e.g. OOM-killed)
+    failed = "failed"  # its agent died and was not restarted
+    killed_for_memory = "killed_for_memory"  # the kernel killed its agent for memory, for good
     done = "done"  # told that the run is over
 
 

@@ -1,17 +1,35 @@
 """Device classes of the emulated testbed: what each mimics and the caps that stand in for it.
 
-The caps are scaled for a one-machine testbed, not copied from datasheets: every device must still
-hold one Python process with torch imported (about 230 MiB resident on x86-64 with torch 2.x) plus
-a small model, so the smallest cap is well above that and the differences between classes keep
-the real ordering (Pi Zero 2 < phone < Jetson Nano < Pi 4 in usable memory; Pi Zero 2 the slowest).
+Memory is each board's RAM less what its OS keeps, i.e. what a training process could have
+(`MemAvailable` after boot, headless, ssh running):
 
-| class       | mimics                          | memory cap | CPU quota  | link       |
-|-------------|---------------------------------|------------|------------|------------|
-| pi-zero-2   | Raspberry Pi Zero 2 W (512 MB)  | 448 MiB    | 25% of 1   | 20 Mbit/s  |
-| phone       | an Android phone under Termux   | 768 MiB    | 50% of 1   | 30 Mbit/s  |
-| jetson-nano | NVIDIA Jetson Nano (4 GB shared)| 1024 MiB   | 100% of 1  | 100 Mbit/s |
-| pi4         | Raspberry Pi 4 Model B (2 GB)   | 1536 MiB   | 100% of 1  | 100 Mbit/s |
-| laptop      | an uncapped x86 host            | none       | none       | none       |
+| class       | mimics (RAM)                               | OS leaves | CPU quota | link       |
+|-------------|--------------------------------------------|-----------|-----------|------------|
+| pi-zero-2   | Raspberry Pi Zero 2 W (512 MB)             | 352 MiB   | 25% of 1  | 20 Mbit/s  |
+| phone       | Android phone under Termux (3 GB)          | 768 MiB   | 50% of 1  | 30 Mbit/s  |
+| jetson-nano | NVIDIA Jetson Nano (4 GB shared with GPU)  | 2560 MiB  | 100% of 1 | 100 Mbit/s |
+| pi4         | Raspberry Pi 4 Model B (2 GB; 1-8 GB sold) | 1792 MiB  | 100% of 1 | 100 Mbit/s |
+| laptop      | an uncapped x86 host                       | none      | none      | none       |
+
+- Pi Zero 2 W: 512 MB, of which the GPU keeps 64 MB by default (gpu_mem) and the kernel's CMA and
+  reserved memory more: MemTotal is ~420 MiB under Raspberry Pi OS Lite (64-bit), and ~70 MiB of
+  that is in use after boot (systemd, journald, sshd, the network), so ~350 MiB is available.
+- Raspberry Pi 4 (2 GB model): MemTotal ~1.85 GiB (gpu_mem 76 MB), ~1.75 GiB available under
+  Pi OS Lite. The 1 GB model leaves ~0.8 GiB, the 4 and 8 GB models ~3.6 and ~7.5 GiB.
+- Jetson Nano (4 GB): CPU and GPU share one LPDDR4; MemTotal ~3.9 GiB, the L4T desktop and
+  services hold ~1 GiB and a CUDA context ~0.3-0.4 GiB, so ~2.5 GiB is left to train.
+- Android phone (3 GB): the low-memory killer ends a background Termux process well before the
+  RAM is full; ~768 MiB is what such a process can count on.
+
+The x86 `import torch` alone is ~220-260 MiB resident (torch 2.x CPU), much more than on the
+boards' aarch64 builds, so the emulated Pi Zero 2 is the tighter of the two.
+
+How a cap is enforced: each device's processes run in a memory cgroup, and the kernel kills one
+when the cgroup's charge exceeds the limit. The charge leaves out page-cache pages another cgroup
+loaded first, and torch's shared libraries (~75 MiB resident, `RssFile`) are already in memory
+for the host's own torch. A real board pays for those pages, so the cgroup limit is the board's
+free memory less their size (measured once at `up`, `shared_library_bytes`): an agent is then
+killed where it would run out on the board. The inventory's `ftte_mem_cap_mb` is the free memory.
 """
 
 from __future__ import annotations
@@ -30,7 +48,7 @@ class DeviceClass:
 
     name: str  # the class label written as ftte_device_class
     mimics: str  # the real device it stands for
-    mem_cap_mb: Optional[int]  # cgroup memory limit in MiB; None: uncapped
+    mem_cap_mb: Optional[int]  # the board's free memory in MiB (see above); None: uncapped
     cpu_percent: Optional[int]  # CFS quota as a percentage of one CPU; None: uncapped
     bandwidth_mbit: Optional[float]  # tc tbf rate each way; None: uncapped
 
@@ -43,11 +61,11 @@ class DeviceClass:
 DEVICE_CLASSES: dict[str, DeviceClass] = {
     c.name: c
     for c in (
-        DeviceClass("pi-zero-2", "Raspberry Pi Zero 2 W (512 MB)", 448, 25, 20.0),
-        DeviceClass("phone", "Android phone under Termux", 768, 50, 30.0),
-        DeviceClass("jetson-nano", "NVIDIA Jetson Nano (4 GB shared with the GPU)", 1024, 100,
+        DeviceClass("pi-zero-2", "Raspberry Pi Zero 2 W (512 MB)", 352, 25, 20.0),
+        DeviceClass("phone", "Android phone under Termux (3 GB)", 768, 50, 30.0),
+        DeviceClass("jetson-nano", "NVIDIA Jetson Nano (4 GB shared with the GPU)", 2560, 100,
                     100.0),
-        DeviceClass("pi4", "Raspberry Pi 4 Model B (2 GB)", 1536, 100, 100.0),
+        DeviceClass("pi4", "Raspberry Pi 4 Model B (2 GB)", 1792, 100, 100.0),
         DeviceClass("laptop", "an uncapped x86-64 host", None, None, None),
     )
 }
@@ -67,3 +85,26 @@ def parse_mix(mix: str, devices: int) -> list[DeviceClass]:
             raise ConfigError(
                 f"--mix: unknown device class {name!r} (known: {', '.join(DEVICE_CLASSES)})")
     return [DEVICE_CLASSES[names[i % len(names)]] for i in range(devices)]
+
+
+# Resident file-backed pages of a fresh `import torch` (VmRSS's RssFile), read by a subprocess
+_SHARED_PAGES = (
+    "import torch\n"
+    "for line in open('/proc/self/status'):\n"
+    "    if line.startswith('RssFile:'):\n"
+    "        print(int(line.split()[1]) * 1024)\n"
+)
+
+
+def shared_library_bytes(python: str) -> int:
+    """Resident shared-library pages of `import torch` in `python`: what a device's memory
+    cgroup is not charged for (the host loaded them first) but a real board would hold.
+    0 when torch cannot be imported there (the devices then train nothing anyway)."""
+    import subprocess
+
+    try:
+        out = subprocess.run([python, "-c", _SHARED_PAGES], capture_output=True, text=True,
+                             timeout=120, check=True)
+        return int(out.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return 0

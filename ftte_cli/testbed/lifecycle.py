@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 from ftte_cli.errors import ConfigError
 from ftte_cli.testbed import cgroups, netns, sshd
 from ftte_cli.testbed import state as st
-from ftte_cli.testbed.devices import DeviceClass, parse_mix
+from ftte_cli.testbed.devices import DeviceClass, parse_mix, shared_library_bytes
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,17 @@ def _build(state: st.TestbedState, classes: list[DeviceClass], bandwidth: bool) 
     directory = Path(state.dir)
     client_pub = sshd.keygen(directory / CLIENT_KEY, f"ftte-testbed-{state.id}")
     (directory / "authorized_keys").write_text(client_pub + "\n")
+    shared = 0
     if state.isolated:
         state = _make_network(state, len(classes))
+        if any(c.mem_cap_bytes is not None for c in classes):
+            shared = shared_library_bytes(sys.executable)  # the devices' python (inventory)
+            state = replace(state, notes=state.notes + (
+                f"memory caps are each board's free memory; the cgroup limits are "
+                f"{shared // 2**20} MiB lower: torch's shared library pages, which this host "
+                "already holds and a board would not (testbed/devices.py)",))
     for k, cls in enumerate(classes, start=1):
-        state = _make_device(state, k, cls, bandwidth)
+        state = _make_device(state, k, cls, bandwidth, shared)
     for dev in state.devices:
         assert dev.pid is not None
         sshd.wait_listening(dev.pid, dev.address, dev.port, directory / dev.name / "sshd.log")
@@ -188,7 +195,7 @@ def _make_network(state: st.TestbedState, devices: int) -> st.TestbedState:
 
 
 def _make_device(state: st.TestbedState, k: int, cls: DeviceClass,
-                 bandwidth: bool) -> st.TestbedState:
+                 bandwidth: bool, shared: int = 0) -> st.TestbedState:
     directory = Path(state.dir)
     name = f"{cls.name}-{k}"
     ddir = directory / name
@@ -200,7 +207,7 @@ def _make_device(state: st.TestbedState, k: int, cls: DeviceClass,
                              port=ISOLATED_PORT_BASE + k, workdir=str(ddir / "work"),
                              netns=f"ftte-{state.id}-{k}", veth_host=f"ft{state.id}h{k}",
                              veth_dev=f"ft{state.id}d{k}")
-        dev, state = _isolate(state, dev, cls, bandwidth)
+        dev, state = _isolate(state, dev, cls, bandwidth, shared)
     else:
         dev = st.DeviceState(name=name, device_class=cls.name, address="127.0.0.1",
                              port=sshd.free_port(), workdir=str(ddir / "work"))
@@ -208,16 +215,20 @@ def _make_device(state: st.TestbedState, k: int, cls: DeviceClass,
 
 
 def _isolate(state: st.TestbedState, dev: st.DeviceState, cls: DeviceClass,
-             bandwidth: bool) -> tuple[st.DeviceState, st.TestbedState]:
-    """Cgroup caps, namespace and veth (and tc caps) for one device, each recorded as made."""
+             bandwidth: bool, shared: int) -> tuple[st.DeviceState, st.TestbedState]:
+    """Cgroup caps, namespace and veth (and tc caps) for one device, each recorded as made;
+    the memory limit is the class's free memory less `shared` (see testbed/devices.py)."""
     mounts = cgroups.find_mounts()
     rel = f"ftte/{state.id}/{dev.name}"
     leaves = sorted({str(root / rel) for root in (mounts.memory, mounts.cpu) if root is not None})
     dev = replace(dev, cgroups=tuple(leaves))
     state = state.with_device(dev)
     st.save(state)
-    cgroups.create(mounts, rel, cls.mem_cap_bytes, cls.cpu_percent)
-    dev = replace(dev, mem_cap_bytes=cls.mem_cap_bytes, cpu_percent=cls.cpu_percent)
+    limit = None if cls.mem_cap_bytes is None else max(cls.mem_cap_bytes - shared,
+                                                        cls.mem_cap_bytes // 2)
+    cgroups.create(mounts, rel, limit, cls.cpu_percent)
+    dev = replace(dev, mem_cap_bytes=cls.mem_cap_bytes, cgroup_limit_bytes=limit,
+                  cpu_percent=cls.cpu_percent)
     assert dev.netns and state.bridge and dev.veth_host and dev.veth_dev
     netns.make_device_net(dev.netns, state.bridge, dev.veth_host, dev.veth_dev, dev.address)
     if bandwidth and cls.bandwidth_mbit is not None:

@@ -26,7 +26,8 @@ class DeviceState:
     address: str  # where its sshd listens (namespace address, or 127.0.0.1)
     port: int
     workdir: str  # absolute ftte_workdir
-    mem_cap_bytes: Optional[int] = None  # applied cgroup memory limit; None: uncapped
+    mem_cap_bytes: Optional[int] = None  # the board's free memory (inventory cap); None: uncapped
+    cgroup_limit_bytes: Optional[int] = None  # applied limit: the cap less shared torch pages
     cpu_percent: Optional[int] = None  # applied CFS quota (% of one CPU); None: uncapped
     bandwidth_mbit: Optional[float] = None  # applied tc rate; None: uncapped
     netns: Optional[str] = None

@@ -57,20 +57,23 @@ def load_or_profile(inventory: Path, devices: list[Device], recipe: Recipe,
 
 
 def fleet_budget_for(recipe: Recipe, records: dict[str, dict[str, Any]],
-                     devices: list[Device]) -> fleet_budget.FleetBudget:
-    """M_min over the devices with a profile (the recipe's memory_budget overrides)."""
+                     devices: list[Device],
+                     data_bytes: Optional[dict[str, int]] = None) -> fleet_budget.FleetBudget:
+    """M_min over the devices with a profile (the recipe's memory_budget overrides);
+    `data_bytes`: each device's data shard, which its agent holds besides the plan."""
     if recipe.plan.memory_budget is not None and not records:
         return fleet_budget.fleet_budget([], parse_size(recipe.plan.memory_budget,
                                                         "plan.memory_budget"))
     names = [d.name for d in devices if d.name in records]
     return fleet_budget.recipe_budget(records, recipe.plan.safety_margin,
-                                      recipe.plan.memory_budget, names)
+                                      recipe.plan.memory_budget, names, data_bytes=data_bytes)
 
 
 def choose_plan(recipe: Recipe, model: nn.Module, devices: list[Device], input_shape: tuple,
-                num_classes: int, proxy: Any, records: dict[str, dict[str, Any]]) -> PlanChoice:
+                num_classes: int, proxy: Any, records: dict[str, dict[str, Any]],
+                data_bytes: Optional[dict[str, int]] = None) -> PlanChoice:
     """The plan for the recipe's strategy and the devices that can train it."""
-    budget = fleet_budget_for(recipe, records, devices)
+    budget = fleet_budget_for(recipe, records, devices, data_bytes)
     if recipe.strategy.name == "ftte":
         plan, notes = _plan_fitting_each_device(recipe, model, devices, input_shape, num_classes,
                                                 proxy, budget)

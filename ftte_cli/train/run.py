@@ -48,6 +48,8 @@ from ftte_cli.train.watchdog import Watchdog
 from ftte_cli.ui.dashboard import Dashboard
 
 log = logging.getLogger(__name__)
+# agents that died for good (after their one restart)
+GONE = (DeviceStatus.failed, DeviceStatus.killed_for_memory)
 
 POLL_S = 0.25  # how often the driver looks at the run
 FAILURE_CHECK_S = 3.0  # how often offline devices are checked for a dead agent
@@ -315,7 +317,7 @@ def stop_rule(snap: RunSnapshot, recipe: Recipe) -> Optional[StopReason]:
         return StopReason.max_versions
     if snap.elapsed >= recipe.stop.time_limit:
         return StopReason.time_limit
-    if snap.devices and all(d.status == DeviceStatus.failed for d in snap.devices):
+    if snap.devices and all(d.status in GONE for d in snap.devices):
         return StopReason.no_devices
     return None
 
@@ -385,6 +387,10 @@ class _AgentWatch:
         try:
             if self.agents.alive(name):
                 return
+            kill = self.agents.memory_kill(name)
+            if kill is not None:
+                self.server.event("killed_for_memory", name, kill.describe(),
+                                  peak=kill.peak, cap=kill.limit)
             if restart and self.restarts.get(name, 0) < self.max_restarts:
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 pid = self.agents.restart(name)
@@ -395,7 +401,11 @@ class _AgentWatch:
         except Exception as err:  # noqa: BLE001 - unreachable device: it stays offline
             log.info("%s: agent check failed: %s", name, err)
             return
-        self.server.mark_failed(name, "agent process exited (killed or out of memory)")
+        if kill is not None:
+            self.server.mark_failed(name, kill.describe(), memory_peak=kill.peak,
+                                    killed_for_memory=True)
+        else:
+            self.server.mark_failed(name, "agent process exited (killed or out of memory)")
 
 
 def _wait_agents_left(server: FtteServer, agents: Any, names: list[str]) -> None:
@@ -403,7 +413,7 @@ def _wait_agents_left(server: FtteServer, agents: Any, names: list[str]) -> None
     deadline = time.monotonic() + EXIT_WAIT_S
     while time.monotonic() < deadline:
         rows = {d.name: d.status for d in server.snapshot().devices}
-        if all(rows.get(n) in (DeviceStatus.done, DeviceStatus.failed, DeviceStatus.offline,
+        if all(rows.get(n) in (DeviceStatus.done, *GONE, DeviceStatus.offline,
                                DeviceStatus.waiting) for n in names):
             return
         time.sleep(POLL_S)

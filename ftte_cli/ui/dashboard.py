@@ -27,6 +27,7 @@ STATUS_STYLE = {
     DeviceStatus.paused: "magenta",
     DeviceStatus.offline: "yellow",
     DeviceStatus.failed: "bold red",
+    DeviceStatus.killed_for_memory: "bold red",
     DeviceStatus.done: "blue",
 }
 
