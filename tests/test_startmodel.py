@@ -11,10 +11,11 @@ import torch
 
 from ftte_cli.config.recipe import InitConfig, Recipe, load_recipe
 from ftte_cli.engine.data import load_federated
+from ftte_cli.engine.selection import plan_for_recipe
 from ftte_cli.engine.serialize import save_tensors
-from ftte_cli.errors import ConfigError
+from ftte_cli.errors import BudgetInfeasible, ConfigError
 from ftte_cli.sim.rundir import RunWriter
-from ftte_cli.sim.runner import SimSettings, simulate
+from ftte_cli.sim.runner import SimSettings, prepare, simulate
 from ftte_cli.startmodel import cache_key, describe_start, start_model
 from ftte_cli.ui.report import load_run
 
@@ -130,3 +131,15 @@ def test_simulate_starts_every_strategy_from_the_warm_start_and_reports_it(
     assert summary["init"]["method"] == "pretrain" and summary["init"]["steps"] == 20
     assert load_run(tmp_path / "run").init == summary["init"]
     assert any(n.startswith("initial model: warm start") for n in result.notes)
+
+
+def test_an_infeasible_budget_is_refused_before_any_warm_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    recipe = _recipe(tmp_path, PRETRAIN)
+    recipe = replace(recipe, plan=replace(recipe.plan, memory_budget=None))
+    with pytest.raises(BudgetInfeasible, match="smallest budget that works"):
+        plan_for_recipe(recipe, 1000, num_clients=4)
+    with pytest.raises(BudgetInfeasible, match="smallest budget that works"):
+        prepare(SimSettings(recipe=recipe, budget_fraction=0.001))
+    assert not (tmp_path / ".ftte").exists()  # nothing was pretrained or cached

@@ -436,15 +436,7 @@ def select(model: nn.Module, recipe: Recipe, data: object, budget_bytes: int,
     shape = tuple(input_shape)
     name = recipe.model.name
     full = training_memory(model, dense_plan(model, name), batch, shape, momentum)
-    # micro-batch sizes at which the head alone fits (the smallest size is the last resort)
-    sizes = [m for m in micro_batches(batch) if _head_memory(
-        model, name, batch, _micro(m, batch), shape, momentum) <= budget_bytes]
-    if not sizes:
-        smallest = _head_memory(model, name, batch, _micro(1, batch), shape, momentum)
-        raise BudgetInfeasible(
-            f"memory budget {format_size(budget_bytes)} ({budget_bytes} B) cannot hold even the "
-            f"classifier head of {name} at batch size {batch}, micro-batch 1: the smallest "
-            f"budget that works is {format_size(smallest)} ({smallest} B)", smallest)
+    sizes = feasible_micro_batches(model, recipe, budget_bytes, shape)
     units = enumerate_units(model, recipe.plan.ratios)
     # the smallest micro-batch is the most permissive: a unit that cannot fit there never fits
     costs = CostModel.of(model, sizes[-1], shape, momentum)
@@ -511,13 +503,35 @@ def _proxy_and_fallback(data: object) -> Tuple[Optional[Dataset], Optional[Datas
     return None, None
 
 
+def feasible_micro_batches(model: nn.Module, recipe: Recipe, budget_bytes: int,
+                           input_shape: Tuple[int, ...]) -> List[int]:
+    """Micro-batch sizes at which the head alone fits, largest first; BudgetInfeasible (with the
+    smallest budget that works) when none does. Depends on the architecture only, not on the
+    weights, so callers check it before an expensive warm start."""
+    batch, momentum, name = recipe.train.batch_size, recipe.train.momentum, recipe.model.name
+    shape = tuple(input_shape)
+    sizes = [m for m in micro_batches(batch) if _head_memory(
+        model, name, batch, _micro(m, batch), shape, momentum) <= budget_bytes]
+    if not sizes:
+        smallest = _head_memory(model, name, batch, _micro(1, batch), shape, momentum)
+        raise BudgetInfeasible(
+            f"memory budget {format_size(budget_bytes)} ({budget_bytes} B) cannot hold even the "
+            f"classifier head of {name} at batch size {batch}, micro-batch 1: the smallest "
+            f"budget that works is {format_size(smallest)} ({smallest} B)", smallest)
+    return sizes
+
+
 def plan_for_recipe(recipe: Recipe, budget_bytes: int,
                     num_clients: Optional[int] = None) -> Selection:
     """Load the recipe's data and initial model (seeded by the recipe) and select its plan."""
     from ftte_cli.engine.data import load_federated
+    from ftte_cli.engine.models import build_model
     from ftte_cli.startmodel import initial_model
 
     clients = num_clients or recipe.data.clients or recipe.sim.clients
     data = load_federated(recipe.data, clients, recipe.seed, recipe.init)
+    # an infeasible budget is known from the architecture: say so before any warm start
+    shape_only = build_model(recipe.model, data.input_shape, data.num_classes)
+    feasible_micro_batches(shape_only, recipe, budget_bytes, data.input_shape)
     model = initial_model(recipe, data.input_shape, data.num_classes, data)
     return select(model, recipe, data, budget_bytes, data.input_shape, data.num_classes)

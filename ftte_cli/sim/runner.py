@@ -38,6 +38,7 @@ from ftte_cli.engine.data.dataset import Dataset, FederatedData
 from ftte_cli.engine.flops import layer_flops
 from ftte_cli.engine.memory import training_memory
 from ftte_cli.engine.metrics import EvalPoint, RunMetrics, RunSummary, summarize
+from ftte_cli.engine.models import build_model
 from ftte_cli.engine.plan import Plan, dense_plan
 from ftte_cli.engine.strategies import STRATEGIES, make_strategy
 from ftte_cli.engine.strategies.aggregate import nbytes
@@ -213,13 +214,20 @@ def prepare(settings: SimSettings) -> World:
     clients = settings.clients or recipe.data.clients or recipe.sim.clients  # docs/recipes.md
     seed = recipe.seed if settings.seed is None else settings.seed
     data = _load_federated(recipe, clients, seed)
+    fleet = _fleet(settings, len(data.clients), seed)
+    # memory depends on the architecture alone: an infeasible budget stops before a warm start
+    shape_only = build_model(recipe.model, data.input_shape, data.num_classes)
+    dense = _with_memory(shape_only, dense_plan(shape_only, recipe.model.name), recipe,
+                         data.input_shape)
+    assert dense.estimated_bytes is not None
+    budget, source = _budget(settings, fleet, dense.estimated_bytes)
+    if budget < dense.estimated_bytes:
+        from ftte_cli.engine.selection import feasible_micro_batches  # noqa: PLC0415
+
+        feasible_micro_batches(shape_only, recipe, budget, data.input_shape)
     model, start = start_model(replace(recipe, seed=seed), data.input_shape, data.num_classes,
                                data)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    fleet = _fleet(settings, len(data.clients), seed)
-    dense = _with_memory(model, dense_plan(model, recipe.model.name), recipe, data.input_shape)
-    assert dense.estimated_bytes is not None
-    budget, source = _budget(settings, fleet, dense.estimated_bytes)
     notes: List[str] = [f"FTTE memory budget {budget} B: {source}", describe_start(start)]
     ftte = _ftte_plan(model, recipe, data, budget, dense, notes)
     flops = layer_flops(model, data.input_shape)
