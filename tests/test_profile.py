@@ -357,7 +357,10 @@ def test_plan_with_inventory_uses_fleet_budget_and_shows_headroom(tmp_path: Path
     """`ftte plan --inventory`: M_min from the tightest profile; full FedAvg would drop it."""
     recipe = tmp_path / "har.yaml"
     recipe.write_text(RECIPE.read_text().replace("windows: 10000", "windows: 1500")
-                      .replace("method: contribution", "method: gradnorm"))
+                      .replace("method: contribution", "method: gradnorm")
+                      .replace("width: 3.0", "width: 1.0").replace("batch_size: 32",
+                                                                  "batch_size: 16")
+                      .replace("init: pretrain", "init: random"))
     inv = tmp_path / "lab.yaml"
     inv.write_text(yaml.safe_dump({"all": {"hosts": {"pi": {"ansible_host": "10.0.0.2"},
                                                      "jet": {"ansible_host": "10.0.0.3"}}}},

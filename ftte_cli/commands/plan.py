@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ftte_cli.commands.options import inventory_path, recipe_path
+from ftte_cli.config.inventory import load_inventory
 from ftte_cli.config.recipe import load_recipe
 from ftte_cli.engine.plan import save_plan
 from ftte_cli.engine.selection import plan_for_recipe
@@ -77,7 +78,9 @@ def plan(
         fleet = (fleet_budget.inventory_budget(inventory, loaded, limit, budget)
                  if inventory is not None else None)
         chosen = resolve_budget(loaded, budget, fleet)
-        sel = plan_for_recipe(loaded, chosen.bytes)
+        # a fleet splits the data one shard per inventory device, as `ftte train` does
+        clients = len(load_inventory(inventory).devices) if inventory is not None else None
+        sel = plan_for_recipe(loaded, chosen.bytes, clients)
         report = plan_report(sel, chosen)
         if fleet is not None:
             rows = fleet_budget.headroom(fleet, sel.plan.estimated_bytes or 0,
