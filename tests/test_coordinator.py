@@ -368,3 +368,26 @@ def test_fedasync_keeps_the_base_of_a_released_job_for_its_late_update() -> None
     assert 0 in coord._snapshots  # j2's base, version 0, is still there
     assert coord.submit(_update(j2), 3.0).accepted
     assert 0 not in coord._snapshots
+
+
+def test_norm_floor_keeps_one_clients_tiny_updates_from_locking_out_another() -> None:
+    """Non-IID: c0's updates shrink to almost nothing while c1 is away; c1's honest update,
+    far over 10x that median but small beside the weights, must still be accepted."""
+    coord = _guarded(norm_bound=10.0, norm_warmup=1, norm_floor=0.1)
+    for _ in range(5):
+        job = coord.next_jobs(1.0)[0]
+        tiny = {k: 1e-6 * torch.ones_like(v) for k, v in job.subset.items()}
+        assert coord.submit(_update(job, tiny), 1.0).accepted
+    weights = sum(float(v.double().pow(2).sum()) for v in coord.subset.values()) ** 0.5
+    job = coord.next_jobs(2.0)[0]
+    size = sum(v.numel() for v in job.subset.values()) ** 0.5
+    honest = {k: (0.05 * weights / size) * torch.ones_like(v) for k, v in job.subset.items()}
+    assert coord.submit(_update(job, honest), 2.0).accepted  # 0.05 ||w*|| <= 10 x 0.1 ||w*||
+    strict = _guarded(norm_bound=10.0, norm_warmup=1, norm_floor=0.0)
+    for _ in range(5):
+        job = strict.next_jobs(1.0)[0]
+        tiny = {k: 1e-6 * torch.ones_like(v) for k, v in job.subset.items()}
+        assert strict.submit(_update(job, tiny), 1.0).accepted
+    job = strict.next_jobs(2.0)[0]
+    result = strict.submit(_update(job, honest), 2.0)  # without the floor: locked out
+    assert result.reason == RejectReason.norm_bound

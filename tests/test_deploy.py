@@ -293,7 +293,8 @@ def test_a_full_disk_leaves_the_previous_bundle_and_the_disk_as_they_were(
         sshd: SshServer, tmp_path: Path, recipe: Recipe, where: str) -> None:
     device = _fleet(sshd, tmp_path)[0]  # a real sshd: the upload goes through SFTP
     workdir = Path(device.workdir)
-    first = _bundles(recipe, [device], tmp_path / "a")[device.name]
+    narrow = replace(recipe, model=replace(recipe.model, width=1.0))
+    first = _bundles(narrow, [device], tmp_path / "a")[device.name]
     wide = replace(recipe, model=replace(recipe.model, width=3.0))
     big = _bundles(wide, [device], tmp_path / "b")[device.name]  # another sha, ~9x the bytes
     size = len(bundle_archive(first))

@@ -9,6 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ftte_cli.cli import app
+from ftte_cli.config.recipe import load_recipe
+from ftte_cli.engine.models import build_model
 from ftte_cli.engine.plan import load_plan
 from ftte_cli.errors import ExitCode
 
@@ -60,8 +62,10 @@ def test_har_recipe_at_20_percent_of_full_trains_more_than_the_head() -> None:
     assert code == 0, out
     doc = json.loads(out)
     assert doc["memory"]["plan"] <= full // 5 and doc["units"], doc  # more than the head
-    assert doc["trainable_params"]["plan"] > 128 * 6 + 6  # har_cnn's head: 128 x 6 + 6
-    assert doc["micro_batch"] is not None and doc["micro_batch"] < 16
+    har = load_recipe(recipe)
+    head = build_model(har.model, (9, 128), 6).head
+    assert doc["trainable_params"]["plan"] > head.weight.numel() + head.bias.numel()
+    assert doc["micro_batch"] is not None and doc["micro_batch"] < har.train.batch_size
 
 
 def test_table_output_names_the_figures(recipe: Path) -> None:

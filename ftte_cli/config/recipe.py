@@ -191,6 +191,7 @@ class GuardConfig:
     norm_action: str = "reject"  # reject | clip (scale the delta down to the bound)
     norm_window: int = 50  # accepted update norms the running median is taken over
     norm_warmup: int = 3  # accepted updates before the median replaces ||w*||
+    norm_floor: float = 0.1  # the median reference is never below this x ||w*|| (non-IID)
     aggregator: str = "mean"  # mean (weighted) | trimmed_mean | median (coordinate-wise)
     trim_fraction: float = 0.1  # trimmed_mean: fraction dropped at each end per coordinate
     diverge_factor: Optional[float] = 10.0  # loss over this x the last good loss = diverged
@@ -202,6 +203,7 @@ class GuardConfig:
                f"must be one of {', '.join(NORM_ACTIONS)}")
         _check(self.norm_window > 0, where, "norm_window", "must be > 0")
         _check(self.norm_warmup >= 0, where, "norm_warmup", "must be >= 0")
+        _check(self.norm_floor >= 0, where, "norm_floor", "must be >= 0")
         _check(self.aggregator in AGGREGATORS, where, "aggregator",
                f"must be one of {', '.join(AGGREGATORS)}")
         _check(0 <= self.trim_fraction < 0.5, where, "trim_fraction", "must be in [0, 0.5)")

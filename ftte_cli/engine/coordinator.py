@@ -166,6 +166,7 @@ class Coordinator:
         guard = config.strategy.guard
         self._norms: Deque[float] = deque(maxlen=guard.norm_window)  # accepted update norms
         self._good: Tensors = self._subset  # the last model that passed an evaluation
+        self._weights_norm_at: Tuple[int, float] = (-1, 0.0)  # (version, ||w*||)
         self._good_version = 0
         self._good_loss: Optional[float] = None  # its test loss (computed when first needed)
         self.guard_events: List[GuardEvent] = []  # the server drains and records them
@@ -319,20 +320,32 @@ class Coordinator:
         if version != self._version and not self._referenced(version):
             self._snapshots.pop(version, None)
 
+    def _weights_norm(self) -> float:
+        """||w*_t||, computed once per version."""
+        if self._weights_norm_at[0] != self._version:
+            self._weights_norm_at = (self._version, aggregate.l2_norm(self._subset))
+        return self._weights_norm_at[1]
+
     def _norm_guard(self, delta: Tensors) -> Tuple[Optional[Tensors], bool, str]:
         """(delta to use or None to reject, clipped, detail) under strategy.guard's norm bound.
 
-        The reference is the median of the last accepted norms; before `norm_warmup` of them it
-        is ||w*_t|| itself (no honest delta is a multiple of the weights it changes).
+        The reference is the median of the last accepted norms, but never below `norm_floor` x
+        ||w*_t||: on non-IID data one client's tiny updates can fill the window while another
+        is away, and without the floor that client's honest updates would be refused for good
+        (nothing it sends could ever move the median). Before `norm_warmup` accepted norms the
+        reference is ||w*_t|| itself (no honest delta is a multiple of the weights it changes).
         """
         guard = self.config.strategy.guard
         norm = aggregate.l2_norm(delta)
         if guard.norm_bound is None:
             return delta, False, ""
+        weights = self._weights_norm()
         if len(self._norms) >= max(guard.norm_warmup, 1):
-            ref, of = statistics.median(self._norms), "median accepted norm"
+            median, floor = statistics.median(self._norms), guard.norm_floor * weights
+            ref, of = ((median, "median accepted norm") if median >= floor
+                       else (floor, f"{guard.norm_floor:g} x ||w*||"))
         else:
-            ref, of = aggregate.l2_norm(self._subset), "||w*||"
+            ref, of = weights, "||w*||"
         limit = guard.norm_bound * ref
         if ref <= 0 or norm <= limit:
             self._norms.append(norm)
