@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from proctree import tree_rss  # benchmarks/proctree.py (scripts run from this folder)
+
 RECIPE = """
 name: scale
 seed: 11
@@ -38,22 +40,6 @@ sim: {{clients: {clients}, stragglers: 0.3, dropout_rate: 0.0, return_after: 5}}
 """
 MODES = {"in-process": 0, "ray, 1 worker": 1, "ray, 2 workers": 2}
 OVERHEAD_JOBS = 24
-
-
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of `pid` and all its descendants (from /proc)."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-        except (OSError, ValueError):
-            continue
-    return total
 
 
 def child(recipe_path: str, workers: int) -> Dict[str, Any]:
@@ -113,7 +99,7 @@ def run_mode(recipe_path: Path, workers: int) -> Dict[str, Any]:
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            peak[0] = max(peak[0], tree_rss(proc.pid))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -38,26 +38,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from proctree import tree_rss  # benchmarks/proctree.py (scripts run from this folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 HAR = ROOT / "recipes" / "har.yaml"
 SIDES = ("loop", "ftte inprocess", "ftte batched")
 EVAL_SAMPLES = 1000
-
-
-def tree_rss(pid: int) -> int:
-    """Resident bytes of `pid` and all its descendants (from /proc)."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-        except (OSError, ValueError):
-            continue
-    return total
 
 
 def measure(cmd: List[str], last_line: bool = False) -> Dict[str, Any]:
