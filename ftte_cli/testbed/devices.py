@@ -28,8 +28,11 @@ How a cap is enforced: each device's processes run in a memory cgroup, and the k
 when the cgroup's charge exceeds the limit. The charge leaves out page-cache pages another cgroup
 loaded first, and torch's shared libraries (~75 MiB resident, `RssFile`) are already in memory
 for the host's own torch. A real board pays for those pages, so the cgroup limit is the board's
-free memory less their size (measured once at `up`, `shared_library_bytes`): an agent is then
-killed where it would run out on the board. The inventory's `ftte_mem_cap_mb` is the free memory.
+free memory less their size (`TORCH_SHARED_BYTES`): an agent is then killed where it would run
+out on the board. The inventory's `ftte_mem_cap_mb` is the free memory. The size is a constant,
+not measured at `up`: a live `RssFile` reading of `import torch` was 74-76 MiB in a long-lived
+venv but 131 MiB in one just installed from the same wheel (same files, even after dropping the
+page cache), and the demo's Pi Zero budget swung from 32 MiB to below zero with it.
 """
 
 from __future__ import annotations
@@ -87,24 +90,6 @@ def parse_mix(mix: str, devices: int) -> list[DeviceClass]:
     return [DEVICE_CLASSES[names[i % len(names)]] for i in range(devices)]
 
 
-# Resident file-backed pages of a fresh `import torch` (VmRSS's RssFile), read by a subprocess
-_SHARED_PAGES = (
-    "import torch\n"
-    "for line in open('/proc/self/status'):\n"
-    "    if line.startswith('RssFile:'):\n"
-    "        print(int(line.split()[1]) * 1024)\n"
-)
-
-
-def shared_library_bytes(python: str) -> int:
-    """Resident shared-library pages of `import torch` in `python`: what a device's memory
-    cgroup is not charged for (the host loaded them first) but a real board would hold.
-    0 when torch cannot be imported there (the devices then train nothing anyway)."""
-    import subprocess
-
-    try:
-        out = subprocess.run([python, "-c", _SHARED_PAGES], capture_output=True, text=True,
-                             timeout=120, check=True)
-        return int(out.stdout.strip().splitlines()[-1])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return 0
+# torch 2.13's shared library pages resident after `import torch` on x86-64 (RssFile, measured
+# in a long-lived venv); see the module docstring for why this is not measured at `up`
+TORCH_SHARED_BYTES = 76 * 2**20

@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 from ftte_cli.errors import ConfigError
 from ftte_cli.testbed import cgroups, netns, sshd
 from ftte_cli.testbed import state as st
-from ftte_cli.testbed.devices import DeviceClass, parse_mix, shared_library_bytes
+from ftte_cli.testbed.devices import TORCH_SHARED_BYTES, DeviceClass, parse_mix
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _build(state: st.TestbedState, classes: list[DeviceClass], bandwidth: bool) 
     if state.isolated:
         state = _make_network(state, len(classes))
         if any(c.mem_cap_bytes is not None for c in classes):
-            shared = shared_library_bytes(sys.executable)  # the devices' python (inventory)
+            shared = TORCH_SHARED_BYTES
             state = replace(state, notes=state.notes + (
                 f"memory caps are each board's free memory; the cgroup limits are "
                 f"{shared // 2**20} MiB lower: torch's shared library pages, which this host "
