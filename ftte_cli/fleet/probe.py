@@ -375,7 +375,6 @@ def runtime_step(torch: Any, model: Any, cfg: Dict[str, Any], baseline: int,
     steps = [plans.build_plan(model, head_masks),
              plans.build_plan(model, deep_masks, micro_batch=1)]
     measured = reset_peak()
-    file_before = rss_bytes("RssFile")
     estimates = []
     for plan in steps:
         subset = {k: frozen[k].clone() for k in plan.trainable_names()}  # the received w*
@@ -385,12 +384,8 @@ def runtime_step(torch: Any, model: Any, cfg: Dict[str, Any], baseline: int,
                                                 momentum).training_overhead)
     peak = rss_bytes("VmHWM")
     est = max(estimates)
-    # library code paged in by the steps is file-backed: a memory cgroup is not charged for it
-    # when the host loaded it first, and how much of it is resident varies with how the files
-    # were written (55 MiB more right after `pip install`); anonymous memory is the cost
-    paged_in = max(0, rss_bytes("RssFile") - file_before)
     return {"runtime_step_peak_bytes": peak, "runtime_step_estimate_bytes": est,
-            "runtime_overhead_bytes": max(0, peak - baseline - paged_in - est),
+            "runtime_overhead_bytes": max(0, peak - baseline - est),
             "runtime_note": ("steps of " + str(batch) + " samples, " + str(threads)
                              + " threads" + ("" if measured else ", peak not resettable"))}
 

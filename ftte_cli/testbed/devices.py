@@ -32,7 +32,8 @@ free memory less their size (`TORCH_SHARED_BYTES`): an agent is then killed wher
 out on the board. The inventory's `ftte_mem_cap_mb` is the free memory. The size is a constant,
 not measured at `up`: a live `RssFile` reading of `import torch` was 74-76 MiB in a long-lived
 venv but 131 MiB in one just installed from the same wheel (same files, even after dropping the
-page cache), and the demo's Pi Zero budget swung from 32 MiB to below zero with it.
+page cache), and the demo's Pi Zero budget swung from 32 MiB to below zero with it. The
+probe's runtime overhead stays measured: code pages a device faults in first are charged to it.
 """
 
 from __future__ import annotations
