@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -276,7 +277,7 @@ def test_norm_bound_rejects_a_huge_update_before_and_after_warmup() -> None:
 def test_norm_bound_clip_scales_the_update_to_the_bound() -> None:
     coord = _guarded(norm_bound=2.0, norm_action="clip", norm_warmup=1)
     _honest(coord, 3)
-    ref = sorted(coord._norms)[1]  # median of three
+    ref = statistics.median(coord._client_norms.values())  # over clients, one norm each
     job = coord.next_jobs(3.0)[0]
     start = {k: v.clone() for k, v in coord.subset.items()}
     huge = {k: torch.full_like(v, 1e30) for k, v in job.subset.items()}
@@ -370,24 +371,19 @@ def test_fedasync_keeps_the_base_of_a_released_job_for_its_late_update() -> None
     assert 0 not in coord._snapshots
 
 
-def test_norm_floor_keeps_one_clients_tiny_updates_from_locking_out_another() -> None:
-    """Non-IID: c0's updates shrink to almost nothing while c1 is away; c1's honest update,
-    far over 10x that median but small beside the weights, must still be accepted."""
-    coord = _guarded(norm_bound=10.0, norm_warmup=1, norm_floor=0.1)
-    for _ in range(5):
-        job = coord.next_jobs(1.0)[0]
+def test_one_clients_tiny_updates_do_not_lock_out_another_client() -> None:
+    """Non-IID: while c1 trains, c0's updates shrink to almost nothing; the bound is a median
+    over clients (one entry each), so c1's honest, ordinary-sized update is still accepted."""
+    coord = _guarded(norm_bound=10.0, norm_warmup=1)
+    jobs = {j.client_id: j for j in coord.next_jobs(1.0)}
+    assert coord.submit(_update(jobs["c0"]), 1.0).accepted  # ordinary updates from both
+    assert coord.submit(_update(jobs["c1"]), 1.0).accepted
+    jobs = {j.client_id: j for j in coord.next_jobs(2.0)}
+    held = jobs["c1"]  # c1 is slow: its job stays out while c0 goes on
+    for _ in range(8):
+        job = next(j for j in coord.next_jobs(2.0) if j.client_id == "c0") \
+            if "c0" not in jobs else jobs.pop("c0")
         tiny = {k: 1e-6 * torch.ones_like(v) for k, v in job.subset.items()}
-        assert coord.submit(_update(job, tiny), 1.0).accepted
-    weights = sum(float(v.double().pow(2).sum()) for v in coord.subset.values()) ** 0.5
-    job = coord.next_jobs(2.0)[0]
-    size = sum(v.numel() for v in job.subset.values()) ** 0.5
-    honest = {k: (0.05 * weights / size) * torch.ones_like(v) for k, v in job.subset.items()}
-    assert coord.submit(_update(job, honest), 2.0).accepted  # 0.05 ||w*|| <= 10 x 0.1 ||w*||
-    strict = _guarded(norm_bound=10.0, norm_warmup=1, norm_floor=0.0)
-    for _ in range(5):
-        job = strict.next_jobs(1.0)[0]
-        tiny = {k: 1e-6 * torch.ones_like(v) for k, v in job.subset.items()}
-        assert strict.submit(_update(job, tiny), 1.0).accepted
-    job = strict.next_jobs(2.0)[0]
-    result = strict.submit(_update(job, honest), 2.0)  # without the floor: locked out
-    assert result.reason == RejectReason.norm_bound
+        assert coord.submit(_update(job, tiny), 2.0).accepted
+    result = coord.submit(_update(held), 3.0)
+    assert result.accepted, result.detail

@@ -191,7 +191,7 @@ class GuardConfig:
     norm_action: str = "reject"  # reject | clip (scale the delta down to the bound)
     norm_window: int = 50  # accepted update norms the running median is taken over
     norm_warmup: int = 3  # accepted updates before the median replaces ||w*||
-    norm_floor: float = 0.1  # the median reference is never below this x ||w*|| (non-IID)
+    norm_floor: float = 0.1  # refusal needs norm over norm_bound x this x ||w*|| too (non-IID)
     aggregator: str = "mean"  # mean (weighted) | trimmed_mean | median (coordinate-wise)
     trim_fraction: float = 0.1  # trimmed_mean: fraction dropped at each end per coordinate
     diverge_factor: Optional[float] = 10.0  # loss over this x the last good loss = diverged

@@ -165,6 +165,7 @@ class Coordinator:
         self._counter = 0
         guard = config.strategy.guard
         self._norms: Deque[float] = deque(maxlen=guard.norm_window)  # accepted update norms
+        self._client_norms: Dict[str, float] = {}  # each client's last accepted update norm
         self._good: Tensors = self._subset  # the last model that passed an evaluation
         self._weights_norm_at: Tuple[int, float] = (-1, 0.0)  # (version, ||w*||)
         self._good_version = 0
@@ -278,7 +279,7 @@ class Coordinator:
         guarded: Optional[Tensors] = None
         clipped, detail = False, ""
         if reason is None:
-            guarded, clipped, detail = self._norm_guard(update.delta)
+            guarded, clipped, detail = self._norm_guard(update.delta, job.client_id)
             reason = RejectReason.norm_bound if guarded is None else None
         if reason is not None or guarded is None:
             reason = reason or RejectReason.norm_bound
@@ -326,14 +327,18 @@ class Coordinator:
             self._weights_norm_at = (self._version, aggregate.l2_norm(self._subset))
         return self._weights_norm_at[1]
 
-    def _norm_guard(self, delta: Tensors) -> Tuple[Optional[Tensors], bool, str]:
+    def _norm_guard(self, delta: Tensors, client: str) -> Tuple[Optional[Tensors], bool, str]:
         """(delta to use or None to reject, clipped, detail) under strategy.guard's norm bound.
 
-        The reference is the median of the last accepted norms, but never below `norm_floor` x
-        ||w*_t||: on non-IID data one client's tiny updates can fill the window while another
-        is away, and without the floor that client's honest updates would be refused for good
-        (nothing it sends could ever move the median). Before `norm_warmup` accepted norms the
-        reference is ||w*_t|| itself (no honest delta is a multiple of the weights it changes).
+        The reference is the median over clients of each client's last accepted norm: one
+        entry per client, so no single client, honest or hostile, sets the bound. An update is
+        refused only over `norm_bound` x max(that median, `norm_floor` x ||w*_t||): when the
+        model fits some clients' data and not another's (non-IID, or a client back from an
+        outage), the others' updates shrink towards zero while that client's stay ordinary, and
+        without the floor its honest updates were refused for good (nothing it sent could move
+        the median). `clip` scales an update to `norm_bound` x the median itself, the updates'
+        own scale, so a clipped hostile update stays small. Before `norm_warmup` accepted norms
+        the reference is ||w*_t|| itself (no honest delta is a multiple of the weights it changes).
         """
         guard = self.config.strategy.guard
         norm = aggregate.l2_norm(delta)
@@ -341,20 +346,24 @@ class Coordinator:
             return delta, False, ""
         weights = self._weights_norm()
         if len(self._norms) >= max(guard.norm_warmup, 1):
-            median, floor = statistics.median(self._norms), guard.norm_floor * weights
+            median = statistics.median(self._client_norms.values())
+            floor = guard.norm_floor * weights
             ref, of = ((median, "median accepted norm") if median >= floor
                        else (floor, f"{guard.norm_floor:g} x ||w*||"))
         else:
-            ref, of = weights, "||w*||"
+            median, (ref, of) = weights, (weights, "||w*||")
         limit = guard.norm_bound * ref
         if ref <= 0 or norm <= limit:
             self._norms.append(norm)
+            self._client_norms[client] = norm
             return delta, False, ""
         detail = f"norm {norm:.3g} over bound {limit:.3g} ({guard.norm_bound:g} x {of} {ref:.3g})"
         if guard.norm_action == "reject":
             return None, False, detail
-        self._norms.append(limit)
-        return aggregate.scale(delta, limit / norm), True, f"clipped: {detail}"
+        clip_to = guard.norm_bound * median if median > 0 else limit
+        self._norms.append(clip_to)
+        self._client_norms[client] = clip_to
+        return aggregate.scale(delta, clip_to / norm), True, f"clipped: {detail}"
 
     def _check(self, update: Update, staleness: int) -> Optional[RejectReason]:
         delta = update.delta
@@ -485,7 +494,8 @@ class Coordinator:
             "metrics": self.metrics.to_dict(),
             "strategy": {"name": self.strategy.name, "state": strat_meta},
             "bound": self._bound,
-            "guard": {"norms": list(self._norms), "good_version": self._good_version,
+            "guard": {"norms": list(self._norms), "client_norms": dict(self._client_norms),
+                      "good_version": self._good_version,
                       "good_loss": self._good_loss},
         }
         tensors.update({f"good/{k}": v for k, v in self._good.items()})
@@ -521,6 +531,8 @@ class Coordinator:
         guard = meta.get("guard")
         if guard is not None:  # checkpoints written before the guards have none
             coord._norms.extend(float(n) for n in guard["norms"])
+            coord._client_norms = {str(k): float(v)
+                                   for k, v in guard.get("client_norms", {}).items()}
             coord._good = _ordered(_prefixed(tensors, "good/"), names)
             coord._good_version = int(guard["good_version"])
             coord._good_loss = guard["good_loss"]
