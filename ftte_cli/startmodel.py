@@ -108,7 +108,8 @@ def _load_into(model: nn.Module, path: Path, where: str) -> dict[str, str]:
         missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
         raise ConfigError(f"{where}: {path}: parameters differ from the recipe's model "
                           f"(missing {missing[:3]}, unexpected {extra[:3]})")
-    for name, value in tensors.items():
+    for name in own:  # model order: the first mismatch named is always the same one
+        value = tensors[name]
         if value.shape != own[name].shape or value.dtype != own[name].dtype:
             raise ConfigError(f"{where}: {path}: {name} is {value.dtype} {tuple(value.shape)}, "
                               f"the model has {own[name].dtype} {tuple(own[name].shape)}")
