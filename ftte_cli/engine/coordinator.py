@@ -341,7 +341,7 @@ class Coordinator:
         the reference is ||w*_t|| itself (no honest delta is a multiple of the weights it changes).
         """
         guard = self.config.strategy.guard
-        norm = aggregate.l2_norm(delta)
+        norm = self._delta_norm(delta)
         if guard.norm_bound is None:
             return delta, False, ""
         weights = self._weights_norm()
@@ -363,7 +363,16 @@ class Coordinator:
         clip_to = guard.norm_bound * median if median > 0 else limit
         self._norms.append(clip_to)
         self._client_norms[client] = clip_to
-        return aggregate.scale(delta, clip_to / norm), True, f"clipped: {detail}"
+        return self._clip(delta, clip_to / norm), True, f"clipped: {detail}"
+
+    def _delta_norm(self, delta: Tensors) -> float:
+        """||delta||_2 for the norm guard (server/tier.py overrides it: there a delta stays at
+        an aggregator, which measures it and forwards the norm)."""
+        return aggregate.l2_norm(delta)
+
+    def _clip(self, delta: Tensors, factor: float) -> Tensors:
+        """The norm guard's clipped delta (the tier records the factor for the aggregator)."""
+        return aggregate.scale(delta, factor)
 
     def _check(self, update: Update, staleness: int) -> Optional[RejectReason]:
         delta = update.delta
