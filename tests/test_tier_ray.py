@@ -4,6 +4,8 @@ update, and devices authenticate at the aggregators with bounded bodies."""
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -300,3 +302,61 @@ def test_a_strategy_the_tier_cannot_split_is_refused_by_field() -> None:
                              spec.clients, spec.config, spec.seed)
     with pytest.raises(ConfigError, match="strategy.name: 'fedavg'"):
         start_tier(fedavg, TOKENS)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Serve's own pydantic fields
+def test_devices_speak_the_wire_protocol_to_a_ray_serve_front(local_ray: None) -> None:
+    """Real HTTP on loopback through Serve's proxy and 2 replicas to 2 aggregators; an
+    aggregator killed mid-run costs its devices a 503 and a re-registration, no update."""
+    from loopback import Http
+
+    from ftte_cli.server.tier_http import start_front, stop_front
+
+    tier = start_tier(_spec(), TOKENS, aggregators=2)
+    url = start_front(tier, port=_free_port(), replicas=2)
+    devices = {d: Http(url, d, TOKENS[d]) for d in DEVICES}
+    told: List[Dict[str, Any]] = []
+    unavailable = 0
+
+    def rounds(n: int) -> None:
+        nonlocal unavailable
+        for _ in range(n):
+            for d, http in devices.items():
+                status, body = http.call("GET", "/task?wait=0")
+                if status == 200:
+                    status, body = http.call("POST", "/update", _body(body, d),
+                                             {"Content-Type": wire.TENSOR_TYPE})
+                    if status != 503:
+                        assert status in (200, 422), (status, body)
+                        told.append(json.loads(body))
+                if status == 503:  # its aggregator died: register again, elsewhere
+                    unavailable += 1
+                    http.register()
+                else:
+                    assert status in (200, 204, 422), (status, body)
+
+    try:
+        wrong = Http(url, "d0", "not-the-token")
+        assert wrong.call("POST", "/register", b"{}")[0] == wire.UNAUTHORIZED
+        assert devices["d0"].call("POST", "/update", b"\0" * (tier.bound + 1))[0] == \
+            wire.TOO_LARGE
+        for http in devices.values():
+            assert http.register()["client_id"] in DEVICES
+        assert devices["d1"].heartbeat() == 200
+        rounds(3)
+        ray.kill(tier.aggregators[0])
+        rounds(4)
+        remote = ray.get(tier.coordinator.summary.remote())
+        assert unavailable >= 1  # the dead aggregator's devices noticed
+        assert remote["metrics"]["accepted"] == sum(r["accepted"] for r in told) >= 15
+        assert remote["version"] >= 5 and remote["metrics"]["bytes_up"] > 0
+    finally:
+        stop_front()
+        _kill(tier.coordinator, *tier.aggregators)

@@ -287,6 +287,17 @@ class CoordinatorActor:
         """An aggregator (or its replacement) joins the tier."""
         self.aggregators[actor_id] = handle
 
+    def detach(self, actor_id: str) -> None:
+        """An aggregator is gone (a front saw it die): no partial sum goes to it."""
+        self.aggregators.pop(actor_id, None)
+
+    def live_aggregators(self) -> List[Tuple[str, Any]]:
+        """(actor id, handle) of the aggregators, in a stable order (the fronts route by it)."""
+        return sorted(self.aggregators.items())
+
+    def version(self) -> int:
+        return self.coord.version
+
     def register(self, device: str) -> int:
         """(Re)join: any job the device held is lost and its slot freed; returns the version."""
         now = self._tick()
@@ -450,6 +461,12 @@ class Aggregator:
         finally:
             self.held.pop(msg.job_id, None)
         return verdict
+
+    async def heartbeat(self, headers: Mapping[str, str]) -> int:
+        """An authenticated device is alive; returns the model version."""
+        self._auth(headers)
+        version: int = await self.coordinator.version.remote()
+        return version
 
     async def hand_over(self, job_id: str) -> bytes:
         """The delta of an update being submitted (the coordinator owns the returned object)."""
