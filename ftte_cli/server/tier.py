@@ -272,6 +272,7 @@ class CoordinatorActor:
         self._claimed: Optional[_Held] = None  # the delta of the update being submitted
         self._w_bytes: Tuple[int, bytes] = (-1, b"")  # (version, w* as safetensors)
         self.partials = 0  # partial sums received (tests and figures)
+        self.partial_bytes = 0  # their size: what reaches this process per version
         for device in spec.clients:  # nobody is connected yet: idle once registered (app.py)
             self.coord.client_offline(device, self.now)
 
@@ -371,6 +372,7 @@ class CoordinatorActor:
                 continue
             try:
                 body = ray.get(handle.partial.remote(alphas, factors, *refs))
+                self.partial_bytes += len(body)
                 return tensors_and_metadata_from_bytes(body, NO_LIMIT)[0]
             except ray.exceptions.RayActorError:
                 log.warning("aggregator %s is gone; its partial sum goes elsewhere", actor_id)
@@ -386,7 +388,8 @@ class CoordinatorActor:
         for held in self.held.values():
             origins[held.origin] = origins.get(held.origin, 0) + 1
         return {"version": self.coord.version, "metrics": self.coord.metrics.to_dict(),
-                "partials": self.partials, "buffered_from": origins,
+                "partials": self.partials, "partial_bytes": self.partial_bytes,
+                "buffered_from": origins,
                 "subset": tensors_to_bytes(self.coord.subset)}
 
 
