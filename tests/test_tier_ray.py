@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -175,6 +176,19 @@ def _kill(*actors: Any) -> None:
         ray.kill(actor)
 
 
+def _kill_and_wait(actor: Any, deadline_s: float = 120.0) -> None:
+    """ray.kill returns before the process is gone: poll the actor until Ray says it died."""
+    ray.kill(actor)
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            ray.get(actor.ident.remote(), timeout=30)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"actor still answering {deadline_s:g} s after ray.kill")
+
+
 @pytest.mark.timeout(300)
 def test_two_aggregators_equal_one_server_on_the_same_updates_in_order(local_ray: None) -> None:
     spec = _spec()
@@ -243,9 +257,7 @@ def test_killing_an_aggregator_loses_no_update(local_ray: None) -> None:
         told += fleet.rounds(1, moved[:1])
     assert summary["buffered_from"].get(victim_id, 0) > 0
     held = [d for d in moved if fleet.task(d) is not None]  # jobs taken, never sent back
-    ray.kill(victim)
-    with pytest.raises(ray.exceptions.RayActorError):
-        ray.get(victim.ident.remote())
+    _kill_and_wait(victim)
     # its devices re-register elsewhere: half at the survivor, half at a restarted aggregator
     restarted = start_aggregator(tier)
     for i, d in enumerate(moved):
@@ -351,7 +363,7 @@ def test_devices_speak_the_wire_protocol_to_a_ray_serve_front(local_ray: None) -
             assert http.register()["client_id"] in DEVICES
         assert devices["d1"].heartbeat() == 200
         rounds(3)
-        ray.kill(tier.aggregators[0])
+        _kill_and_wait(tier.aggregators[0])
         rounds(4)
         remote = ray.get(tier.coordinator.summary.remote())
         assert unavailable >= 1  # the dead aggregator's devices noticed

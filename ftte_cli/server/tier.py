@@ -52,6 +52,7 @@ from ftte_cli.server.protocol import authenticate, update_bound
 
 log = logging.getLogger(__name__)
 Tensors = Dict[str, Tensor]
+AGGREGATOR_GONE = "aggregator_gone"  # a verdict nobody hears: the update is not applied
 NO_LIMIT = 1 << 62  # decoding our own bytes inside the cluster (a device's were bounded)
 JOBS_CACHED = 4  # versions of w* an aggregator keeps decoded for job bodies
 # dtypes a delta may carry; any other makes the stand-in's dtype differ: shape_mismatch
@@ -325,8 +326,16 @@ class CoordinatorActor:
 
         now = self._tick()
         if s.finite:  # a non-finite delta is refused whatever else: nothing to take over
-            ref = self.aggregators[origin].hand_over.remote(s.job_id)
-            ray.wait([ref], fetch_local=False)  # created: owned here from now on
+            # two results: a small flag read here (did the handover happen?) and the delta,
+            # created in the store and owned by this actor from now on, never read here
+            handle = self.aggregators.get(origin)
+            try:
+                if handle is None:
+                    raise ray.exceptions.ActorDiedError()
+                flag, ref = handle.hand_over.options(num_returns=2).remote(s.job_id)
+                ray.get(flag)
+            except ray.exceptions.RayActorError:  # died mid-update: its device hears nothing
+                return Verdict(False, AGGREGATOR_GONE, self.coord.version)
             self._claimed = _Held(ref, origin)
         try:
             res = self.coord.submit(Update(s.job_id, s.device, s.version, Deferred.of(s),
@@ -471,9 +480,10 @@ class Aggregator:
         version: int = await self.coordinator.version.remote()
         return version
 
-    async def hand_over(self, job_id: str) -> bytes:
-        """The delta of an update being submitted (the coordinator owns the returned object)."""
-        return self.held[job_id]
+    async def hand_over(self, job_id: str) -> Tuple[bool, bytes]:
+        """(True, the delta) of an update being submitted, as two results (the coordinator
+        calls it with num_returns=2 and owns both objects)."""
+        return True, self.held[job_id]
 
     def partial(self, alphas: List[float], factors: List[float], *bodies: bytes) -> bytes:
         """sum_i alpha_i * delta_i (float64 safetensors) over deltas handed over earlier."""
