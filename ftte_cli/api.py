@@ -40,22 +40,25 @@ from ftte_cli.errors import (
 )
 from ftte_cli.fleet import adhoc
 from ftte_cli.fleet.adhoc import CommandOutput
-from ftte_cli.fleet.ssh import DeviceResult, FleetResults, Outcome, SshOptions
+from ftte_cli.fleet.ssh import SLOW_DEVICE_SSH, DeviceResult, FleetResults, Outcome, SshOptions
 
 if TYPE_CHECKING:
     import fabric
-    import torch
 
     from ftte_cli.engine.plan import Plan
     from ftte_cli.fleet.budget import FleetBudget
     from ftte_cli.fleet.deploy import DeployInfo
     from ftte_cli.fleet.profile import DeviceProfile
     from ftte_cli.sim.runner import SimResult, SimSettings, StrategyResult
-    from ftte_cli.startmodel import StartInfo
     from ftte_cli.sweep.compare import Comparison, GroupStats
     from ftte_cli.sweep.grid import GridSpec, RunSpec
     from ftte_cli.sweep.runner import RunRecord, RunStatus, SweepOptions, SweepResult
+    from ftte_cli.testbed.lifecycle import DeviceStatus as TestbedDevice
+    from ftte_cli.testbed.lifecycle import DownReport
+    from ftte_cli.testbed.state import TestbedState
+    from ftte_cli.train.planning import FleetPlan, fleet_plan, plan_and_deploy, shard_bytes
     from ftte_cli.train.run import TrainOptions, TrainResult
+    from ftte_cli.ui.dashboard import Phases
     from ftte_cli.ui.report import RunReport
 
 PathLike = Union[str, Path]
@@ -66,6 +69,10 @@ _LAZY = {
     "DeviceProfile": "ftte_cli.fleet.profile",
     "DeployInfo": "ftte_cli.fleet.deploy",
     "FleetBudget": "ftte_cli.fleet.budget",
+    "FleetPlan": "ftte_cli.train.planning",
+    "fleet_plan": "ftte_cli.train.planning",
+    "plan_and_deploy": "ftte_cli.train.planning",
+    "shard_bytes": "ftte_cli.train.planning",
     "TrainOptions": "ftte_cli.train.run",
     "TrainResult": "ftte_cli.train.run",
     "SimSettings": "ftte_cli.sim.runner",
@@ -200,80 +207,12 @@ def plan(recipe: Union[PathLike, Recipe], *, budget: Union[str, int, None] = Non
 # ---- deploy ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FleetPlan:
-    """What deploying needs besides the devices: the data split, the plan and the start model."""
-
-    fed: Any  # engine.data.FederatedData, one client per inventory device
-    choice: Any  # train.planning.PlanChoice: the plan and who trains it
-    params: dict[str, torch.Tensor]  # initial model (fleet.bundle.initial_params)
-    start: StartInfo  # where the initial model came from (warm start figures)
-
-
-def fleet_plan(recipe: Recipe, inventory: Path, devices: list[Device], selected: list[Device],
-               opts: SshOptions) -> FleetPlan:
-    """Profiles -> fleet budget -> plan, as `ftte train` does (profiles missing ones first).
-
-    `devices` is the whole inventory (shards follow inventory order). Devices without a profile
-    (e.g. no torch yet) are left out of the budget; deploying still pre-checks them and says
-    what is missing before anything is copied.
-    """
-    from ftte_cli.engine.data import load_federated
-    from ftte_cli.startmodel import start_model
-    from ftte_cli.train.planning import check_devices, choose_plan, load_or_profile
-
-    check_devices(selected)
-    fed = load_federated(recipe.data, len(devices), recipe.seed, recipe.init)
-    records = load_or_profile(inventory, selected, recipe, opts)
-    profiled = [d for d in selected if d.name in records] or selected
-    model, start = start_model(recipe, fed.input_shape, fed.num_classes, fed)
-    choice = choose_plan(recipe, model, profiled, fed.input_shape, fed.num_classes, fed.proxy,
-                         records, shard_bytes(fed, devices))
-    params = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    return FleetPlan(fed, choice, params, start)
-
-
-def shard_bytes(fed: Any, devices: list[Device]) -> dict[str, int]:
-    """Device -> bytes of the data shard its bundle carries (client i goes to device i; a device
-    training on its own `ftte_data` file gets none from us)."""
-    out = {}
-    for device, client in zip(devices, fed.clients):
-        if device.data is None:
-            tensors = (client.train.x, client.train.y, client.test.x, client.test.y)
-            out[device.name] = sum(t.numel() * t.element_size() for t in tensors)
-    return out
-
-
-def plan_and_deploy(recipe: Recipe, inventory: Path, devices: list[Device],
-                    selected: list[Device], opts: SshOptions, *, dry_run: bool = False,
-                    root: Optional[Path] = None, planned: Optional[FleetPlan] = None,
-                    say: Callable[[str], None] = lambda _message: None) -> FleetResults:
-    """Pre-check, `fleet_plan` for the devices that passed (unless given), build every bundle,
-    ship them; devices that failed the pre-check keep their result (nothing was copied)."""
-    from ftte_cli.fleet.bundle import DEFAULT_ROOT, build_bundles
-    from ftte_cli.fleet.deploy import precheck_fleet, ship_bundles
-
-    say(f"checking {len(selected)} devices (python, torch, safetensors)")
-    checks = precheck_fleet(selected, opts)
-    ready = [d for d in selected if checks[d.name].outcome.succeeded]
-    if not ready:
-        return checks
-    if planned is None:
-        say("profiles -> memory budget -> plan (profiling devices without a cached profile)")
-        planned = fleet_plan(recipe, inventory, devices, ready, opts)
-    say(f"building {len(devices)} bundles")
-    bundles = build_bundles(recipe, devices, planned.choice.plan, fed=planned.fed,
-                            params=planned.params, root=root or DEFAULT_ROOT)
-    say(f"{'checking' if dry_run else 'shipping'} bundles on {len(ready)} devices")
-    shipped = ship_bundles(ready, bundles, opts, dry_run=dry_run)
-    return FleetResults({d.name: shipped.results.get(d.name) or checks[d.name]
-                         for d in selected})
-
-
 def deploy(recipe: Union[PathLike, Recipe], inventory: PathLike, *, limit: Optional[str] = None,
            dry_run: bool = False, ssh: Optional[SshOptions] = None, root: Optional[Path] = None,
            say: Callable[[str], None] = lambda _message: None) -> FleetResults:
     """Build every device's bundle and ship it (values: `DeployInfo`; `ok` = already there)."""
+    from ftte_cli.train.planning import plan_and_deploy
+
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     inv, selected = select_devices(inventory, limit)
     return plan_and_deploy(rec, Path(inventory), list(inv.devices.values()), selected,
@@ -288,8 +227,10 @@ def train(recipe: Optional[PathLike] = None, inventory: Optional[PathLike] = Non
           run_dir: Optional[PathLike] = None, resume: Optional[PathLike] = None,
           direct: Optional[str] = None, ssh: Optional[SshOptions] = None,
           offline_after: float = 10.0, bundle_root: PathLike = ".ftte",
-          quiet: bool = True) -> TrainResult:
-    """One training run on the fleet (as `ftte train`); `quiet=False` shows progress lines.
+          quiet: bool = True, dashboard: Optional[bool] = False,
+          phases: Optional[Phases] = None) -> TrainResult:
+    """One training run on the fleet (as `ftte train`); `quiet=False` shows progress lines,
+    `dashboard` None the live dashboard on a terminal, `phases` the steps before training.
 
     Raises ConfigError / BudgetInfeasible / RunError before or while starting; a run that
     starts always returns, with its `stop_reason`, after stopping every agent it started."""
@@ -298,9 +239,8 @@ def train(recipe: Optional[PathLike] = None, inventory: Optional[PathLike] = Non
     return run_training(TrainOptions(
         recipe=_opt_path(recipe), inventory=_opt_path(inventory), strategy=strategy,
         limit=limit, direct=direct, run_dir=_opt_path(run_dir), resume=_opt_path(resume),
-        ssh=ssh or SshOptions(connect_timeout=20.0, command_timeout=300.0),
-        dashboard=False, quiet=quiet, offline_after=offline_after,
-        bundle_root=Path(bundle_root)))
+        ssh=ssh or SLOW_DEVICE_SSH, dashboard=dashboard, quiet=quiet, phases=phases,
+        offline_after=offline_after, bundle_root=Path(bundle_root)))
 
 
 def simulate(recipe: Union[PathLike, Recipe], *, strategies: tuple[str, ...] = (
@@ -396,6 +336,41 @@ def sweep(opts: SweepOptions, on_run: Optional[Callable[..., None]] = None) -> S
     return run_sweep(opts, on_run)
 
 
+# ---- the emulated testbed --------------------------------------------------------------------
+
+
+def testbed_up(directory: PathLike, devices: int = 4, mix: Optional[str] = None,
+               bandwidth: bool = True) -> TestbedState:
+    """Start `devices` emulated devices (classes of `mix`, round-robin; default the standard
+    mix) and write their inventory, key pair and known_hosts into `directory`."""
+    from ftte_cli.testbed import lifecycle
+    from ftte_cli.testbed.devices import DEFAULT_MIX
+
+    return lifecycle.up(Path(directory), devices, mix or ",".join(DEFAULT_MIX), bandwidth)
+
+
+def testbed_status(directory: PathLike) -> tuple[Optional[TestbedState], list[TestbedDevice]]:
+    """The testbed in `directory` (None when there is none) and each device's state."""
+    from ftte_cli.testbed import lifecycle
+
+    return lifecycle.status(Path(directory))
+
+
+def testbed_down(directory: PathLike) -> DownReport:
+    """Stop every process and remove every cgroup, namespace and link the testbed made."""
+    from ftte_cli.testbed import lifecycle
+
+    return lifecycle.down(Path(directory))
+
+
+def testbed_power(directory: PathLike, device: str,
+                  values: Optional[dict[str, Any]]) -> Path:
+    """Write (or with None, clear) one testbed device's emulated power state; its file."""
+    from ftte_cli.testbed import lifecycle
+
+    return lifecycle.set_power(Path(directory), device, values)
+
+
 def _opt_path(p: Optional[PathLike]) -> Optional[Path]:
     return None if p is None else Path(p)
 
@@ -415,7 +390,8 @@ __all__ = [
     # functions
     "compare_runs", "deploy", "fleet_plan", "grid", "load_inventory", "load_recipe",
     "memory_budget",
-    "plan", "plan_and_deploy", "profile", "read_run", "report", "select_devices", "simulate",
+    "plan", "plan_and_deploy", "profile", "read_run", "report", "select_devices",
+    "shard_bytes", "simulate",
     "export_tensorboard", "fabric_group", "require_tensorboard", "run_command", "sweep",
-    "train",
+    "testbed_down", "testbed_power", "testbed_status", "testbed_up", "train",
 ]

@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from ftte_cli import api
-from ftte_cli.api import FleetPlan, fleet_plan, plan_and_deploy
 from ftte_cli.commands.options import (
     AcceptNewHostKeysOpt,
     CommandTimeoutOpt,
@@ -76,7 +75,3 @@ def _status(fmt: Format) -> Iterator[Callable[[str], None]]:
         return
     with err_console.status("deploy") as status:
         yield lambda message: status.update(message)
-
-
-# The deploy logic lives in the public API (ftte_cli/api.py); re-exported for `ftte train`.
-__all__ = ["FleetPlan", "deploy", "fleet_plan", "plan_and_deploy"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,10 +15,12 @@ from ftte_cli.commands.options import (
     LimitOpt,
     inventory_path,
     recipe_path,
+    ssh_options,
 )
 from ftte_cli.commands.report import TensorboardOpt
 from ftte_cli.config.recipe import STRATEGIES
 from ftte_cli.errors import ConfigError, ExitCode
+from ftte_cli.fleet.ssh import SLOW_DEVICE_SSH
 from ftte_cli.output import Format, console, handle_errors, print_json, table
 from ftte_cli.units import format_size
 
@@ -55,27 +56,22 @@ def train(
 ) -> None:
     """Start the server, launch the agents, train until a stop rule, stop every agent."""
     with handle_errors(fmt):
-        from ftte_cli.commands.options import ssh_options
-        from ftte_cli.train.run import TrainOptions, run_training
+        from ftte_cli.ui.dashboard import Phases
 
-        if resume is None and (recipe is None or inventory is None):
-            raise ConfigError("train: --recipe and --inventory are required (or --resume RUN_DIR)")
         if strategy is not None and strategy not in STRATEGIES:
             raise ConfigError(f"--strategy: unknown {strategy!r} (known: {', '.join(STRATEGIES)})")
         if tensorboard is not None:
             api.require_tensorboard()  # before the run, not after it
-        opts = TrainOptions(
-            recipe=recipe, inventory=inventory, strategy=strategy, limit=limit, direct=direct,
-            run_dir=run_dir, resume=resume, offline_after=offline_after,
-            ssh=ssh_options(accept_new_host_keys=accept_new_host_keys,
-                            connect_timeout=connect_timeout, command_timeout=300.0),
-            dashboard=False if (no_dashboard or fmt == Format.json) else None,
-        )
-        from ftte_cli.ui.dashboard import Phases
-
-        phases = Phases(live=None if opts.dashboard is None else False)
+        dashboard = False if (no_dashboard or fmt == Format.json) else None
+        phases = Phases(live=None if dashboard is None else False)
         try:
-            result = run_training(replace(opts, phases=phases))
+            result = api.train(
+                recipe, inventory, strategy=strategy, limit=limit, direct=direct,
+                run_dir=run_dir, resume=resume, offline_after=offline_after,
+                ssh=ssh_options(accept_new_host_keys=accept_new_host_keys,
+                                connect_timeout=connect_timeout,
+                                command_timeout=SLOW_DEVICE_SSH.command_timeout),
+                quiet=False, dashboard=dashboard, phases=phases)
         finally:
             phases.close()
         if tensorboard is not None:  # written from the run directory, like `ftte report`
@@ -85,10 +81,7 @@ def train(
             raise typer.Exit(int(ExitCode.FAILURE))
 
 
-def _render(result: object, fmt: Format) -> None:
-    from ftte_cli.train.run import TrainResult
-
-    assert isinstance(result, TrainResult)
+def _render(result: api.TrainResult, fmt: Format) -> None:
     if fmt == Format.json:
         print_json(result)
         return

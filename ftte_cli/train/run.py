@@ -45,7 +45,7 @@ from ftte_cli.store import new_run_dir
 from ftte_cli.train import planning
 from ftte_cli.train.rundir import RunDir, file_sha256, package_versions
 from ftte_cli.train.watchdog import Watchdog
-from ftte_cli.ui.dashboard import Dashboard
+from ftte_cli.ui.dashboard import Dashboard, Phases
 
 log = logging.getLogger(__name__)
 # agents that died for good (after their one restart)
@@ -73,7 +73,7 @@ class TrainOptions:
     offline_after: float = 10.0
     bundle_root: Path = Path(".ftte")
     checkpoint_every: int = 1
-    phases: Optional[Any] = None  # ui.dashboard.Phases: the steps before training, shown live
+    phases: Optional[Phases] = None  # the steps before training, shown live
 
 
 @dataclass(frozen=True)
@@ -156,18 +156,15 @@ def _coordinator(recipe: Recipe, plan: Plan, params: dict, clients: dict[str, in
 
 
 def _fresh(opts: TrainOptions) -> _Run:
-    if opts.recipe is None or opts.inventory is None:
-        raise ConfigError("train: --recipe and --inventory are required (or --resume RUN_DIR)")
-    recipe = load_recipe(opts.recipe)
+    recipe_path, inventory_path = _recipe_and_inventory(opts)
+    recipe = load_recipe(recipe_path)
     if opts.strategy:
         recipe = recipe.with_strategy(opts.strategy)
-    inventory = load_inventory(opts.inventory)
+    inventory = load_inventory(inventory_path)
     all_devices = list(inventory.devices.values())
     chosen = inventory.select(opts.limit)
     planning.check_devices(chosen)
-    from ftte_cli.commands.deploy import fleet_plan
-
-    planned = fleet_plan(recipe, Path(opts.inventory), all_devices, chosen, opts.ssh)
+    planned = planning.fleet_plan(recipe, inventory_path, all_devices, chosen, opts.ssh)
     fed, choice, params = planned.fed, planned.choice, planned.params
     model = _model(recipe, fed)
     coord = _coordinator(recipe, choice.plan, params, _clients(choice.devices, all_devices, fed),
@@ -177,9 +174,9 @@ def _fresh(opts: TrainOptions) -> _Run:
     manifest = {
         "kind": "train", "run_id": f"{recipe.name}-{secrets.token_hex(4)}",
         "started_at": datetime.now(timezone.utc).isoformat(),
-        "recipe": recipe_to_dict(recipe), "recipe_path": str(opts.recipe),
-        "inventory": str(Path(opts.inventory).resolve()),
-        "inventory_sha256": file_sha256(Path(opts.inventory)),
+        "recipe": recipe_to_dict(recipe), "recipe_path": str(recipe_path),
+        "inventory": str(inventory_path.resolve()),
+        "inventory_sha256": file_sha256(inventory_path),
         "limit": opts.limit, "direct": opts.direct, "strategy": recipe.strategy.name,
         "seed": recipe.seed, "devices": [d.name for d in choice.devices],
         "excluded": choice.excluded, "plan": plan_to_dict(choice.plan), "plan_notes": choice.notes,
@@ -434,9 +431,14 @@ def _inventory_path(opts: TrainOptions) -> Path:
             return Path(rundir.read_manifest()["inventory"])
         finally:
             rundir.close()
-    if opts.inventory is None:
+    return _recipe_and_inventory(opts)[1]
+
+
+def _recipe_and_inventory(opts: TrainOptions) -> tuple[Path, Path]:
+    """A fresh run's recipe and inventory: the one place that says both are required."""
+    if opts.recipe is None or opts.inventory is None:
         raise ConfigError("train: --recipe and --inventory are required (or --resume RUN_DIR)")
-    return Path(opts.inventory)
+    return Path(opts.recipe), Path(opts.inventory)
 
 
 def _leave_out_busy(run: _Run, opts: TrainOptions) -> None:
