@@ -167,19 +167,21 @@ def profile(inventory: PathLike, *, limit: Optional[str] = None,
 def memory_budget(recipe: Union[PathLike, Recipe], profiles: FleetResults) -> FleetBudget:
     """M_min of the profiled devices for the recipe (its safety margin; its plan.memory_budget,
     when set, overrides), with every device's usable memory M_i."""
-    from ftte_cli.fleet.budget import recipe_budget
+    from ftte_cli.fleet.budget import fixed_bytes, recipe_budget
     from ftte_cli.fleet.profile import profile_record
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     records = {n: profile_record(r.value) for n, r in profiles.succeeded.items()}
-    if not records and rec.plan.memory_budget is None:
+    fixed = fixed_bytes(rec)
+    if not records and fixed is None:
         raise RunError("memory budget: no device could be profiled")
-    return recipe_budget(records, rec.plan.safety_margin, rec.plan.memory_budget)
+    return recipe_budget(records, rec.plan.safety_margin, fixed)
 
 
 @dataclass(frozen=True)
 class PlanResult:
-    """A chosen plan, the budget it fits and the report `ftte plan --format json` prints."""
+    """A chosen plan, the budget it fits and the report `ftte plan --format json` prints
+    (with `fleet`: M_min and each device's headroom; with `saved`: the files written)."""
 
     plan: Plan
     budget_bytes: int
@@ -189,19 +191,39 @@ class PlanResult:
 
 
 def plan(recipe: Union[PathLike, Recipe], *, budget: Union[str, int, None] = None,
-         num_clients: Optional[int] = None) -> PlanResult:
-    """The sparse plan for `recipe` under `budget` (else its plan.memory_budget), on the data
-    split into `num_clients` (a fleet: its device count; default the recipe's sim.clients).
+         num_clients: Optional[int] = None, inventory: Optional[PathLike] = None,
+         limit: Optional[str] = None, out: Optional[PathLike] = None) -> PlanResult:
+    """The sparse plan for `recipe` under the budget `fleet.budget.resolve_budget` picks:
+    `budget`, else its plan.memory_budget, else the M_min of the `inventory`'s cached profiles
+    (of the devices `limit` selects; the report then has each device's headroom). The data is
+    split into `num_clients` (default: one per inventory device, else the recipe's
+    sim.clients). `out` also writes plan.json + plan.safetensors into that folder.
 
     Raises ConfigError without a budget and BudgetInfeasible when not even the head fits."""
+    from ftte_cli.engine.plan import save_plan
     from ftte_cli.engine.selection import plan_for_recipe
-    from ftte_cli.plan_report import plan_report, resolve_budget
+    from ftte_cli.fleet import budget as fb
+    from ftte_cli.plan_report import plan_report
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    chosen = resolve_budget(rec, None if budget is None else str(budget))
+    fleet = (fb.inventory_budget(Path(inventory), rec, limit, budget)
+             if inventory is not None else None)
+    chosen = fb.resolve_budget(rec, flag=budget,
+                               fleet=None if fleet is None else fb.fleet_candidate(fleet))
+    if chosen is None:
+        raise ConfigError(f"{rec.source}: no memory budget: pass --budget (e.g. 2MB) or "
+                          "--inventory (profiled fleet), or set plan.memory_budget in the recipe")
+    if num_clients is None and inventory is not None:  # one shard per device, as `ftte train`
+        num_clients = len(load_inventory(Path(inventory)).devices)
     sel = plan_for_recipe(rec, chosen.bytes, num_clients)
-    return PlanResult(sel.plan, chosen.bytes, chosen.source, dict(sel.scores),
-                      plan_report(sel, chosen))
+    report = plan_report(sel, chosen)
+    if fleet is not None:
+        rows = fb.headroom(fleet, sel.plan.estimated_bytes or 0,
+                           sel.plan.full_training_bytes or 0)
+        report["fleet"] = fb.headroom_json(fleet, rows)
+    if out is not None:
+        report["saved"] = [str(p) for p in save_plan(sel.plan, Path(out))]
+    return PlanResult(sel.plan, chosen.bytes, chosen.source, dict(sel.scores), report)
 
 
 # ---- deploy ---------------------------------------------------------------------------------

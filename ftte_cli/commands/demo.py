@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -30,10 +30,6 @@ from ftte_cli.fleet.ssh import SLOW_DEVICE_SSH, SshOptions
 from ftte_cli.output import Format, console, err_console, handle_errors, print_json, table
 from ftte_cli.testbed.lifecycle import INVENTORY_FILE
 from ftte_cli.units import format_size
-
-if TYPE_CHECKING:  # torch-importing records, loaded only when a step runs
-    from ftte_cli.train.planning import FleetPlan
-    from ftte_cli.train.run import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +69,9 @@ class DemoState:
     fleet: list[api.Device] = field(default_factory=list)
     # Profiling imports torch on a 25%-CPU device: give commands the time they need.
     opts: SshOptions = SLOW_DEVICE_SSH
-    planned: Optional[FleetPlan] = None
+    planned: Optional[api.FleetPlan] = None
     run_dir: Optional[Path] = None
-    train: Optional[TrainResult] = None
+    train: Optional[api.TrainResult] = None
 
 
 class StepFailed(FtteError):

@@ -525,13 +525,12 @@ def plan_for_recipe(recipe: Recipe, budget_bytes: int,
                     num_clients: Optional[int] = None) -> Selection:
     """Load the recipe's data and initial model (seeded by the recipe) and select its plan."""
     from ftte_cli.engine.data import load_federated
-    from ftte_cli.engine.models import build_model
-    from ftte_cli.startmodel import initial_model
+    from ftte_cli.startmodel import initial_model, shape_model
 
     clients = num_clients or recipe.data.clients or recipe.sim.clients
     data = load_federated(recipe.data, clients, recipe.seed, recipe.init)
     # an infeasible budget is known from the architecture: say so before any warm start
-    shape_only = build_model(recipe.model, data.input_shape, data.num_classes)
+    shape_only = shape_model(recipe, data.input_shape, data.num_classes)
     feasible_micro_batches(shape_only, recipe, budget_bytes, data.input_shape)
     model = initial_model(recipe, data.input_shape, data.num_classes, data)
     return select(model, recipe, data, budget_bytes, data.input_shape, data.num_classes)

@@ -38,12 +38,12 @@ from ftte_cli.engine.data.dataset import Dataset, FederatedData
 from ftte_cli.engine.flops import layer_flops
 from ftte_cli.engine.memory import training_memory
 from ftte_cli.engine.metrics import EvalPoint, RunMetrics, RunSummary, summarize
-from ftte_cli.engine.models import build_model
 from ftte_cli.engine.plan import Plan, dense_plan
 from ftte_cli.engine.strategies import STRATEGIES, make_strategy
 from ftte_cli.engine.strategies.aggregate import nbytes
 from ftte_cli.engine.train import JobResult, evaluate, train_job
 from ftte_cli.errors import ConfigError, RunError
+from ftte_cli.fleet.budget import Budget, resolve_budget
 from ftte_cli.sim.clock import VirtualClock
 from ftte_cli.sim.devices import (
     ComputeCost,
@@ -55,8 +55,7 @@ from ftte_cli.sim.devices import (
     make_fleet,
     with_stragglers,
 )
-from ftte_cli.startmodel import StartInfo, describe_start, start_model
-from ftte_cli.units import parse_size
+from ftte_cli.startmodel import StartInfo, describe_start, model_params, shape_model, start_model
 
 log = logging.getLogger(__name__)
 Tensors = Dict[str, Tensor]
@@ -166,7 +165,7 @@ def _load_federated(recipe: Recipe, clients: int, seed: int) -> FederatedData:
 
 def _fleet(settings: SimSettings, clients: int, seed: int) -> List[DeviceModel]:
     cfg = settings.recipe.sim
-    margin = parse_size(settings.recipe.plan.safety_margin, "plan.safety_margin")
+    margin = settings.recipe.plan.safety_margin
     base = (load_profiles(settings.fleet, clients) if settings.fleet is not None
             else make_fleet(cfg, clients, seed, margin))
     fraction = cfg.stragglers if settings.stragglers is None else settings.stragglers
@@ -181,13 +180,13 @@ def _with_memory(model: nn.Module, plan: Plan, recipe: Recipe, input_shape: Tupl
 
 
 def _budget(settings: SimSettings, fleet: List[DeviceModel], full: int) -> Tuple[int, str]:
-    raw = settings.recipe.plan.memory_budget
-    if raw is not None:
-        return parse_size(raw, "plan.memory_budget"), "recipe plan.memory_budget"
-    if settings.budget_fraction is not None:
-        return (int(settings.budget_fraction * full),
-                f"{settings.budget_fraction:.0%} of full training memory")
-    return min(d.memory_bytes for d in fleet), "most constrained simulated client"
+    share = settings.budget_fraction
+    fraction = (None if share is None
+                else Budget(int(share * full), f"{share:.0%} of full training memory"))
+    smallest = Budget(min(d.memory_bytes for d in fleet), "most constrained simulated client")
+    chosen = resolve_budget(settings.recipe, fraction=fraction, fleet=smallest)
+    assert chosen is not None  # the simulated fleet always has a smallest client
+    return chosen.bytes, chosen.source
 
 
 def _ftte_plan(model: nn.Module, recipe: Recipe, data: FederatedData, budget: int, dense: Plan,
@@ -216,7 +215,7 @@ def prepare(settings: SimSettings) -> World:
     data = _load_federated(recipe, clients, seed)
     fleet = _fleet(settings, len(data.clients), seed)
     # memory depends on the architecture alone: an infeasible budget stops before a warm start
-    shape_only = build_model(recipe.model, data.input_shape, data.num_classes)
+    shape_only = shape_model(recipe, data.input_shape, data.num_classes)
     dense = _with_memory(shape_only, dense_plan(shape_only, recipe.model.name), recipe,
                          data.input_shape)
     assert dense.estimated_bytes is not None
@@ -227,7 +226,7 @@ def prepare(settings: SimSettings) -> World:
         feasible_micro_batches(shape_only, recipe, budget, data.input_shape)
     model, start = start_model(replace(recipe, seed=seed), data.input_shape, data.num_classes,
                                data)
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    params = model_params(model)
     notes: List[str] = [f"FTTE memory budget {budget} B: {source}", describe_start(start)]
     ftte = _ftte_plan(model, recipe, data, budget, dense, notes)
     flops = layer_flops(model, data.input_shape)

@@ -26,8 +26,8 @@ from ftte_cli.engine.plan import Plan, dense_plan
 from ftte_cli.errors import BudgetInfeasible, ConfigError
 from ftte_cli.fleet import budget as fleet_budget
 from ftte_cli.fleet.ssh import FleetResults, SshOptions
-from ftte_cli.startmodel import StartInfo, start_model
-from ftte_cli.units import format_size, parse_size
+from ftte_cli.startmodel import StartInfo, model_params, start_model
+from ftte_cli.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def load_or_profile(inventory: Path, devices: list[Device], recipe: Recipe,
     path = fleet_budget.profiles_path(inventory)
     records = fleet_budget.load_profiles(path)
     missing = [d for d in devices if d.name not in records]
-    if missing and recipe.plan.memory_budget is None:  # a set budget needs no profiles
+    if missing and fleet_budget.fixed_bytes(recipe) is None:  # a set budget needs none
         from ftte_cli.fleet.profile import ProfileRequest, profile_fleet, save_profiles
 
         log.info("profiling %s", ", ".join(d.name for d in missing))
@@ -65,12 +65,12 @@ def fleet_budget_for(recipe: Recipe, records: dict[str, dict[str, Any]],
                      data_bytes: Optional[dict[str, int]] = None) -> fleet_budget.FleetBudget:
     """M_min over the devices with a profile (the recipe's memory_budget overrides);
     `data_bytes`: each device's data shard, which its agent holds besides the plan."""
-    if recipe.plan.memory_budget is not None and not records:
-        return fleet_budget.fleet_budget([], parse_size(recipe.plan.memory_budget,
-                                                        "plan.memory_budget"))
+    fixed = fleet_budget.fixed_bytes(recipe)
+    if fixed is not None and not records:
+        return fleet_budget.fleet_budget([], fixed)
     names = [d.name for d in devices if d.name in records]
-    return fleet_budget.recipe_budget(records, recipe.plan.safety_margin,
-                                      recipe.plan.memory_budget, names, data_bytes=data_bytes)
+    return fleet_budget.recipe_budget(records, recipe.plan.safety_margin, fixed, names,
+                                      data_bytes=data_bytes)
 
 
 def choose_plan(recipe: Recipe, model: nn.Module, devices: list[Device], input_shape: tuple,
@@ -206,7 +206,7 @@ class FleetPlan:
 
     fed: FederatedData  # one client per inventory device
     choice: PlanChoice  # the plan and who trains it
-    params: dict[str, torch.Tensor]  # initial model (fleet.bundle.initial_params)
+    params: dict[str, torch.Tensor]  # initial model (startmodel.model_params)
     start: StartInfo  # where the initial model came from (warm start figures)
 
 
@@ -225,7 +225,7 @@ def fleet_plan(recipe: Recipe, inventory: Path, devices: list[Device], selected:
     model, start = start_model(recipe, fed.input_shape, fed.num_classes, fed)
     choice = choose_plan(recipe, model, profiled, fed.input_shape, fed.num_classes, fed.proxy,
                          records, shard_bytes(fed, devices))
-    params = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    params = model_params(model)
     return FleetPlan(fed, choice, params, start)
 
 

@@ -31,6 +31,7 @@ import torch
 from ftte_cli.config.inventory import Device, Inventory, load_inventory
 from ftte_cli.config.recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_dict
 from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig, SubmitResult
+from ftte_cli.engine.data import FederatedData
 from ftte_cli.engine.metrics import summarize
 from ftte_cli.engine.plan import Plan, load_plan, plan_to_dict, save_plan
 from ftte_cli.engine.strategies import make_strategy
@@ -41,6 +42,8 @@ from ftte_cli.server.app import FtteServer
 from ftte_cli.server.protocol import ServerConfig, update_bound
 from ftte_cli.server.runner import ServerThread
 from ftte_cli.server.snapshot import DeviceStatus, RunSnapshot, StopReason
+from ftte_cli.server.stop import rule_met
+from ftte_cli.startmodel import initial_model, initial_params
 from ftte_cli.store import new_run_dir
 from ftte_cli.train import planning
 from ftte_cli.train.rundir import RunDir, file_sha256, package_versions
@@ -122,15 +125,11 @@ def _federated(recipe: Recipe, num_clients: int) -> Any:
     return load_federated(recipe.data, num_clients, recipe.seed, recipe.init)
 
 
-def _initial_params(recipe: Recipe, fed: Any) -> dict[str, torch.Tensor]:
-    from ftte_cli.fleet.bundle import initial_params
-
+def _initial_params(recipe: Recipe, fed: FederatedData) -> dict[str, torch.Tensor]:
     return initial_params(recipe, fed.input_shape, fed.num_classes, fed)
 
 
-def _model(recipe: Recipe, fed: Any) -> torch.nn.Module:
-    from ftte_cli.fleet.bundle import initial_model
-
+def _model(recipe: Recipe, fed: FederatedData) -> torch.nn.Module:
     return initial_model(recipe, fed.input_shape, fed.num_classes, fed)
 
 
@@ -304,16 +303,16 @@ def _server(run: _Run, tokens: dict[str, str], opts: TrainOptions) -> FtteServer
 
 
 def stop_rule(snap: RunSnapshot, recipe: Recipe) -> Optional[StopReason]:
-    """Which stop rule (if any) the run meets now (the server applies the first two itself)."""
+    """Which stop rule (if any) the run meets now: the server's own verdict, the recipe's rules
+    (`server.stop.rule_met`, on the best accuracy so far), then every device gone."""
     if snap.stop_reason is not None:
         return snap.stop_reason
-    best = snap.best_accuracy
-    if best is not None and best >= recipe.stop.target_accuracy:
-        return StopReason.target
-    if snap.version >= recipe.stop.max_versions:
-        return StopReason.max_versions
-    if snap.elapsed >= recipe.stop.time_limit:
-        return StopReason.time_limit
+    stop = recipe.stop
+    reason = rule_met(version=snap.version, accuracy=snap.best_accuracy, elapsed=snap.elapsed,
+                      target=stop.target_accuracy, max_versions=stop.max_versions,
+                      time_limit=stop.time_limit)
+    if reason is not None:
+        return reason
     if snap.devices and all(d.status in GONE for d in snap.devices):
         return StopReason.no_devices
     return None
