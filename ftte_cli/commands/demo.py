@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 
 from ftte_cli import api
-from ftte_cli.commands.options import FormatOpt, recipe_path
+from ftte_cli.commands.options import FormatOpt, RecipeOpt
 from ftte_cli.errors import ExitCode, FtteError, RunError
 from ftte_cli.fleet.recap import render_recap, summary_line
 from ftte_cli.fleet.ssh import SLOW_DEVICE_SSH, SshOptions
@@ -83,10 +83,7 @@ def demo(
                                          help="How many emulated devices.")] = 4,
     keep: Annotated[bool, typer.Option("--keep",
                                        help="Leave the testbed running at the end.")] = False,
-    recipe: Annotated[Path, typer.Option(
-        "--recipe", "-r", callback=recipe_path,
-        help="Recipe to train (a path or a built-in name).")] = (
-        DEFAULT_RECIPE),
+    recipe: RecipeOpt = DEFAULT_RECIPE,
     directory: Annotated[Path, typer.Option("--dir", help="Testbed folder.")] = DEFAULT_DIR,
     fmt: FormatOpt = Format.table,
 ) -> None:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ftte_cli import api
-from ftte_cli.commands.options import inventory_path, recipe_path
+from ftte_cli.commands.options import RecipeOpt, inventory_path
 from ftte_cli.fleet import budget as fleet_budget
 from ftte_cli.output import Format, console, handle_errors, print_json, table
 from ftte_cli.units import format_size
@@ -52,8 +52,7 @@ def render(report: dict[str, Any]) -> None:
 
 
 def plan(
-    recipe: Annotated[Path, typer.Option(
-        "--recipe", "-r", callback=recipe_path, help="Recipe YAML, or a built-in name (`har`).")],
+    recipe: RecipeOpt,
     budget: Annotated[Optional[str], typer.Option(
         "--budget", "-b", help="Memory budget per device, e.g. 2MB, 512KiB (default: the "
         "recipe's plan.memory_budget).")] = None,

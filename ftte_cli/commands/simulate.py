@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ftte_cli import api
-from ftte_cli.commands.options import recipe_path
+from ftte_cli.commands.options import RecipeOpt
 from ftte_cli.commands.report import TensorboardOpt
 from ftte_cli.config.recipe import load_recipe
 from ftte_cli.errors import ConfigError
@@ -70,8 +70,7 @@ def _backend(name: str, address: Optional[str]) -> Any:
 
 
 def simulate(
-    recipe: Annotated[Path, typer.Option(
-        "--recipe", "-r", callback=recipe_path, help="Recipe YAML, or a built-in name (`har`).")],
+    recipe: RecipeOpt,
     clients: Annotated[Optional[int], typer.Option(min=1, help="Simulated clients.")] = None,
     stragglers: Annotated[Optional[float], typer.Option(
         min=0.0, max=1.0, help="Fraction of clients slowed by U(5, 20).")] = None,

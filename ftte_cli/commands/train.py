@@ -9,12 +9,13 @@ import typer
 
 from ftte_cli import api
 from ftte_cli.commands.options import (
+    CONNECT_TIMEOUT,
     AcceptNewHostKeysOpt,
     ConnectTimeoutOpt,
     FormatOpt,
     LimitOpt,
+    OptionalRecipeOpt,
     inventory_path,
-    recipe_path,
     ssh_options,
 )
 from ftte_cli.commands.report import TensorboardOpt
@@ -28,9 +29,7 @@ ROWS = ("device", "status", "accepted", "rejected", "staleness", "peak memory", 
 
 
 def train(
-    recipe: Annotated[Optional[Path], typer.Option(
-        "--recipe", "-r", callback=recipe_path,
-        help="Recipe YAML, or a built-in name (`har`).")] = None,
+    recipe: OptionalRecipeOpt = None,
     inventory: Annotated[Optional[Path], typer.Option(
         "--inventory", "-i", envvar="FTTE_INVENTORY", callback=inventory_path,
         help="Inventory YAML, or a built-in name.")] = None,
@@ -50,7 +49,7 @@ def train(
     offline_after: Annotated[float, typer.Option(
         "--offline-after", min=1.0, help="Seconds without a request before a device is "
         "offline.")] = 10.0,
-    connect_timeout: ConnectTimeoutOpt = 20.0,
+    connect_timeout: ConnectTimeoutOpt = CONNECT_TIMEOUT,
     tensorboard: TensorboardOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
