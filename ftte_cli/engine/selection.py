@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from torch.func import functional_call
 
 from ftte_cli.config.recipe import TrainConfig
 from ftte_cli.engine import sparse
+from ftte_cli.engine.data import Dataset, FederatedData
 from ftte_cli.engine.memory import (
     ForwardTrace,
     MemoryEstimate,
@@ -50,7 +51,10 @@ from ftte_cli.units import format_size
 
 if TYPE_CHECKING:
     from ftte_cli.config.recipe import Recipe
-    from ftte_cli.engine.data import Dataset
+
+# What unit scores are computed on: a whole split (its proxy; gradnorm falls back to the first
+# client's training data), a proxy Dataset, or None (gradnorm on synthetic inputs).
+PlanData = Union[FederatedData, Dataset, None]
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +428,7 @@ def search_micro_batches(model: nn.Module, units: Sequence[Unit], scores: Mappin
     return _best_candidate(out)
 
 
-def select(model: nn.Module, recipe: Recipe, data: object, budget_bytes: int,
+def select(model: nn.Module, recipe: Recipe, data: PlanData, budget_bytes: int,
            input_shape: Tuple[int, ...], num_classes: int,
            reuse: Optional[Selection] = None) -> Selection:
     """Choose the plan for `model` under `budget_bytes` (see the module docstring).
@@ -483,22 +487,20 @@ def _head_memory(model: nn.Module, name: str, batch: int, micro: Optional[int],
     return training_memory(model, plan, batch, shape, momentum).total
 
 
-def make_plan(model: nn.Module, recipe: Recipe, data_or_proxy: object, budget_bytes: int,
+def make_plan(model: nn.Module, recipe: Recipe, data_or_proxy: PlanData, budget_bytes: int,
               input_shape: Tuple[int, ...], num_classes: int) -> Plan:
     """The FTTE plan; `data_or_proxy` is a FederatedData, a proxy Dataset, or None (fallback)."""
     return select(model, recipe, data_or_proxy, budget_bytes, input_shape, num_classes).plan
 
 
-def _proxy_and_fallback(data: object) -> Tuple[Optional[Dataset], Optional[Dataset]]:
+def _proxy_and_fallback(data: PlanData) -> Tuple[Optional[Dataset], Optional[Dataset]]:
     """(proxy for contribution analysis, data for the gradnorm fallback), either may be None."""
-    from ftte_cli.engine.data import Dataset, FederatedData
-
     if isinstance(data, FederatedData):
         if len(data.proxy) > 0:
             return data.proxy, data.proxy
         first = next((c.train for c in data.clients if len(c.train) > 0), None)
         return None, first
-    if isinstance(data, Dataset) and len(data) > 0:
+    if data is not None and len(data) > 0:
         return data, data
     return None, None
 

@@ -315,7 +315,7 @@ class _Online:
 Event = Union[_Arrive, _Offline, _Online]
 
 
-class _Run:
+class _StrategyRun:
     """One strategy driven on a virtual clock."""
 
     def __init__(self, world: World, name: str, progress: Optional[Progress],
@@ -467,7 +467,7 @@ def sim_energy(jobs: List[Tuple[float, float]], end: float, to_target: Optional[
 
 def _client_ref(fleet: List[DeviceModel], i: int) -> ClientRef:
     d = fleet[i]
-    return ClientRef(_Run._cid(i), d.name, d.device_class, d.memory_bytes)
+    return ClientRef(_StrategyRun._cid(i), d.name, d.device_class, d.memory_bytes)
 
 
 def _eval_set(world: World) -> Dataset:
@@ -487,7 +487,7 @@ def run_strategy(world: World, name: str, progress: Optional[Progress] = None,
     if backend is None:
         backend = InProcessBackend()
         backend.start(world)
-    return _Run(world, name, progress, on_eval, backend).run()
+    return _StrategyRun(world, name, progress, on_eval, backend).run()
 
 
 def simulate(settings: SimSettings, progress: Optional[Progress] = None,

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
@@ -49,6 +49,10 @@ from ftte_cli.train import planning
 from ftte_cli.train.rundir import RunDir, file_sha256, package_versions
 from ftte_cli.train.watchdog import Watchdog
 from ftte_cli.ui.dashboard import Dashboard, Phases
+
+if TYPE_CHECKING:  # paramiko-importing modules, loaded when a run starts
+    from ftte_cli.fleet.launch import AgentFleet
+    from ftte_cli.fleet.locks import InventoryLock
 
 log = logging.getLogger(__name__)
 # agents that died for good (after their one restart)
@@ -98,7 +102,7 @@ class TrainResult:
 
 
 @dataclass
-class _Run:
+class _TrainRun:
     """The pieces of a run while it is set up and driven."""
 
     recipe: Recipe
@@ -106,7 +110,7 @@ class _Run:
     devices: list[Device]  # taking part
     all_devices: list[Device]  # the whole inventory, in order (bundle shards follow it)
     plan: Plan
-    fed: Any
+    fed: FederatedData  # one client per inventory device
     model: torch.nn.Module
     coordinator: Coordinator
     rundir: RunDir
@@ -119,7 +123,7 @@ class _Run:
 # ---- set-up -------------------------------------------------------------------------------------
 
 
-def _federated(recipe: Recipe, num_clients: int) -> Any:
+def _federated(recipe: Recipe, num_clients: int) -> FederatedData:
     from ftte_cli.engine.data import load_federated
 
     return load_federated(recipe.data, num_clients, recipe.seed, recipe.init)
@@ -133,12 +137,13 @@ def _model(recipe: Recipe, fed: FederatedData) -> torch.nn.Module:
     return initial_model(recipe, fed.input_shape, fed.num_classes, fed)
 
 
-def _evaluator(model: torch.nn.Module, fed: Any) -> Callable[[dict], tuple[float, float]]:
+def _evaluator(model: torch.nn.Module, fed: FederatedData) -> Callable[[dict], tuple[float, float]]:
     """Global test accuracy, computed by the server (on its coordinator thread)."""
     return lambda params: evaluate(model, params, fed.test)
 
 
-def _clients(devices: list[Device], all_devices: list[Device], fed: Any) -> dict[str, int]:
+def _clients(devices: list[Device], all_devices: list[Device],
+             fed: FederatedData) -> dict[str, int]:
     """Device -> n_i (its shard's training samples; 1 for device-local data, unknown here)."""
     index = {d.name: i for i, d in enumerate(all_devices)}
     return {d.name: int(fed.clients[index[d.name]].train.y.shape[0]) if d.data is None else 1
@@ -154,7 +159,7 @@ def _coordinator(recipe: Recipe, plan: Plan, params: dict, clients: dict[str, in
     return Coordinator(params, plan, strategy, clients, config, recipe.seed, evaluate_fn)
 
 
-def _fresh(opts: TrainOptions) -> _Run:
+def _fresh(opts: TrainOptions) -> _TrainRun:
     recipe_path, inventory_path = _recipe_and_inventory(opts)
     recipe = load_recipe(recipe_path)
     if opts.strategy:
@@ -183,11 +188,11 @@ def _fresh(opts: TrainOptions) -> _Run:
         "bundle_root": str(opts.bundle_root.resolve()), "packages": package_versions(),
         "resumes": [],
     }
-    return _Run(recipe, inventory, choice.devices, all_devices, choice.plan, fed, model, coord,
-                rundir, manifest, excluded=choice.excluded)
+    return _TrainRun(recipe, inventory, choice.devices, all_devices, choice.plan, fed, model,
+                     coord, rundir, manifest, excluded=choice.excluded)
 
 
-def _resumed(opts: TrainOptions) -> _Run:
+def _resumed(opts: TrainOptions) -> _TrainRun:
     assert opts.resume is not None
     rundir = RunDir(opts.resume)
     manifest = rundir.read_manifest()
@@ -209,15 +214,16 @@ def _resumed(opts: TrainOptions) -> _Run:
     manifest["resumes"] = [*manifest.get("resumes", []),
                            {"at": datetime.now(timezone.utc).isoformat(),
                             "version": coord.version, "elapsed": elapsed}]
-    return _Run(recipe, inventory, devices, all_devices, plan, fed, model, coord, rundir, manifest,
-                elapsed_offset=elapsed, resumed_from=coord.version if state else None,
-                excluded=dict(manifest.get("excluded", {})))
+    return _TrainRun(recipe, inventory, devices, all_devices, plan, fed, model, coord, rundir,
+                     manifest, elapsed_offset=elapsed,
+                     resumed_from=coord.version if state else None,
+                     excluded=dict(manifest.get("excluded", {})))
 
 
 # ---- deploy and launch --------------------------------------------------------------------------
 
 
-def _deploy(run: _Run, opts: TrainOptions) -> tuple[dict[str, str], dict[str, str]]:
+def _deploy(run: _TrainRun, opts: TrainOptions) -> tuple[dict[str, str], dict[str, str]]:
     """Build and ship bundles; (device -> remote bundle, device -> token) of those that work."""
     from ftte_cli.fleet.bundle import build_bundles, load_tokens
     from ftte_cli.fleet.deploy import ship_bundles
@@ -273,7 +279,7 @@ def _stop_previous_agents(opts: TrainOptions) -> None:
 # ---- the run ------------------------------------------------------------------------------------
 
 
-def _server(run: _Run, tokens: dict[str, str], opts: TrainOptions) -> FtteServer:
+def _server(run: _TrainRun, tokens: dict[str, str], opts: TrainOptions) -> FtteServer:
     budgets = {d.name: d.mem_cap_mb * 2**20 for d in run.devices if d.mem_cap_mb}
     config = ServerConfig(
         run_id=run.manifest["run_id"], tokens=tokens,
@@ -338,7 +344,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _drive(run: _Run, server: FtteServer, watch: Optional[_AgentWatch],
+def _drive(run: _TrainRun, server: FtteServer, watch: Optional[_AgentWatch],
            dashboard: Dashboard) -> StopReason:
     """Watch the run until a stop rule fires; dead agents are restarted once, then failed."""
     next_check = time.monotonic() + FAILURE_CHECK_S
@@ -368,7 +374,8 @@ class _AgentWatch:
     """Offline devices whose agent process is gone: restart it (the device rejoins) up to
     `max_restarts` times, after that show the device as failed (e.g. OOM-killed every job)."""
 
-    def __init__(self, run: _Run, server: FtteServer, agents: Any, max_restarts: int = 1) -> None:
+    def __init__(self, run: _TrainRun, server: FtteServer, agents: AgentFleet,
+                 max_restarts: int = 1) -> None:
         self.run, self.server, self.agents = run, server, agents
         self.max_restarts = max_restarts
         self.restarts: dict[str, int] = {}
@@ -404,7 +411,7 @@ class _AgentWatch:
             self.server.mark_failed(name, "agent process exited (killed or out of memory)")
 
 
-def _wait_agents_left(server: FtteServer, agents: Any, names: list[str]) -> None:
+def _wait_agents_left(server: FtteServer, agents: AgentFleet, names: list[str]) -> None:
     """Give agents a moment to see the 410 and exit on their own."""
     deadline = time.monotonic() + EXIT_WAIT_S
     while time.monotonic() < deadline:
@@ -440,7 +447,7 @@ def _recipe_and_inventory(opts: TrainOptions) -> tuple[Path, Path]:
     return Path(opts.recipe), Path(opts.inventory)
 
 
-def _leave_out_busy(run: _Run, opts: TrainOptions) -> None:
+def _leave_out_busy(run: _TrainRun, opts: TrainOptions) -> None:
     """Devices another run holds are left alone (outcome busy, naming that run)."""
     from ftte_cli.fleet.locks import busy_devices
     from ftte_cli.fleet.ssh import Outcome
@@ -464,7 +471,7 @@ def _say(opts: TrainOptions, message: str) -> None:
         opts.phases.update(message)
 
 
-def _run_training(opts: TrainOptions, lock: Any) -> TrainResult:
+def _run_training(opts: TrainOptions, lock: InventoryLock) -> TrainResult:
     if opts.resume is not None:
         _say(opts, "stopping the agents the crashed run left")
         _stop_previous_agents(opts)
@@ -532,7 +539,8 @@ def _bind_address(direct: Optional[str]) -> tuple[str, int]:
     return host, int(port)
 
 
-def _start_agents(run: _Run, remote: dict[str, str], port: int, opts: TrainOptions) -> Any:
+def _start_agents(run: _TrainRun, remote: dict[str, str], port: int,
+                  opts: TrainOptions) -> AgentFleet:
     from ftte_cli.fleet.launch import start_agents
 
     devices = [d for d in run.devices if d.name in remote]
@@ -549,7 +557,7 @@ def _start_agents(run: _Run, remote: dict[str, str], port: int, opts: TrainOptio
     return fleet
 
 
-def _result(run: _Run, server: FtteServer, reason: StopReason) -> TrainResult:
+def _result(run: _TrainRun, server: FtteServer, reason: StopReason) -> TrainResult:
     snap = server.snapshot()
     metrics = server.coordinator.metrics
     summary = summarize(metrics, strategy=run.recipe.strategy.name,
