@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from ftte_cli.fleet.budget import FleetBudget
     from ftte_cli.fleet.deploy import DeployInfo
     from ftte_cli.fleet.profile import DeviceProfile
-    from ftte_cli.sim.runner import SimResult, SimSettings, StrategyResult
+    from ftte_cli.sim.settings import SimResult, SimSettings, StrategyResult
     from ftte_cli.sweep.compare import Comparison, GroupStats
     from ftte_cli.sweep.grid import GridSpec, RunSpec
     from ftte_cli.sweep.runner import RunRecord, RunStatus, SweepOptions, SweepResult
@@ -75,9 +75,9 @@ _LAZY = {
     "shard_bytes": "ftte_cli.train.planning",
     "TrainOptions": "ftte_cli.train.run",
     "TrainResult": "ftte_cli.train.run",
-    "SimSettings": "ftte_cli.sim.runner",
-    "SimResult": "ftte_cli.sim.runner",
-    "StrategyResult": "ftte_cli.sim.runner",
+    "SimSettings": "ftte_cli.sim.settings",
+    "SimResult": "ftte_cli.sim.settings",
+    "StrategyResult": "ftte_cli.sim.settings",
     "RunReport": "ftte_cli.ui.report",
     "GridSpec": "ftte_cli.sweep.grid",
     "RunSpec": "ftte_cli.sweep.grid",
@@ -277,8 +277,8 @@ def simulate(recipe: Union[PathLike, Recipe], *, strategies: tuple[str, ...] = (
     directory (metrics, summary, plots) that `read_run` and `ftte report` read; `progress`
     is called with (strategy, virtual time, version, accuracy) as evaluations come in."""
     from ftte_cli.sim.rundir import RunWriter
-    from ftte_cli.sim.runner import SimSettings
     from ftte_cli.sim.runner import simulate as run_simulation
+    from ftte_cli.sim.settings import SimSettings
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     settings = SimSettings(recipe=rec, strategies=tuple(strategies), clients=clients,
