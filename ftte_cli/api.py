@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -292,6 +293,29 @@ def simulate(recipe: Union[PathLike, Recipe], *, strategies: tuple[str, ...] = (
     return result
 
 
+def sim_backend(name: str = "inprocess",
+                address: Optional[str] = None) -> AbstractContextManager[None]:
+    """A context within which `simulate` trains client jobs on backend `name`: inprocess,
+    batched, or ray (`address`: a Ray cluster, default a local one). Checked now, before any
+    work: an unknown name, `address` without ray, or a missing Ray is a ConfigError."""
+    if name not in ("inprocess", "batched", "ray"):
+        raise ConfigError(f"--backend: expected inprocess, batched or ray, got {name!r}")
+    if name != "ray" and address is not None:
+        raise ConfigError("--address: only with --backend ray")
+    if name == "inprocess":
+        return nullcontext()
+    from ftte_cli.sim.runner import using_backend
+
+    if name == "batched":
+        from ftte_cli.sim.batched_backend import BatchedBackend
+
+        return using_backend(BatchedBackend)
+    from ftte_cli.sim.ray_backend import RayBackend, import_ray
+
+    import_ray()  # a missing Ray is a usage error now, not after loading the data
+    return using_backend(lambda: RayBackend(address))
+
+
 def read_run(path: PathLike) -> RunReport:
     """A train or simulate run directory as series of points and summaries (ConfigError if
     it holds no metrics)."""
@@ -413,7 +437,7 @@ __all__ = [
     "compare_runs", "deploy", "fleet_plan", "grid", "load_inventory", "load_recipe",
     "memory_budget",
     "plan", "plan_and_deploy", "profile", "read_run", "report", "select_devices",
-    "shard_bytes", "simulate",
+    "shard_bytes", "sim_backend", "simulate",
     "export_tensorboard", "fabric_group", "require_tensorboard", "run_command", "sweep",
     "testbed_down", "testbed_power", "testbed_status", "testbed_up", "train",
 ]
