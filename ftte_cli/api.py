@@ -143,11 +143,13 @@ def fabric_group(inventory: PathLike, limit: Optional[str] = None,
 def profile(inventory: PathLike, *, limit: Optional[str] = None,
             recipe: Union[PathLike, Recipe, None] = None, benchmark: bool = False,
             max_age: Optional[float] = None, ssh: Optional[SshOptions] = None,
-            probe_timeout: Optional[float] = None) -> FleetResults:
+            probe_timeout: Optional[float] = None,
+            out: Optional[PathLike] = None) -> FleetResults:
     """Profile the devices (values: `DeviceProfile`) and update the inventory's profile cache.
 
     `benchmark` also times training steps of the recipe's model, the RTT and the upload; cached
-    profiles younger than `max_age` seconds are reused."""
+    profiles younger than `max_age` seconds are reused. `out` also writes the records of the
+    devices profiled now to that file (the cache's format)."""
     from ftte_cli.fleet import budget
     from ftte_cli.fleet import profile as prof
 
@@ -161,7 +163,9 @@ def profile(inventory: PathLike, *, limit: Optional[str] = None,
     cache = budget.profiles_path(Path(inventory))
     results = prof.profile_fleet(devices, ssh or SshOptions(), request,
                                  budget.load_profiles(cache), max_age)
-    prof.save_profiles(cache, results)
+    records = prof.save_profiles(cache, results)
+    if out is not None:
+        prof.write_records(Path(out), {n: records[n] for n in results.succeeded if n in records})
     return results
 
 

@@ -118,11 +118,10 @@ def profile(
                            known_hosts=known_hosts, connect_timeout=connect_timeout,
                            command_timeout=command_timeout)
         results = api.profile(inventory, limit=limit, recipe=recipe, benchmark=benchmark,
-                              max_age=max_age, ssh=opts, probe_timeout=command_timeout)
+                              max_age=max_age, ssh=opts, probe_timeout=command_timeout,
+                              out=out)
         cache = bud.profiles_path(inventory)
         records = bud.load_profiles(cache)
-        if out is not None:
-            prof.write_records(out, {n: records[n] for n in results.succeeded if n in records})
         _render(results, records, cache, fmt)
     exit_with(results)
 
