@@ -33,6 +33,7 @@ from ftte_cli.config.recipe import Recipe, load_recipe, recipe_to_dict
 from ftte_cli.errors import ConfigError, FtteError
 from ftte_cli.fleet.ssh import SshOptions
 from ftte_cli.store import write_json
+from ftte_cli.sweep.compare import GroupStats, compare, write_comparison
 from ftte_cli.sweep.grid import GridSpec, RunSpec, apply, expand
 from ftte_cli.sweep.records import (
     RECORD_FILE,
@@ -73,7 +74,7 @@ class SweepResult:
     records: list[RunRecord]
     ran: list[str]  # run ids executed by this call
     skipped: list[str]  # run ids already finished before this call
-    comparison: list[Any]  # sweep.compare.GroupStats rows
+    comparison: list[GroupStats]  # one row per strategy (+ overrides), pooled over seeds
     plots: list[Path]
 
     @property
@@ -87,8 +88,6 @@ OnRun = Callable[[RunSpec, Optional[RunRecord]], None]  # called before (None) a
 
 def run_sweep(opts: SweepOptions, on_run: Optional[OnRun] = None) -> SweepResult:
     """Run every missing run of the grid, then compare (see the module docstring)."""
-    from ftte_cli.sweep.compare import compare, write_comparison
-
     sweep = read_sweep(opts.out) if opts.resume else _fresh(opts)
     runs = expand(sweep.grid)
     done = {r.run_id: r for r in (read_record(opts.out, run) for run in runs) if r is not None}
