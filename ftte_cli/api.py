@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -40,22 +41,25 @@ from ftte_cli.errors import (
 )
 from ftte_cli.fleet import adhoc
 from ftte_cli.fleet.adhoc import CommandOutput
-from ftte_cli.fleet.ssh import DeviceResult, FleetResults, Outcome, SshOptions
+from ftte_cli.fleet.ssh import SLOW_DEVICE_SSH, DeviceResult, FleetResults, Outcome, SshOptions
 
 if TYPE_CHECKING:
     import fabric
-    import torch
 
     from ftte_cli.engine.plan import Plan
     from ftte_cli.fleet.budget import FleetBudget
     from ftte_cli.fleet.deploy import DeployInfo
     from ftte_cli.fleet.profile import DeviceProfile
-    from ftte_cli.sim.runner import SimResult, SimSettings, StrategyResult
-    from ftte_cli.startmodel import StartInfo
+    from ftte_cli.sim.settings import SimResult, SimSettings, StrategyResult
     from ftte_cli.sweep.compare import Comparison, GroupStats
     from ftte_cli.sweep.grid import GridSpec, RunSpec
     from ftte_cli.sweep.runner import RunRecord, RunStatus, SweepOptions, SweepResult
+    from ftte_cli.testbed.lifecycle import DeviceStatus as TestbedDevice
+    from ftte_cli.testbed.lifecycle import DownReport
+    from ftte_cli.testbed.state import TestbedState
+    from ftte_cli.train.planning import FleetPlan, fleet_plan, plan_and_deploy, shard_bytes
     from ftte_cli.train.run import TrainOptions, TrainResult
+    from ftte_cli.ui.dashboard import Phases
     from ftte_cli.ui.report import RunReport
 
 PathLike = Union[str, Path]
@@ -66,11 +70,15 @@ _LAZY = {
     "DeviceProfile": "ftte_cli.fleet.profile",
     "DeployInfo": "ftte_cli.fleet.deploy",
     "FleetBudget": "ftte_cli.fleet.budget",
+    "FleetPlan": "ftte_cli.train.planning",
+    "fleet_plan": "ftte_cli.train.planning",
+    "plan_and_deploy": "ftte_cli.train.planning",
+    "shard_bytes": "ftte_cli.train.planning",
     "TrainOptions": "ftte_cli.train.run",
     "TrainResult": "ftte_cli.train.run",
-    "SimSettings": "ftte_cli.sim.runner",
-    "SimResult": "ftte_cli.sim.runner",
-    "StrategyResult": "ftte_cli.sim.runner",
+    "SimSettings": "ftte_cli.sim.settings",
+    "SimResult": "ftte_cli.sim.settings",
+    "StrategyResult": "ftte_cli.sim.settings",
     "RunReport": "ftte_cli.ui.report",
     "GridSpec": "ftte_cli.sweep.grid",
     "RunSpec": "ftte_cli.sweep.grid",
@@ -135,11 +143,13 @@ def fabric_group(inventory: PathLike, limit: Optional[str] = None,
 def profile(inventory: PathLike, *, limit: Optional[str] = None,
             recipe: Union[PathLike, Recipe, None] = None, benchmark: bool = False,
             max_age: Optional[float] = None, ssh: Optional[SshOptions] = None,
-            probe_timeout: Optional[float] = None) -> FleetResults:
+            probe_timeout: Optional[float] = None,
+            out: Optional[PathLike] = None) -> FleetResults:
     """Profile the devices (values: `DeviceProfile`) and update the inventory's profile cache.
 
     `benchmark` also times training steps of the recipe's model, the RTT and the upload; cached
-    profiles younger than `max_age` seconds are reused."""
+    profiles younger than `max_age` seconds are reused. `out` also writes the records of the
+    devices profiled now to that file (the cache's format)."""
     from ftte_cli.fleet import budget
     from ftte_cli.fleet import profile as prof
 
@@ -153,26 +163,30 @@ def profile(inventory: PathLike, *, limit: Optional[str] = None,
     cache = budget.profiles_path(Path(inventory))
     results = prof.profile_fleet(devices, ssh or SshOptions(), request,
                                  budget.load_profiles(cache), max_age)
-    prof.save_profiles(cache, results)
+    records = prof.save_profiles(cache, results)
+    if out is not None:
+        prof.write_records(Path(out), {n: records[n] for n in results.succeeded if n in records})
     return results
 
 
 def memory_budget(recipe: Union[PathLike, Recipe], profiles: FleetResults) -> FleetBudget:
     """M_min of the profiled devices for the recipe (its safety margin; its plan.memory_budget,
     when set, overrides), with every device's usable memory M_i."""
-    from ftte_cli.fleet.budget import recipe_budget
+    from ftte_cli.fleet.budget import fixed_bytes, recipe_budget
     from ftte_cli.fleet.profile import profile_record
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     records = {n: profile_record(r.value) for n, r in profiles.succeeded.items()}
-    if not records and rec.plan.memory_budget is None:
+    fixed = fixed_bytes(rec)
+    if not records and fixed is None:
         raise RunError("memory budget: no device could be profiled")
-    return recipe_budget(records, rec.plan.safety_margin, rec.plan.memory_budget)
+    return recipe_budget(records, rec.plan.safety_margin, fixed)
 
 
 @dataclass(frozen=True)
 class PlanResult:
-    """A chosen plan, the budget it fits and the report `ftte plan --format json` prints."""
+    """A chosen plan, the budget it fits and the report `ftte plan --format json` prints
+    (with `fleet`: M_min and each device's headroom; with `saved`: the files written)."""
 
     plan: Plan
     budget_bytes: int
@@ -182,98 +196,50 @@ class PlanResult:
 
 
 def plan(recipe: Union[PathLike, Recipe], *, budget: Union[str, int, None] = None,
-         num_clients: Optional[int] = None) -> PlanResult:
-    """The sparse plan for `recipe` under `budget` (else its plan.memory_budget), on the data
-    split into `num_clients` (a fleet: its device count; default the recipe's sim.clients).
+         num_clients: Optional[int] = None, inventory: Optional[PathLike] = None,
+         limit: Optional[str] = None, out: Optional[PathLike] = None) -> PlanResult:
+    """The sparse plan for `recipe` under the budget `fleet.budget.resolve_budget` picks:
+    `budget`, else its plan.memory_budget, else the M_min of the `inventory`'s cached profiles
+    (of the devices `limit` selects; the report then has each device's headroom). The data is
+    split into `num_clients` (default: one per inventory device, else the recipe's
+    sim.clients). `out` also writes plan.json + plan.safetensors into that folder.
 
     Raises ConfigError without a budget and BudgetInfeasible when not even the head fits."""
+    from ftte_cli.engine.plan import save_plan
     from ftte_cli.engine.selection import plan_for_recipe
-    from ftte_cli.plan_report import plan_report, resolve_budget
+    from ftte_cli.fleet import budget as fb
+    from ftte_cli.plan_report import plan_report
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    chosen = resolve_budget(rec, None if budget is None else str(budget))
+    fleet = (fb.inventory_budget(Path(inventory), rec, limit, budget)
+             if inventory is not None else None)
+    chosen = fb.resolve_budget(rec, flag=budget,
+                               fleet=None if fleet is None else fb.fleet_candidate(fleet))
+    if chosen is None:
+        raise ConfigError(f"{rec.source}: no memory budget: pass --budget (e.g. 2MB) or "
+                          "--inventory (profiled fleet), or set plan.memory_budget in the recipe")
+    if num_clients is None and inventory is not None:  # one shard per device, as `ftte train`
+        num_clients = len(load_inventory(Path(inventory)).devices)
     sel = plan_for_recipe(rec, chosen.bytes, num_clients)
-    return PlanResult(sel.plan, chosen.bytes, chosen.source, dict(sel.scores),
-                      plan_report(sel, chosen))
+    report = plan_report(sel, chosen)
+    if fleet is not None:
+        rows = fb.headroom(fleet, sel.plan.estimated_bytes or 0,
+                           sel.plan.full_training_bytes or 0)
+        report["fleet"] = fb.headroom_json(fleet, rows)
+    if out is not None:
+        report["saved"] = [str(p) for p in save_plan(sel.plan, Path(out))]
+    return PlanResult(sel.plan, chosen.bytes, chosen.source, dict(sel.scores), report)
 
 
 # ---- deploy ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FleetPlan:
-    """What deploying needs besides the devices: the data split, the plan and the start model."""
-
-    fed: Any  # engine.data.FederatedData, one client per inventory device
-    choice: Any  # train.planning.PlanChoice: the plan and who trains it
-    params: dict[str, torch.Tensor]  # initial model (fleet.bundle.initial_params)
-    start: StartInfo  # where the initial model came from (warm start figures)
-
-
-def fleet_plan(recipe: Recipe, inventory: Path, devices: list[Device], selected: list[Device],
-               opts: SshOptions) -> FleetPlan:
-    """Profiles -> fleet budget -> plan, as `ftte train` does (profiles missing ones first).
-
-    `devices` is the whole inventory (shards follow inventory order). Devices without a profile
-    (e.g. no torch yet) are left out of the budget; deploying still pre-checks them and says
-    what is missing before anything is copied.
-    """
-    from ftte_cli.engine.data import load_federated
-    from ftte_cli.startmodel import start_model
-    from ftte_cli.train.planning import check_devices, choose_plan, load_or_profile
-
-    check_devices(selected)
-    fed = load_federated(recipe.data, len(devices), recipe.seed, recipe.init)
-    records = load_or_profile(inventory, selected, recipe, opts)
-    profiled = [d for d in selected if d.name in records] or selected
-    model, start = start_model(recipe, fed.input_shape, fed.num_classes, fed)
-    choice = choose_plan(recipe, model, profiled, fed.input_shape, fed.num_classes, fed.proxy,
-                         records, shard_bytes(fed, devices))
-    params = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    return FleetPlan(fed, choice, params, start)
-
-
-def shard_bytes(fed: Any, devices: list[Device]) -> dict[str, int]:
-    """Device -> bytes of the data shard its bundle carries (client i goes to device i; a device
-    training on its own `ftte_data` file gets none from us)."""
-    out = {}
-    for device, client in zip(devices, fed.clients):
-        if device.data is None:
-            tensors = (client.train.x, client.train.y, client.test.x, client.test.y)
-            out[device.name] = sum(t.numel() * t.element_size() for t in tensors)
-    return out
-
-
-def plan_and_deploy(recipe: Recipe, inventory: Path, devices: list[Device],
-                    selected: list[Device], opts: SshOptions, *, dry_run: bool = False,
-                    root: Optional[Path] = None, planned: Optional[FleetPlan] = None,
-                    say: Callable[[str], None] = lambda _message: None) -> FleetResults:
-    """Pre-check, `fleet_plan` for the devices that passed (unless given), build every bundle,
-    ship them; devices that failed the pre-check keep their result (nothing was copied)."""
-    from ftte_cli.fleet.bundle import DEFAULT_ROOT, build_bundles
-    from ftte_cli.fleet.deploy import precheck_fleet, ship_bundles
-
-    say(f"checking {len(selected)} devices (python, torch, safetensors)")
-    checks = precheck_fleet(selected, opts)
-    ready = [d for d in selected if checks[d.name].outcome.succeeded]
-    if not ready:
-        return checks
-    if planned is None:
-        say("profiles -> memory budget -> plan (profiling devices without a cached profile)")
-        planned = fleet_plan(recipe, inventory, devices, ready, opts)
-    say(f"building {len(devices)} bundles")
-    bundles = build_bundles(recipe, devices, planned.choice.plan, fed=planned.fed,
-                            params=planned.params, root=root or DEFAULT_ROOT)
-    say(f"{'checking' if dry_run else 'shipping'} bundles on {len(ready)} devices")
-    shipped = ship_bundles(ready, bundles, opts, dry_run=dry_run)
-    return FleetResults({d.name: shipped.results.get(d.name) or checks[d.name]
-                         for d in selected})
 
 
 def deploy(recipe: Union[PathLike, Recipe], inventory: PathLike, *, limit: Optional[str] = None,
            dry_run: bool = False, ssh: Optional[SshOptions] = None, root: Optional[Path] = None,
            say: Callable[[str], None] = lambda _message: None) -> FleetResults:
     """Build every device's bundle and ship it (values: `DeployInfo`; `ok` = already there)."""
+    from ftte_cli.train.planning import plan_and_deploy
+
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     inv, selected = select_devices(inventory, limit)
     return plan_and_deploy(rec, Path(inventory), list(inv.devices.values()), selected,
@@ -288,8 +254,10 @@ def train(recipe: Optional[PathLike] = None, inventory: Optional[PathLike] = Non
           run_dir: Optional[PathLike] = None, resume: Optional[PathLike] = None,
           direct: Optional[str] = None, ssh: Optional[SshOptions] = None,
           offline_after: float = 10.0, bundle_root: PathLike = ".ftte",
-          quiet: bool = True) -> TrainResult:
-    """One training run on the fleet (as `ftte train`); `quiet=False` shows progress lines.
+          quiet: bool = True, dashboard: Optional[bool] = False,
+          phases: Optional[Phases] = None) -> TrainResult:
+    """One training run on the fleet (as `ftte train`); `quiet=False` shows progress lines,
+    `dashboard` None the live dashboard on a terminal, `phases` the steps before training.
 
     Raises ConfigError / BudgetInfeasible / RunError before or while starting; a run that
     starts always returns, with its `stop_reason`, after stopping every agent it started."""
@@ -298,9 +266,8 @@ def train(recipe: Optional[PathLike] = None, inventory: Optional[PathLike] = Non
     return run_training(TrainOptions(
         recipe=_opt_path(recipe), inventory=_opt_path(inventory), strategy=strategy,
         limit=limit, direct=direct, run_dir=_opt_path(run_dir), resume=_opt_path(resume),
-        ssh=ssh or SshOptions(connect_timeout=20.0, command_timeout=300.0),
-        dashboard=False, quiet=quiet, offline_after=offline_after,
-        bundle_root=Path(bundle_root)))
+        ssh=ssh or SLOW_DEVICE_SSH, dashboard=dashboard, quiet=quiet, phases=phases,
+        offline_after=offline_after, bundle_root=Path(bundle_root)))
 
 
 def simulate(recipe: Union[PathLike, Recipe], *, strategies: tuple[str, ...] = (
@@ -315,8 +282,8 @@ def simulate(recipe: Union[PathLike, Recipe], *, strategies: tuple[str, ...] = (
     directory (metrics, summary, plots) that `read_run` and `ftte report` read; `progress`
     is called with (strategy, virtual time, version, accuracy) as evaluations come in."""
     from ftte_cli.sim.rundir import RunWriter
-    from ftte_cli.sim.runner import SimSettings
     from ftte_cli.sim.runner import simulate as run_simulation
+    from ftte_cli.sim.settings import SimSettings
 
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     settings = SimSettings(recipe=rec, strategies=tuple(strategies), clients=clients,
@@ -328,6 +295,29 @@ def simulate(recipe: Union[PathLike, Recipe], *, strategies: tuple[str, ...] = (
     if writer is not None:
         writer.finish(settings, result)
     return result
+
+
+def sim_backend(name: str = "inprocess",
+                address: Optional[str] = None) -> AbstractContextManager[None]:
+    """A context within which `simulate` trains client jobs on backend `name`: inprocess,
+    batched, or ray (`address`: a Ray cluster, default a local one). Checked now, before any
+    work: an unknown name, `address` without ray, or a missing Ray is a ConfigError."""
+    if name not in ("inprocess", "batched", "ray"):
+        raise ConfigError(f"--backend: expected inprocess, batched or ray, got {name!r}")
+    if name != "ray" and address is not None:
+        raise ConfigError("--address: only with --backend ray")
+    if name == "inprocess":
+        return nullcontext()
+    from ftte_cli.sim.runner import using_backend
+
+    if name == "batched":
+        from ftte_cli.sim.batched_backend import BatchedBackend
+
+        return using_backend(BatchedBackend)
+    from ftte_cli.sim.ray_backend import RayBackend, import_ray
+
+    import_ray()  # a missing Ray is a usage error now, not after loading the data
+    return using_backend(lambda: RayBackend(address))
 
 
 def read_run(path: PathLike) -> RunReport:
@@ -396,6 +386,41 @@ def sweep(opts: SweepOptions, on_run: Optional[Callable[..., None]] = None) -> S
     return run_sweep(opts, on_run)
 
 
+# ---- the emulated testbed --------------------------------------------------------------------
+
+
+def testbed_up(directory: PathLike, devices: int = 4, mix: Optional[str] = None,
+               bandwidth: bool = True) -> TestbedState:
+    """Start `devices` emulated devices (classes of `mix`, round-robin; default the standard
+    mix) and write their inventory, key pair and known_hosts into `directory`."""
+    from ftte_cli.testbed import lifecycle
+    from ftte_cli.testbed.devices import DEFAULT_MIX
+
+    return lifecycle.up(Path(directory), devices, mix or ",".join(DEFAULT_MIX), bandwidth)
+
+
+def testbed_status(directory: PathLike) -> tuple[Optional[TestbedState], list[TestbedDevice]]:
+    """The testbed in `directory` (None when there is none) and each device's state."""
+    from ftte_cli.testbed import lifecycle
+
+    return lifecycle.status(Path(directory))
+
+
+def testbed_down(directory: PathLike) -> DownReport:
+    """Stop every process and remove every cgroup, namespace and link the testbed made."""
+    from ftte_cli.testbed import lifecycle
+
+    return lifecycle.down(Path(directory))
+
+
+def testbed_power(directory: PathLike, device: str,
+                  values: Optional[dict[str, Any]]) -> Path:
+    """Write (or with None, clear) one testbed device's emulated power state; its file."""
+    from ftte_cli.testbed import lifecycle
+
+    return lifecycle.set_power(Path(directory), device, values)
+
+
 def _opt_path(p: Optional[PathLike]) -> Optional[Path]:
     return None if p is None else Path(p)
 
@@ -415,7 +440,8 @@ __all__ = [
     # functions
     "compare_runs", "deploy", "fleet_plan", "grid", "load_inventory", "load_recipe",
     "memory_budget",
-    "plan", "plan_and_deploy", "profile", "read_run", "report", "select_devices", "simulate",
+    "plan", "plan_and_deploy", "profile", "read_run", "report", "select_devices",
+    "shard_bytes", "sim_backend", "simulate",
     "export_tensorboard", "fabric_group", "require_tensorboard", "run_command", "sweep",
-    "train",
+    "testbed_down", "testbed_power", "testbed_status", "testbed_up", "train",
 ]

@@ -1,39 +1,13 @@
-"""Budget resolution and the plan's report rows, shared by `ftte plan` and the Python API."""
+"""The plan's report rows: what `ftte plan` prints, as a table or as JSON (`api.plan`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from ftte_cli.config.recipe import Recipe
-from ftte_cli.errors import ConfigError
-from ftte_cli.fleet import budget as fleet_budget
-from ftte_cli.units import parse_size
+from ftte_cli.fleet.budget import Budget
 
 if TYPE_CHECKING:  # the engine (torch) is imported only by whoever builds a Selection
     from ftte_cli.engine.selection import Selection
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The memory budget a plan is chosen for, and where it came from."""
-
-    bytes: int
-    source: str
-
-
-def resolve_budget(recipe: Recipe, budget: Optional[str],
-                   fleet: Optional[fleet_budget.FleetBudget] = None) -> Budget:
-    """--budget, else the recipe's plan.memory_budget, else the fleet's M_min (--inventory)."""
-    if budget is not None:
-        return Budget(parse_size(budget, "--budget"), "--budget")
-    if recipe.plan.memory_budget is not None:
-        where = f"{recipe.source}: plan.memory_budget"
-        return Budget(parse_size(recipe.plan.memory_budget, where), "recipe plan.memory_budget")
-    if fleet is not None:
-        return Budget(fleet.m_min, f"fleet M_min (most constrained: {fleet.bound_by})")
-    raise ConfigError(f"{recipe.source}: no memory budget: pass --budget (e.g. 2MB) or "
-                      "--inventory (profiled fleet), or set plan.memory_budget in the recipe")
 
 
 def _ratio(part: float, whole: Optional[float]) -> Optional[float]:

@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -89,6 +89,23 @@ def initial_model(recipe: Recipe, input_shape: Sequence[int], num_classes: int,
                   fed: Optional[FederatedData] = None) -> nn.Module:
     """`start_model` without the record."""
     return start_model(recipe, input_shape, num_classes, fed)[0]
+
+
+def initial_params(recipe: Recipe, input_shape: Sequence[int], num_classes: int,
+                   fed: Optional[FederatedData] = None) -> Dict[str, torch.Tensor]:
+    """`initial_model`'s parameters as contiguous tensors (what model.safetensors holds)."""
+    return model_params(initial_model(recipe, input_shape, num_classes, fed))
+
+
+def model_params(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """A model's parameters as fresh contiguous tensors, detached from the model."""
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def shape_model(recipe: Recipe, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """The recipe's architecture with throwaway weights: memory and FLOP figures depend on
+    shapes alone, so an infeasible budget is found before any warm start is paid for."""
+    return build_model(recipe.model, tuple(input_shape), num_classes)
 
 
 def _accuracy(model: nn.Module, fed: Optional[FederatedData]) -> Optional[float]:

@@ -22,9 +22,14 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from ftte_cli.commands.options import FormatOpt, recipe_path
+from ftte_cli import api
+from ftte_cli.commands.options import FormatOpt, RecipeOpt
 from ftte_cli.errors import ExitCode, FtteError, RunError
+from ftte_cli.fleet.recap import render_recap, summary_line
+from ftte_cli.fleet.ssh import SLOW_DEVICE_SSH, SshOptions
 from ftte_cli.output import Format, console, err_console, handle_errors, print_json, table
+from ftte_cli.testbed.lifecycle import INVENTORY_FILE
+from ftte_cli.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,7 @@ class StepStatus(str, Enum):
 
 
 @dataclass(frozen=True)
-class StepResult:
+class DemoStep:
     """One row of the demo's closing table."""
 
     step: str
@@ -60,12 +65,13 @@ class DemoState:
     devices: int
     console: Console
     inventory: Optional[Path] = None
-    recipe: Any = None
-    fleet: list[Any] = field(default_factory=list)
-    opts: Any = None
-    planned: Any = None
+    recipe: Optional[api.Recipe] = None
+    fleet: list[api.Device] = field(default_factory=list)
+    # Profiling imports torch on a 25%-CPU device: give commands the time they need.
+    opts: SshOptions = SLOW_DEVICE_SSH
+    planned: Optional[api.FleetPlan] = None
     run_dir: Optional[Path] = None
-    train: Any = None
+    train: Optional[api.TrainResult] = None
 
 
 class StepFailed(FtteError):
@@ -77,10 +83,7 @@ def demo(
                                          help="How many emulated devices.")] = 4,
     keep: Annotated[bool, typer.Option("--keep",
                                        help="Leave the testbed running at the end.")] = False,
-    recipe: Annotated[Path, typer.Option(
-        "--recipe", "-r", callback=recipe_path,
-        help="Recipe to train (a path or a built-in name).")] = (
-        DEFAULT_RECIPE),
+    recipe: RecipeOpt = DEFAULT_RECIPE,
     directory: Annotated[Path, typer.Option("--dir", help="Testbed folder.")] = DEFAULT_DIR,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -121,7 +124,7 @@ def closing_summary(state: DemoState) -> dict[str, Any]:
         "micro_batch": plan.micro_batch, "bound_by": budget.bound_by if budget else None,
         "fedavg_excluded": {n: u for n, u in usable.items() if u < full},
     }
-    if state.train is not None:
+    if state.train is not None and state.recipe is not None:
         out.update(best_accuracy=state.train.best_accuracy,
                    target_accuracy=state.recipe.stop.target_accuracy,
                    target_reached=state.train.target_reached,
@@ -131,8 +134,6 @@ def closing_summary(state: DemoState) -> dict[str, Any]:
 
 def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
     """The closing summary as table rows."""
-    from ftte_cli.units import format_size
-
     full = summary["full_training_bytes"]
     micro = summary["micro_batch"]
     rows = [["plan", f"{summary['trainable_share']:.0%} of parameters trained, "
@@ -157,17 +158,17 @@ def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
 
 
 def run_demo(state: DemoState, keep: bool = False,
-             clock: Callable[[], float] = time.monotonic) -> list[StepResult]:
+             clock: Callable[[], float] = time.monotonic) -> list[DemoStep]:
     """Run every step in order; stop at the first failure; always take the testbed down."""
     steps: list[tuple[str, Callable[[DemoState], str]]] = [
         ("testbed up", _testbed_up), ("profile", _profile), ("plan", _plan),
         ("deploy", _deploy), ("train", _train), ("report", _report),
     ]
-    results: list[StepResult] = []
+    results: list[DemoStep] = []
     try:
         for name, fn in steps:
             if results and results[-1].status != StepStatus.ok:
-                results.append(StepResult(name, StepStatus.skipped, 0.0, "earlier step failed"))
+                results.append(DemoStep(name, StepStatus.skipped, 0.0, "earlier step failed"))
                 continue
             results.append(_run_step(state, name, fn, clock))
     finally:
@@ -180,7 +181,7 @@ def run_demo(state: DemoState, keep: bool = False,
 
 
 def _run_step(state: DemoState, name: str, fn: Callable[[DemoState], str],
-              clock: Callable[[], float]) -> StepResult:
+              clock: Callable[[], float]) -> DemoStep:
     state.console.rule(f"[bold]{name}")
     start = clock()
     try:
@@ -194,25 +195,17 @@ def _run_step(state: DemoState, name: str, fn: Callable[[DemoState], str],
     colour = "green" if status == StepStatus.ok else "red"
     state.console.print(f"[{colour}]{name}: {status.value}[/] ({elapsed:.1f}s) {detail}",
                         highlight=False, soft_wrap=True)
-    return StepResult(name, status, elapsed, detail)
+    return DemoStep(name, status, elapsed, detail)
 
 
 # --- steps -----------------------------------------------------------------------------------
 
 
 def _testbed_up(state: DemoState) -> str:
-    from ftte_cli.config.inventory import load_inventory
-    from ftte_cli.config.recipe import load_recipe
-    from ftte_cli.fleet.ssh import SshOptions
-    from ftte_cli.testbed import lifecycle
-    from ftte_cli.testbed.devices import DEFAULT_MIX
-
-    state.recipe = load_recipe(state.recipe_path)  # a bad recipe fails before any device starts
-    bed = lifecycle.up(state.directory, state.devices, ",".join(DEFAULT_MIX))
-    state.inventory = Path(bed.dir) / lifecycle.INVENTORY_FILE
-    state.fleet = list(load_inventory(state.inventory).devices.values())
-    # Profiling imports torch on a 25%-CPU device: give commands the time they need.
-    state.opts = SshOptions(connect_timeout=20.0, command_timeout=300.0)
+    state.recipe = api.load_recipe(state.recipe_path)  # a bad recipe fails before any device starts
+    bed = api.testbed_up(state.directory, state.devices)
+    state.inventory = Path(bed.dir) / INVENTORY_FILE
+    state.fleet = api.select_devices(state.inventory)[1]
     for note in bed.notes:
         state.console.print(f"[yellow]note:[/] {note}", highlight=False)
     caps = "memory/CPU caps, own network namespaces" if bed.isolated else "loopback, no caps"
@@ -221,13 +214,8 @@ def _testbed_up(state: DemoState) -> str:
 
 
 def _profile(state: DemoState) -> str:
-    from ftte_cli.fleet.budget import profiles_path
-    from ftte_cli.fleet.profile import ProfileRequest, profile_fleet, save_profiles
-    from ftte_cli.fleet.recap import render_recap, summary_line
-
     assert state.inventory is not None
-    results = profile_fleet(state.fleet, state.opts, ProfileRequest(recipe=state.recipe))
-    save_profiles(profiles_path(state.inventory), results)
+    results = api.profile(state.inventory, recipe=state.recipe, ssh=state.opts)
     render_recap(results, Format.table, title="Profile", out=state.console)
     if not results.succeeded:
         raise StepFailed(f"no device could be profiled: {summary_line(results)}")
@@ -235,12 +223,9 @@ def _profile(state: DemoState) -> str:
 
 
 def _plan(state: DemoState) -> str:
-    from ftte_cli.commands.deploy import fleet_plan
-    from ftte_cli.units import format_size
-
-    assert state.inventory is not None
-    state.planned = fleet_plan(state.recipe, state.inventory, state.fleet, state.fleet,
-                               state.opts)
+    assert state.inventory is not None and state.recipe is not None
+    state.planned = api.fleet_plan(state.recipe, state.inventory, state.fleet, state.fleet,
+                                   state.opts)
     plan, budget = state.planned.choice.plan, state.planned.choice.budget
     rows = [
         ["budget (M_min)", format_size(budget.m_min) if budget else "-",
@@ -260,12 +245,9 @@ def _plan(state: DemoState) -> str:
 
 
 def _deploy(state: DemoState) -> str:
-    from ftte_cli.commands.deploy import plan_and_deploy
-    from ftte_cli.fleet.recap import render_recap, summary_line
-
-    assert state.inventory is not None
-    results = plan_and_deploy(state.recipe, state.inventory, state.fleet, state.fleet,
-                              state.opts, planned=state.planned)
+    assert state.inventory is not None and state.recipe is not None
+    results = api.plan_and_deploy(state.recipe, state.inventory, state.fleet, state.fleet,
+                                  state.opts, planned=state.planned)
     render_recap(results, Format.table, title="Deploy", out=state.console)
     if not results.succeeded:
         raise StepFailed(f"no device took its bundle: {summary_line(results)}")
@@ -273,10 +255,9 @@ def _deploy(state: DemoState) -> str:
 
 
 def _train(state: DemoState) -> str:
-    from ftte_cli.train.run import TrainOptions, run_training
-
-    result = run_training(TrainOptions(recipe=state.recipe_path, inventory=state.inventory,
-                                       ssh=state.opts))
+    assert state.recipe is not None
+    result = api.train(state.recipe_path, state.inventory, ssh=state.opts, quiet=False,
+                       dashboard=None)
     state.train, state.run_dir = result, Path(result.run_dir)
     best = "-" if result.best_accuracy is None else f"{100 * result.best_accuracy:.1f}%"
     if not result.target_reached:
@@ -287,27 +268,18 @@ def _train(state: DemoState) -> str:
 
 
 def _report(state: DemoState) -> str:
-    from ftte_cli.ui.report import (
-        device_tables,
-        load_run,
-        render_plots,
-        report_rows,
-        summary_table,
-    )
+    from ftte_cli.ui.report import device_tables, summary_table
 
     assert state.run_dir is not None
-    run = load_run(state.run_dir)
-    plots = render_plots(run)
-    state.console.print(summary_table(run, report_rows(run)))
-    for devices in device_tables(run):
+    report = api.report(state.run_dir)
+    state.console.print(summary_table(report.run, report.rows))
+    for devices in device_tables(report.run):
         state.console.print(devices)
-    return f"{len(plots)} plots in {state.run_dir / 'report'}"
+    return f"{len(report.plots)} plots in {state.run_dir / 'report'}"
 
 
 def _testbed_down(state: DemoState) -> str:
-    from ftte_cli.testbed import lifecycle
-
-    report = lifecycle.down(state.directory)
+    report = api.testbed_down(state.directory)
     if report.leftovers:
         raise StepFailed(f"left behind: {', '.join(report.leftovers)}")
     return (f"{len(report.killed)} processes, {len(report.cgroups)} cgroups, "

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ftte_cli import api
-from ftte_cli.api import FleetPlan, fleet_plan, plan_and_deploy
 from ftte_cli.commands.options import (
+    CONNECT_TIMEOUT,
+    FORKS,
     AcceptNewHostKeysOpt,
     CommandTimeoutOpt,
     ConnectTimeoutOpt,
@@ -21,15 +21,13 @@ from ftte_cli.commands.options import (
     InventoryOpt,
     KnownHostsOpt,
     LimitOpt,
-    recipe_path,
+    RecipeOpt,
     ssh_options,
 )
 from ftte_cli.output import Format, err_console, handle_errors
 
 log = logging.getLogger(__name__)
 
-RecipeOpt = Annotated[Path, typer.Option(
-    "--recipe", "-r", callback=recipe_path, help="Training recipe YAML, or a built-in name.")]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Run the checks and say what would change; copy nothing.")
 ]
@@ -40,10 +38,10 @@ def deploy(
     inventory: InventoryOpt,
     limit: LimitOpt = None,
     dry_run: DryRunOpt = False,
-    forks: ForksOpt = 10,
+    forks: ForksOpt = FORKS,
     accept_new_host_keys: AcceptNewHostKeysOpt = False,
     known_hosts: KnownHostsOpt = None,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
+    connect_timeout: ConnectTimeoutOpt = CONNECT_TIMEOUT,
     command_timeout: CommandTimeoutOpt = 120.0,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -76,7 +74,3 @@ def _status(fmt: Format) -> Iterator[Callable[[str], None]]:
         return
     with err_console.status("deploy") as status:
         yield lambda message: status.update(message)
-
-
-# The deploy logic lives in the public API (ftte_cli/api.py); re-exported for `ftte train`.
-__all__ = ["FleetPlan", "deploy", "fleet_plan", "plan_and_deploy"]

@@ -15,6 +15,9 @@ from rich.text import Text
 
 from ftte_cli import api
 from ftte_cli.commands.options import (
+    COMMAND_TIMEOUT,
+    CONNECT_TIMEOUT,
+    FORKS,
     AcceptNewHostKeysOpt,
     CommandTimeoutOpt,
     ConnectTimeoutOpt,
@@ -72,11 +75,11 @@ def exec_command(
     sudo: Annotated[bool, typer.Option(
         "--sudo", help="Run it as root with `sudo -n` (no password prompt: sudo must allow it).")
     ] = False,
-    forks: ForksOpt = 10,
+    forks: ForksOpt = FORKS,
     accept_new_host_keys: AcceptNewHostKeysOpt = False,
     known_hosts: KnownHostsOpt = None,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    command_timeout: CommandTimeoutOpt = 60.0,
+    connect_timeout: ConnectTimeoutOpt = CONNECT_TIMEOUT,
+    command_timeout: CommandTimeoutOpt = COMMAND_TIMEOUT,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Run one shell command on every selected device: output per device, then the recap."""

@@ -11,7 +11,8 @@ from typing import Any
 
 import typer
 
-from ftte_cli.commands.options import FormatOpt, InventoryOpt, LimitOpt, select_devices
+from ftte_cli import api
+from ftte_cli.commands.options import FormatOpt, InventoryOpt, LimitOpt
 from ftte_cli.config.inventory import Device, Inventory
 from ftte_cli.output import Format, console, handle_errors, print_json, table, to_jsonable
 
@@ -99,7 +100,7 @@ def list_devices(
 ) -> None:
     """Devices and their resolved connection settings (JSON: ansible-inventory --list)."""
     with handle_errors(fmt):
-        inv, devices = select_devices(inventory, limit)
+        inv, devices = api.select_devices(inventory, limit)
         if fmt == Format.json:
             print_json(ansible_list(inv, devices))
         else:
@@ -115,7 +116,7 @@ def graph(
 ) -> None:
     """The group tree, like ansible-inventory --graph (JSON: nested groups)."""
     with handle_errors(fmt):
-        inv, devices = select_devices(inventory, limit)
+        inv, devices = api.select_devices(inventory, limit)
         tree = graph_tree(inv, devices)
         if fmt == Format.json:
             print_json(tree)

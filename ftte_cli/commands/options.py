@@ -1,8 +1,13 @@
-"""Option types shared by the fleet commands, so every command spells and documents them alike.
+"""Option types shared by the commands, so every command spells, documents and defaults them
+alike: `--recipe`, `--inventory`, `--limit`, `--format` and the SSH flag set.
 
-    def profile(inventory: InventoryOpt, limit: LimitOpt = None, forks: ForksOpt = 10, ...):
-        inv, devices = select_devices(inventory, limit)
-        opts = ssh_options(forks=forks, accept_new_host_keys=accept_new, ...)
+    def profile(inventory: InventoryOpt, limit: LimitOpt = None, forks: ForksOpt = FORKS,
+                connect_timeout: ConnectTimeoutOpt = CONNECT_TIMEOUT, ...):
+        opts = ssh_options(forks=forks, connect_timeout=connect_timeout, ...)
+
+The SSH defaults are `SshOptions()`'s (one connect timeout, 20 s, for every command); only the
+command timeout differs where a command's remote steps are slow (profile and train import torch
+on a quarter of a core: `SLOW_DEVICE_SSH`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,13 @@ def inventory_path(value: Optional[Path]) -> Optional[Path]:
     return _resolve(builtin.INVENTORIES, value)
 
 
+RECIPE_HELP = "Recipe YAML, or a built-in name (`har`)."
+RecipeOpt = Annotated[
+    Path, typer.Option("--recipe", "-r", callback=recipe_path, help=RECIPE_HELP)
+]
+OptionalRecipeOpt = Annotated[
+    Optional[Path], typer.Option("--recipe", "-r", callback=recipe_path, help=RECIPE_HELP)
+]
 InventoryOpt = Annotated[
     Path,
     typer.Option(
@@ -77,6 +89,12 @@ FormatOpt = Annotated[
 ]
 
 
+DEFAULT_SSH = SshOptions()
+FORKS = DEFAULT_SSH.forks
+CONNECT_TIMEOUT = DEFAULT_SSH.connect_timeout
+COMMAND_TIMEOUT = DEFAULT_SSH.command_timeout
+
+
 def select_devices(inventory: Path, limit: Optional[str]) -> tuple[Inventory, list[Device]]:
     """Load the inventory and apply `--limit` (an unknown name is a ConfigError)."""
     from ftte_cli import api
@@ -86,11 +104,11 @@ def select_devices(inventory: Path, limit: Optional[str]) -> tuple[Inventory, li
 
 def ssh_options(
     *,
-    forks: int = 10,
+    forks: int = FORKS,
     accept_new_host_keys: bool = False,
     known_hosts: Optional[Path] = None,
-    connect_timeout: float = 10.0,
-    command_timeout: float = 60.0,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    command_timeout: float = COMMAND_TIMEOUT,
 ) -> SshOptions:
     """SshOptions from the shared flags."""
     return SshOptions(

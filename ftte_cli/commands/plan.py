@@ -2,9 +2,9 @@
 
     ftte plan --recipe recipes/har.yaml --budget 2MB [--format json] [--out DIR]
 
-The budget comes from one place, `plan_report.resolve_budget` (today: --budget, then the recipe's
-plan.memory_budget); the engine builds the plan (engine.selection.plan_for_recipe); this module
-only parses, renders and saves.
+The budget comes from one place, `fleet.budget.resolve_budget` (--budget, then the recipe's
+plan.memory_budget, then the --inventory fleet's M_min); `api.plan` builds the plan and its
+report; this module only parses and renders.
 """
 
 from __future__ import annotations
@@ -14,14 +14,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ftte_cli.commands.options import inventory_path, recipe_path
-from ftte_cli.config.inventory import load_inventory
-from ftte_cli.config.recipe import load_recipe
-from ftte_cli.engine.plan import save_plan
-from ftte_cli.engine.selection import plan_for_recipe
+from ftte_cli import api
+from ftte_cli.commands.options import RecipeOpt, inventory_path
 from ftte_cli.fleet import budget as fleet_budget
 from ftte_cli.output import Format, console, handle_errors, print_json, table
-from ftte_cli.plan_report import plan_report, resolve_budget
 from ftte_cli.units import format_size
 
 
@@ -56,8 +52,7 @@ def render(report: dict[str, Any]) -> None:
 
 
 def plan(
-    recipe: Annotated[Path, typer.Option(
-        "--recipe", "-r", callback=recipe_path, help="Recipe YAML, or a built-in name (`har`).")],
+    recipe: RecipeOpt,
     budget: Annotated[Optional[str], typer.Option(
         "--budget", "-b", help="Memory budget per device, e.g. 2MB, 512KiB (default: the "
         "recipe's plan.memory_budget).")] = None,
@@ -74,20 +69,8 @@ def plan(
 ) -> None:
     """Choose which parameters FTTE trains under a memory budget, and show memory and payload."""
     with handle_errors(fmt):
-        loaded = load_recipe(recipe)
-        fleet = (fleet_budget.inventory_budget(inventory, loaded, limit, budget)
-                 if inventory is not None else None)
-        chosen = resolve_budget(loaded, budget, fleet)
-        # a fleet splits the data one shard per inventory device, as `ftte train` does
-        clients = len(load_inventory(inventory).devices) if inventory is not None else None
-        sel = plan_for_recipe(loaded, chosen.bytes, clients)
-        report = plan_report(sel, chosen)
-        if fleet is not None:
-            rows = fleet_budget.headroom(fleet, sel.plan.estimated_bytes or 0,
-                                         sel.plan.full_training_bytes or 0)
-            report["fleet"] = fleet_budget.headroom_json(fleet, rows)
-        if out is not None:
-            report["saved"] = [str(p) for p in save_plan(sel.plan, out)]
+        report = api.plan(recipe, budget=budget, inventory=inventory, limit=limit,
+                          out=out).report
         if fmt == Format.json:
             print_json(report)
         else:

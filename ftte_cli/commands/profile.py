@@ -9,6 +9,8 @@ import typer
 
 from ftte_cli import api
 from ftte_cli.commands.options import (
+    CONNECT_TIMEOUT,
+    FORKS,
     AcceptNewHostKeysOpt,
     CommandTimeoutOpt,
     ConnectTimeoutOpt,
@@ -17,14 +19,14 @@ from ftte_cli.commands.options import (
     InventoryOpt,
     KnownHostsOpt,
     LimitOpt,
-    recipe_path,
+    OptionalRecipeOpt,
     ssh_options,
 )
 from ftte_cli.errors import ConfigError
 from ftte_cli.fleet import budget as bud
 from ftte_cli.fleet import profile as prof
 from ftte_cli.fleet.recap import exit_with, recap_rows, recap_table, summary, summary_line
-from ftte_cli.fleet.ssh import FleetResults
+from ftte_cli.fleet.ssh import SLOW_DEVICE_SSH, FleetResults
 from ftte_cli.output import Format, console, handle_errors, print_json, table
 from ftte_cli.units import format_size
 
@@ -94,21 +96,18 @@ def profile(
     benchmark: Annotated[bool, typer.Option(
         "--benchmark", help="Also time training steps of the recipe's model, RTT and upload.")
     ] = False,
-    recipe: Annotated[Optional[Path], typer.Option(
-        "--recipe", "-r", callback=recipe_path,
-        help="Recipe whose model sets the baseline (and is benchmarked).")
-    ] = None,
+    recipe: OptionalRecipeOpt = None,
     max_age: Annotated[Optional[float], typer.Option(
         "--max-age", min=0, help="Reuse cached profiles younger than this many seconds.")
     ] = None,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Also write the profiles here (default cache: <inventory dir>/"
         ".ftte/profiles.json).")] = None,
-    forks: ForksOpt = 10,
+    forks: ForksOpt = FORKS,
     accept_new_host_keys: AcceptNewHostKeysOpt = False,
     known_hosts: KnownHostsOpt = None,
-    connect_timeout: ConnectTimeoutOpt = 10.0,
-    command_timeout: CommandTimeoutOpt = 300.0,
+    connect_timeout: ConnectTimeoutOpt = CONNECT_TIMEOUT,
+    command_timeout: CommandTimeoutOpt = SLOW_DEVICE_SSH.command_timeout,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Measure each device (memory, cgroup caps, CPU, disk, Python/torch, runtime baseline)."""
@@ -119,11 +118,10 @@ def profile(
                            known_hosts=known_hosts, connect_timeout=connect_timeout,
                            command_timeout=command_timeout)
         results = api.profile(inventory, limit=limit, recipe=recipe, benchmark=benchmark,
-                              max_age=max_age, ssh=opts, probe_timeout=command_timeout)
+                              max_age=max_age, ssh=opts, probe_timeout=command_timeout,
+                              out=out)
         cache = bud.profiles_path(inventory)
         records = bud.load_profiles(cache)
-        if out is not None:
-            prof.write_records(out, {n: records[n] for n in results.succeeded if n in records})
         _render(results, records, cache, fmt)
     exit_with(results)
 

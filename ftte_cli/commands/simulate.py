@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ftte_cli import api
-from ftte_cli.commands.options import recipe_path
+from ftte_cli.commands.options import RecipeOpt
 from ftte_cli.commands.report import TensorboardOpt
 from ftte_cli.config.recipe import load_recipe
 from ftte_cli.errors import ConfigError
@@ -49,29 +49,8 @@ def _progress(enabled: bool) -> Any:
                     TextColumn("{task.fields[info]}"), console=err_console, transient=True)
 
 
-def _backend(name: str, address: Optional[str]) -> Any:
-    """A context that routes client jobs to the chosen backend (checked before any work)."""
-    if name not in ("inprocess", "batched", "ray"):
-        raise ConfigError(f"--backend: expected inprocess, batched or ray, got {name!r}")
-    if name != "ray" and address is not None:
-        raise ConfigError("--address: only with --backend ray")
-    if name == "inprocess":
-        return nullcontext()
-    if name == "batched":
-        from ftte_cli.sim.batched_backend import BatchedBackend
-        from ftte_cli.sim.runner import using_backend
-
-        return using_backend(BatchedBackend)
-    from ftte_cli.sim.ray_backend import RayBackend, import_ray
-    from ftte_cli.sim.runner import using_backend
-
-    import_ray()  # a missing Ray is a usage error now, not after loading the data
-    return using_backend(lambda: RayBackend(address))
-
-
 def simulate(
-    recipe: Annotated[Path, typer.Option(
-        "--recipe", "-r", callback=recipe_path, help="Recipe YAML, or a built-in name (`har`).")],
+    recipe: RecipeOpt,
     clients: Annotated[Optional[int], typer.Option(min=1, help="Simulated clients.")] = None,
     stragglers: Annotated[Optional[float], typer.Option(
         min=0.0, max=1.0, help="Fraction of clients slowed by U(5, 20).")] = None,
@@ -114,7 +93,7 @@ def simulate(
         rec = load_recipe(recipe)
         if tensorboard is not None:
             api.require_tensorboard()  # before the run, not after it
-        jobs_on = _backend(backend, address)
+        jobs_on = api.sim_backend(backend, address)
         folder = out if out is not None else new_run_dir(Path("runs"), "sim")
         folder.mkdir(parents=True, exist_ok=True)
         show = fmt == Format.table and sys.stderr.isatty()

@@ -11,14 +11,17 @@ import typer
 
 from ftte_cli import api
 from ftte_cli.commands.options import (
+    CONNECT_TIMEOUT,
     AcceptNewHostKeysOpt,
     ConnectTimeoutOpt,
     FormatOpt,
     LimitOpt,
+    OptionalRecipeOpt,
     inventory_path,
-    recipe_path,
+    ssh_options,
 )
 from ftte_cli.errors import ConfigError, ExitCode
+from ftte_cli.fleet.ssh import SLOW_DEVICE_SSH
 from ftte_cli.output import Format, console, err_console, handle_errors, print_json, table
 from ftte_cli.units import format_size
 
@@ -27,8 +30,7 @@ COLUMNS = ("strategy", "runs", "reached", "time to target", "final acc", "payloa
 
 
 def sweep(
-    recipe: Annotated[Optional[Path], typer.Option(
-        "--recipe", "-r", callback=recipe_path, help="Recipe YAML, or a built-in name.")] = None,
+    recipe: OptionalRecipeOpt = None,
     inventory: Annotated[Optional[Path], typer.Option(
         "--inventory", "-i", envvar="FTTE_INVENTORY", callback=inventory_path,
         help="Inventory YAML (the fleet; with "
@@ -50,7 +52,7 @@ def sweep(
     resume: Annotated[Optional[Path], typer.Option(
         help="Finish the missing runs of the sweep in this folder.")] = None,
     accept_new_host_keys: AcceptNewHostKeysOpt = False,
-    connect_timeout: ConnectTimeoutOpt = 20.0,
+    connect_timeout: ConnectTimeoutOpt = CONNECT_TIMEOUT,
     offline_after: Annotated[float, typer.Option(
         "--offline-after", min=1.0, help="Seconds without a request before a device is "
         "offline.")] = 10.0,
@@ -58,19 +60,18 @@ def sweep(
 ) -> None:
     """Run strategies x seeds (x --set values) one run at a time and compare them."""
     with handle_errors(fmt):
-        from ftte_cli.commands.options import ssh_options
         from ftte_cli.store import new_run_dir
-        from ftte_cli.sweep.runner import SweepOptions
 
-        if resume is None and recipe is None:
+        if resume is None and recipe is None:  # before new_run_dir makes a folder
             raise ConfigError("sweep: --recipe is required (or --resume DIR)")
         grid = None if resume is not None else api.grid(strategies, seeds, tuple(sets or ()))
-        opts = SweepOptions(
+        opts = api.SweepOptions(
             out=resume or out or new_run_dir(Path("runs"), "sweep"), recipe=recipe,
             inventory=inventory, grid=grid, simulate=simulate, limit=limit, fleet=fleet,
             resume=resume is not None, offline_after=offline_after,
             ssh=ssh_options(accept_new_host_keys=accept_new_host_keys,
-                            connect_timeout=connect_timeout, command_timeout=300.0))
+                            connect_timeout=connect_timeout,
+                            command_timeout=SLOW_DEVICE_SSH.command_timeout))
         result = api.sweep(opts, _progress if fmt == Format.table else None)
         _render(result, fmt)
         if result.failed:  # every run is recorded and compared; scripts still learn of it

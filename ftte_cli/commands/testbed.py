@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ftte_cli import api
 from ftte_cli.errors import ConfigError
 from ftte_cli.output import Format, console, err_console, handle_errors, print_json, table
 from ftte_cli.testbed import lifecycle
@@ -69,8 +70,8 @@ def up(
 ) -> None:
     """Start N emulated devices and write their inventory, key pair and known_hosts."""
     with handle_errors(fmt):
-        lifecycle.up(directory, devices, mix, bandwidth)
-        state, statuses = lifecycle.status(directory)
+        api.testbed_up(directory, devices, mix, bandwidth)
+        state, statuses = api.testbed_status(directory)
         assert state is not None
         _show(state, statuses, fmt)
 
@@ -79,7 +80,7 @@ def up(
 def status(directory: DirOpt = Path(".testbed"), fmt: FormatOpt = Format.table) -> None:
     """Show each device of the testbed: address, port, alive, caps and memory in use."""
     with handle_errors(fmt):
-        state, statuses = lifecycle.status(directory)
+        state, statuses = api.testbed_status(directory)
         if state is None:
             if fmt == Format.json:
                 print_json({"dir": str(directory.resolve()), "devices": []})
@@ -93,7 +94,7 @@ def status(directory: DirOpt = Path(".testbed"), fmt: FormatOpt = Format.table) 
 def down(directory: DirOpt = Path(".testbed"), fmt: FormatOpt = Format.table) -> None:
     """Stop every process and remove every cgroup, namespace and link the testbed made."""
     with handle_errors(fmt):
-        report = lifecycle.down(directory)
+        report = api.testbed_down(directory)
         if fmt == Format.json:
             print_json(report)
         else:
@@ -131,7 +132,7 @@ def power(
         if not clear and not values:
             raise ConfigError("testbed power: give --battery, --charging/--on-battery, "
                               "--temperature or --watts (or --clear)")
-        path = lifecycle.set_power(directory, device, None if clear else values)
+        path = api.testbed_power(directory, device, None if clear else values)
         if fmt == Format.json:
             print_json({"device": device, "file": str(path), "power": None if clear else values})
         else:

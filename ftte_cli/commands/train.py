@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,16 +9,19 @@ import typer
 
 from ftte_cli import api
 from ftte_cli.commands.options import (
+    CONNECT_TIMEOUT,
     AcceptNewHostKeysOpt,
     ConnectTimeoutOpt,
     FormatOpt,
     LimitOpt,
+    OptionalRecipeOpt,
     inventory_path,
-    recipe_path,
+    ssh_options,
 )
 from ftte_cli.commands.report import TensorboardOpt
 from ftte_cli.config.recipe import STRATEGIES
 from ftte_cli.errors import ConfigError, ExitCode
+from ftte_cli.fleet.ssh import SLOW_DEVICE_SSH
 from ftte_cli.output import Format, console, handle_errors, print_json, table
 from ftte_cli.units import format_size
 
@@ -27,9 +29,7 @@ ROWS = ("device", "status", "accepted", "rejected", "staleness", "peak memory", 
 
 
 def train(
-    recipe: Annotated[Optional[Path], typer.Option(
-        "--recipe", "-r", callback=recipe_path,
-        help="Recipe YAML, or a built-in name (`har`).")] = None,
+    recipe: OptionalRecipeOpt = None,
     inventory: Annotated[Optional[Path], typer.Option(
         "--inventory", "-i", envvar="FTTE_INVENTORY", callback=inventory_path,
         help="Inventory YAML, or a built-in name.")] = None,
@@ -49,33 +49,28 @@ def train(
     offline_after: Annotated[float, typer.Option(
         "--offline-after", min=1.0, help="Seconds without a request before a device is "
         "offline.")] = 10.0,
-    connect_timeout: ConnectTimeoutOpt = 20.0,
+    connect_timeout: ConnectTimeoutOpt = CONNECT_TIMEOUT,
     tensorboard: TensorboardOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Start the server, launch the agents, train until a stop rule, stop every agent."""
     with handle_errors(fmt):
-        from ftte_cli.commands.options import ssh_options
-        from ftte_cli.train.run import TrainOptions, run_training
+        from ftte_cli.ui.dashboard import Phases
 
-        if resume is None and (recipe is None or inventory is None):
-            raise ConfigError("train: --recipe and --inventory are required (or --resume RUN_DIR)")
         if strategy is not None and strategy not in STRATEGIES:
             raise ConfigError(f"--strategy: unknown {strategy!r} (known: {', '.join(STRATEGIES)})")
         if tensorboard is not None:
             api.require_tensorboard()  # before the run, not after it
-        opts = TrainOptions(
-            recipe=recipe, inventory=inventory, strategy=strategy, limit=limit, direct=direct,
-            run_dir=run_dir, resume=resume, offline_after=offline_after,
-            ssh=ssh_options(accept_new_host_keys=accept_new_host_keys,
-                            connect_timeout=connect_timeout, command_timeout=300.0),
-            dashboard=False if (no_dashboard or fmt == Format.json) else None,
-        )
-        from ftte_cli.ui.dashboard import Phases
-
-        phases = Phases(live=None if opts.dashboard is None else False)
+        dashboard = False if (no_dashboard or fmt == Format.json) else None
+        phases = Phases(live=None if dashboard is None else False)
         try:
-            result = run_training(replace(opts, phases=phases))
+            result = api.train(
+                recipe, inventory, strategy=strategy, limit=limit, direct=direct,
+                run_dir=run_dir, resume=resume, offline_after=offline_after,
+                ssh=ssh_options(accept_new_host_keys=accept_new_host_keys,
+                                connect_timeout=connect_timeout,
+                                command_timeout=SLOW_DEVICE_SSH.command_timeout),
+                quiet=False, dashboard=dashboard, phases=phases)
         finally:
             phases.close()
         if tensorboard is not None:  # written from the run directory, like `ftte report`
@@ -85,10 +80,7 @@ def train(
             raise typer.Exit(int(ExitCode.FAILURE))
 
 
-def _render(result: object, fmt: Format) -> None:
-    from ftte_cli.train.run import TrainResult
-
-    assert isinstance(result, TrainResult)
+def _render(result: api.TrainResult, fmt: Format) -> None:
     if fmt == Format.json:
         print_json(result)
         return

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ftte_cli.config.schema import build, load_yaml
+from ftte_cli.config.schema import Size, build, load_yaml
 from ftte_cli.errors import ConfigError
 
 DATASETS = ("synthetic_har", "uci_har", "npz", "digits", "cifar10")
@@ -255,11 +255,11 @@ class StrategyConfig:
 class PlanConfig:
     """Sparse parameter selection (FTTE.md section 2)."""
 
-    memory_budget: Optional[Union[int, str]] = None  # overrides M_min, e.g. "2MB"
+    memory_budget: Optional[Size] = None  # bytes ("2MB" in YAML); overrides M_min
     method: str = "contribution"  # contribution (needs proxy data) | gradnorm (fallback)
     ratios: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)  # input-channel ratios per weight
     proxy_steps: int = 10  # fine-tune steps per unit in the contribution analysis
-    safety_margin: Union[int, str] = "4MiB"  # subtracted from each device's usable memory
+    safety_margin: Size = 4 * 2**20  # bytes ("4MiB"), subtracted from each device's usable memory
 
     def validate(self, where: str) -> None:
         _check(self.method in PLAN_METHODS, where, "method",

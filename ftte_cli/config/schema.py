@@ -5,11 +5,20 @@ from __future__ import annotations
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Annotated, Any, TypeVar, Union
 
 from ftte_cli.errors import ConfigError
+from ftte_cli.units import parse_size
 
 T = TypeVar("T")
+
+
+class _SizeMarker:
+    """Marks an int field that a file may write as a human size ("2MB", "512KiB")."""
+
+
+# A size in bytes: parsed when the file is read, so no caller ever parses it again.
+Size = Annotated[int, _SizeMarker]
 
 
 def load_yaml(path: Path) -> Any:
@@ -65,7 +74,7 @@ def build(cls: type[T], data: Any, where: str) -> T:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
@@ -90,6 +99,10 @@ def _join(where: str, key: str) -> str:
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is Annotated:
+        if _SizeMarker in args[1:]:
+            return parse_size(value, where)
+        return _coerce(args[0], value, where)
     if origin is Union:
         if value is None and type(None) in args:
             return None

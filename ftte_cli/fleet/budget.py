@@ -68,6 +68,43 @@ class FleetBudget:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """The memory budget a plan is chosen for, and where it came from."""
+
+    bytes: int
+    source: str  # shown beside the figure: "--budget", "recipe plan.memory_budget", ...
+
+
+def resolve_budget(recipe: Recipe, *, flag: Union[str, int, None] = None,
+                   fraction: Optional[Budget] = None,
+                   fleet: Optional[Budget] = None) -> Optional[Budget]:
+    """The one budget rule, for `ftte plan`, `deploy`, `train`, `simulate` and the API: a
+    `--budget` flag, else the recipe's plan.memory_budget, else (simulate) `--budget-fraction`
+    of full training memory, else the fleet's M_min (`fleet_candidate`, or the simulator's
+    smallest client). None when no source gives one (the caller says what is missing).
+
+    The fraction comes before the fleet because a simulated fleet always has a smallest client:
+    a fraction asked for would otherwise never apply.
+    """
+    if flag is not None:
+        return Budget(parse_size(flag, "--budget"), "--budget")
+    if recipe.plan.memory_budget is not None:
+        return Budget(recipe.plan.memory_budget, "recipe plan.memory_budget")
+    return fraction if fraction is not None else fleet
+
+
+def fleet_candidate(fleet: FleetBudget) -> Budget:
+    """A profiled fleet's M_min as a budget source."""
+    return Budget(fleet.m_min, f"fleet M_min (most constrained: {fleet.bound_by})")
+
+
+def fixed_bytes(recipe: Recipe, flag: Union[str, int, None] = None) -> Optional[int]:
+    """The budget set without looking at any device (flag or recipe), which overrides M_min."""
+    fixed = resolve_budget(recipe, flag=flag)
+    return None if fixed is None else fixed.bytes
+
+
+@dataclass(frozen=True)
 class Headroom:
     """One device under FTTE's plan and under full training; negative headroom: does not fit."""
 
@@ -182,7 +219,7 @@ def inventory_budget(inventory: Union[str, Path], recipe: Recipe, limit: Optiona
     names = [d.name for d in load_inventory(Path(inventory)).select(limit)]
     path = profiles_path(inventory)
     records = load_profiles(path)
-    fixed = override if override is not None else recipe.plan.memory_budget
+    fixed = fixed_bytes(recipe, override)
     if fixed is not None:
         names = [n for n in names if n in records]
     elif not records:

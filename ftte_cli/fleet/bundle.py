@@ -24,13 +24,16 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 from safetensors.torch import save as st_save
-from torch import nn
 
 from ftte_cli.client.power import watts_per_cpu
 from ftte_cli.config.inventory import device_train
 from ftte_cli.config.recipe import Recipe, recipe_to_dict
 from ftte_cli.errors import ConfigError
 from ftte_cli.fleet.runtime import RUNTIME_NAME, Runtime, build_runtime
+
+# the one home of the initial model is startmodel.py; these names stay importable from here
+from ftte_cli.startmodel import initial_model as initial_model
+from ftte_cli.startmodel import initial_params as initial_params
 
 if TYPE_CHECKING:
     from ftte_cli.config.inventory import Device
@@ -65,21 +68,6 @@ def bundles_dir(recipe_name: str, root: Path = DEFAULT_ROOT) -> Path:
     return root / "bundles" / recipe_name
 
 
-def initial_model(recipe: Recipe, input_shape: Sequence[int], num_classes: int,
-                  fed: Optional[FederatedData] = None) -> nn.Module:
-    """The run's initial model (`startmodel.start_model`: `fed` is needed for a warm start)."""
-    from ftte_cli.startmodel import initial_model as _initial
-
-    return _initial(recipe, input_shape, num_classes, fed)
-
-
-def initial_params(recipe: Recipe, input_shape: Sequence[int], num_classes: int,
-                   fed: Optional[FederatedData] = None) -> dict[str, torch.Tensor]:
-    """`initial_model`'s parameters as contiguous tensors (what model.safetensors holds)."""
-    model = initial_model(recipe, input_shape, num_classes, fed)
-    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-
-
 def build_bundles(
     recipe: Recipe,
     devices: Sequence[Device],
@@ -93,8 +81,9 @@ def build_bundles(
     """Write every device's bundle; `devices` is the whole inventory, in inventory order.
 
     `fed` defaults to `load_federated(recipe.data, len(devices), recipe.seed)`, `params` to
-    `initial_params(recipe, ...)`; pass them when the caller already has them (the server must
-    start from the same initial model: it is `model.safetensors`, identical in every bundle).
+    `startmodel.initial_params(recipe, ...)`; pass them when the caller already has them (the
+    server must start from the same initial model: it is `model.safetensors`, identical in
+    every bundle).
     """
     if not devices:
         raise ConfigError("inventory: no devices to build bundles for")

@@ -44,7 +44,6 @@ from ftte_cli.fleet.ssh import (
     SshOptions,
     run_on_fleet,
 )
-from ftte_cli.units import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -345,8 +344,7 @@ def profile_fleet(devices: list[Device], opts: SshOptions, request: ProfileReque
                   max_age: Optional[float] = None,
                   on_done: Optional[Callable[[DeviceResult], None]] = None) -> FleetResults:
     """Profile every device (reusing fresh cached records); outcome per device, never raises."""
-    margin = parse_size((request.recipe.plan if request.recipe else PlanConfig()).safety_margin,
-                        "plan.safety_margin")
+    margin = (request.recipe.plan if request.recipe else PlanConfig()).safety_margin
     fresh: dict[str, DeviceResult] = {}
     for dev in devices:
         rec = (cache or {}).get(dev.name)

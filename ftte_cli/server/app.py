@@ -39,6 +39,7 @@ from ftte_cli.server.snapshot import (
     RunState,
     StopReason,
 )
+from ftte_cli.server.stop import rule_met
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -355,12 +356,12 @@ class FtteServer:
         """Target accuracy and max versions end the run at the version that met them."""
         c = self.coordinator
         last = c.metrics.evals[-1] if c.metrics.evals else None
+        current = last.accuracy if last is not None and last.version == c.version else None
+        reason = rule_met(version=c.version, accuracy=current, target=self._target,
+                          max_versions=self._max_versions)
         # The handler announces the end after recording the update that caused it.
-        if (self._target is not None and last is not None and last.version == c.version
-                and last.accuracy >= self._target):
-            self._end(StopReason.target)
-        elif self._max_versions is not None and c.version >= self._max_versions:
-            self._end(StopReason.max_versions)
+        if reason is not None:
+            self._end(reason)
 
     # ---- event loop side ---------------------------------------------------------------------
 

@@ -1,20 +1,14 @@
-"""`ftte simulate`'s engine: every strategy on the same clients, data and devices, virtual time.
+"""`ftte simulate`'s loop: every strategy on the same clients, data and devices, virtual time.
 
-Lifecycle: `prepare(settings)` loads the data, builds the initial model, the fleet, the dense plan
-and the FTTE plan once; `run_strategy(world, name)` drives a fresh `Coordinator` on a
-`VirtualClock`; `simulate(settings)` does both for every strategy and returns a `SimResult`.
-Local training is real (`engine/train.train_job`); only time is virtual. The same seed gives the
-same result bit for bit: every chance decision draws from seeded generators, events tie-break in
-scheduling order, and each job trains with its own seed.
-
-The FTTE memory budget, in this order: the recipe's `plan.memory_budget`; else
-`budget_fraction` x the dense plan's training memory when given (the paper's setting: the budget
-of the most constrained device, ~20% of full training; benchmarks use it); else the smallest
-usable memory over the simulated clients. When the budget holds full training, FTTE trains the
-dense model (it then differs from FedBuff by its weights and normaliser); the notes say so.
-Baselines train the dense model; under `baseline_memory: strict` clients whose memory cannot hold
-full training are left out of FedAvg (the asynchronous baselines keep every client, as on the
-fleet), under `lenient` they are assumed to fit; results list both.
+Lifecycle: `prepare(settings)` (sim/world.py) loads the data, builds the initial model, the fleet,
+the dense plan and the FTTE plan once; `run_strategy(world, name)` drives a fresh `Coordinator`
+on a `VirtualClock`; `simulate(settings)` does both for every strategy and returns a `SimResult`
+(sim/settings.py). Local training is real (`engine/train.train_job`), on a `JobBackend`; only
+time is virtual. The same seed gives the same result bit for bit: every chance decision draws
+from seeded generators, events tie-break in scheduling order, and each job trains with its own
+seed. Baselines train the dense model; under `baseline_memory: strict` clients whose memory
+cannot hold full training are left out of FedAvg (the asynchronous baselines keep every client,
+as on the fleet), under `lenient` they are assumed to fit; results list both.
 """
 
 from __future__ import annotations
@@ -22,219 +16,35 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import math
 import random
 import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple, Union
 
 import torch
-from torch import Tensor, nn
 
-from ftte_cli.config.recipe import Recipe, TrainConfig
+from ftte_cli.config.recipe import TrainConfig
 from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig, Job, Update
-from ftte_cli.engine.data.dataset import Dataset, FederatedData
-from ftte_cli.engine.flops import layer_flops
-from ftte_cli.engine.memory import training_memory
-from ftte_cli.engine.metrics import EvalPoint, RunMetrics, RunSummary, summarize
-from ftte_cli.engine.models import build_model
-from ftte_cli.engine.plan import Plan, dense_plan
-from ftte_cli.engine.strategies import STRATEGIES, make_strategy
+from ftte_cli.engine.data.dataset import Dataset
+from ftte_cli.engine.metrics import EvalPoint, summarize
+from ftte_cli.engine.strategies import make_strategy
 from ftte_cli.engine.strategies.aggregate import nbytes
 from ftte_cli.engine.train import JobResult, evaluate, train_job
-from ftte_cli.errors import ConfigError, RunError
+from ftte_cli.errors import RunError
 from ftte_cli.sim.clock import VirtualClock
-from ftte_cli.sim.devices import (
-    ComputeCost,
-    DeviceModel,
-    compute_cost,
-    compute_seconds,
-    job_seconds,
-    load_profiles,
-    make_fleet,
-    with_stragglers,
+from ftte_cli.sim.devices import DeviceModel, compute_seconds, job_seconds
+from ftte_cli.sim.settings import (
+    ClientRef,
+    PlanInfo,
+    Progress,
+    SimResult,
+    SimSettings,
+    StrategyResult,
+    ratio,
 )
-from ftte_cli.startmodel import StartInfo, describe_start, start_model
-from ftte_cli.units import parse_size
+from ftte_cli.sim.world import Tensors, World, prepare
 
 log = logging.getLogger(__name__)
-Tensors = Dict[str, Tensor]
-
-
-@dataclass(frozen=True)
-class SimSettings:
-    """What to simulate (flags override the recipe's `sim` section)."""
-
-    recipe: Recipe
-    strategies: Tuple[str, ...] = ("ftte", "fedbuff", "fedavg")
-    clients: Optional[int] = None  # default: recipe.data.clients, else recipe.sim.clients
-    stragglers: Optional[float] = None  # default: recipe.sim.stragglers
-    seed: Optional[int] = None  # default: recipe.seed
-    fleet: Optional[Path] = None  # profiles JSON to replay instead of the distribution
-    budget_fraction: Optional[float] = None  # FTTE budget as a fraction of full training memory
-    stop_at_target: bool = True  # end each strategy once it reaches the target accuracy
-    eval_samples: Optional[int] = 1000  # global test samples per evaluation (seeded subset)
-
-
-@dataclass(frozen=True)
-class PlanInfo:
-    """The figures of one plan a strategy trained with."""
-
-    method: str
-    trainable_params: int
-    total_params: int
-    estimated_bytes: int  # training memory per device
-    payload_bytes: int  # per job, down + up
-    earliest_layer: Optional[str]
-    units: List[str]
-
-
-@dataclass(frozen=True)
-class ClientRef:
-    """A simulated client named in a result (e.g. one strict FedAvg left out)."""
-
-    client: str  # coordinator id
-    device: str  # DeviceModel name
-    device_class: Optional[str]
-    memory_bytes: int  # usable training memory M_i
-
-
-@dataclass(frozen=True)
-class StrategyResult:
-    """One strategy's run."""
-
-    name: str
-    summary: RunSummary
-    metrics: RunMetrics
-    plan: PlanInfo
-    clients: int  # clients that took part
-    excluded: int  # left out under baseline_memory strict
-    wall_s: float
-    cpu_s: float  # process CPU of the whole run
-    train_cpu_s: float  # process CPU inside train_job
-    excluded_clients: List[ClientRef] = field(default_factory=list)  # strict FedAvg left out
-    over_memory: List[ClientRef] = field(default_factory=list)  # kept, plan overflows (lenient)
-    energy: Optional[Dict[str, Any]] = None  # sim_energy(): estimated joules (see there)
-
-
-@dataclass(frozen=True)
-class SimResult:
-    """Every strategy's result and the shared set-up."""
-
-    seed: int
-    clients: int
-    stragglers: float
-    budget_bytes: int
-    budget_source: str
-    full_training_bytes: int
-    target_accuracy: float
-    results: List[StrategyResult]
-    notes: List[str] = field(default_factory=list)
-    fleet: Dict[str, int] = field(default_factory=dict)  # device class -> clients
-    start: Optional[StartInfo] = None  # the initial model every strategy started from
-
-
-@dataclass
-class World:
-    """Everything the strategies share: data, initial model, fleet, plans, costs."""
-
-    settings: SimSettings
-    recipe: Recipe
-    seed: int
-    data: FederatedData
-    model: nn.Module
-    params: Tensors
-    fleet: List[DeviceModel]
-    dense: Plan
-    ftte: Plan
-    costs: Dict[str, ComputeCost]  # plan method key ("dense" / "ftte") -> per-sample cost
-    budget_bytes: int
-    budget_source: str
-    notes: List[str]
-    start: StartInfo
-
-
-Progress = Callable[[str, float, int, Optional[float]], None]  # strategy, time, version, acc
-
-
-def _load_federated(recipe: Recipe, clients: int, seed: int) -> FederatedData:
-    from ftte_cli.engine.data import load_federated  # noqa: PLC0415  (engine-core contract)
-
-    return load_federated(replace(recipe.data, clients=clients), clients, seed, recipe.init)
-
-
-def _fleet(settings: SimSettings, clients: int, seed: int) -> List[DeviceModel]:
-    cfg = settings.recipe.sim
-    margin = parse_size(settings.recipe.plan.safety_margin, "plan.safety_margin")
-    base = (load_profiles(settings.fleet, clients) if settings.fleet is not None
-            else make_fleet(cfg, clients, seed, margin))
-    fraction = cfg.stragglers if settings.stragglers is None else settings.stragglers
-    return with_stragglers(base, fraction, cfg.slowdown, seed)
-
-
-def _with_memory(model: nn.Module, plan: Plan, recipe: Recipe, input_shape: Tuple[int, ...]
-                 ) -> Plan:
-    est = training_memory(model, plan, recipe.train.batch_size, input_shape,
-                          recipe.train.momentum).total
-    return replace(plan, estimated_bytes=est, full_training_bytes=plan.full_training_bytes or est)
-
-
-def _budget(settings: SimSettings, fleet: List[DeviceModel], full: int) -> Tuple[int, str]:
-    raw = settings.recipe.plan.memory_budget
-    if raw is not None:
-        return parse_size(raw, "plan.memory_budget"), "recipe plan.memory_budget"
-    if settings.budget_fraction is not None:
-        return (int(settings.budget_fraction * full),
-                f"{settings.budget_fraction:.0%} of full training memory")
-    return min(d.memory_bytes for d in fleet), "most constrained simulated client"
-
-
-def _ftte_plan(model: nn.Module, recipe: Recipe, data: FederatedData, budget: int, dense: Plan,
-               notes: List[str]) -> Plan:
-    assert dense.estimated_bytes is not None
-    if budget >= dense.estimated_bytes:
-        notes.append(f"budget {budget} B holds full training ({dense.estimated_bytes} B): "
-                     "FTTE trains the dense model")
-        return replace(dense, budget_bytes=budget)
-    from ftte_cli.engine.selection import make_plan  # noqa: PLC0415  (engine-core contract)
-
-    plan = make_plan(model, recipe, data, budget, data.input_shape, data.num_classes)
-    if plan.estimated_bytes is None:
-        plan = _with_memory(model, plan, recipe, data.input_shape)
-    return replace(plan, full_training_bytes=dense.estimated_bytes)
-
-
-def prepare(settings: SimSettings) -> World:
-    """Load data, build the initial model, fleet and plans (shared by every strategy)."""
-    recipe = settings.recipe
-    for name in settings.strategies:
-        if name not in STRATEGIES:
-            raise ConfigError(f"--strategies: unknown {name!r} (known: {', '.join(STRATEGIES)})")
-    clients = settings.clients or recipe.data.clients or recipe.sim.clients  # docs/recipes.md
-    seed = recipe.seed if settings.seed is None else settings.seed
-    data = _load_federated(recipe, clients, seed)
-    fleet = _fleet(settings, len(data.clients), seed)
-    # memory depends on the architecture alone: an infeasible budget stops before a warm start
-    shape_only = build_model(recipe.model, data.input_shape, data.num_classes)
-    dense = _with_memory(shape_only, dense_plan(shape_only, recipe.model.name), recipe,
-                         data.input_shape)
-    assert dense.estimated_bytes is not None
-    budget, source = _budget(settings, fleet, dense.estimated_bytes)
-    if budget < dense.estimated_bytes:
-        from ftte_cli.engine.selection import feasible_micro_batches  # noqa: PLC0415
-
-        feasible_micro_batches(shape_only, recipe, budget, data.input_shape)
-    model, start = start_model(replace(recipe, seed=seed), data.input_shape, data.num_classes,
-                               data)
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    notes: List[str] = [f"FTTE memory budget {budget} B: {source}", describe_start(start)]
-    ftte = _ftte_plan(model, recipe, data, budget, dense, notes)
-    flops = layer_flops(model, data.input_shape)
-    costs = {"dense": compute_cost(flops, dense), "ftte": compute_cost(flops, ftte)}
-    return World(settings, recipe, seed, data, model, params, fleet, dense, ftte, costs, budget,
-                 source, notes, start)
-
 
 
 class JobBackend(Protocol):
@@ -316,7 +126,7 @@ class _Online:
 Event = Union[_Arrive, _Offline, _Online]
 
 
-class _Run:
+class _StrategyRun:
     """One strategy driven on a virtual clock."""
 
     def __init__(self, world: World, name: str, progress: Optional[Progress],
@@ -468,7 +278,7 @@ def sim_energy(jobs: List[Tuple[float, float]], end: float, to_target: Optional[
 
 def _client_ref(fleet: List[DeviceModel], i: int) -> ClientRef:
     d = fleet[i]
-    return ClientRef(_Run._cid(i), d.name, d.device_class, d.memory_bytes)
+    return ClientRef(_StrategyRun._cid(i), d.name, d.device_class, d.memory_bytes)
 
 
 def _eval_set(world: World) -> Dataset:
@@ -488,7 +298,7 @@ def run_strategy(world: World, name: str, progress: Optional[Progress] = None,
     if backend is None:
         backend = InProcessBackend()
         backend.start(world)
-    return _Run(world, name, progress, on_eval, backend).run()
+    return _StrategyRun(world, name, progress, on_eval, backend).run()
 
 
 def simulate(settings: SimSettings, progress: Optional[Progress] = None,
@@ -523,8 +333,10 @@ def _class_counts(fleet: List[DeviceModel]) -> Dict[str, int]:
     return counts
 
 
-def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
-    """a / b, None when either is missing or b is 0 (e.g. a target never reached)."""
-    if a is None or b is None or b == 0 or math.isnan(b):
-        return None
-    return a / b
+# Settings, results and the world live in sim/settings.py and sim/world.py; these names stay
+# importable from here, where the API, tests and benchmarks look.
+__all__ = [
+    "ClientRef", "InProcessBackend", "JobBackend", "PlanInfo", "Progress", "SimResult",
+    "SimSettings", "StrategyResult", "World", "prepare", "ratio", "run_strategy", "sim_energy",
+    "simulate", "using_backend",
+]

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from ftte_cli.errors import ConfigError
 from ftte_cli.store import read_json, write_json
-from ftte_cli.sweep.runner import RunRecord, RunStatus
+from ftte_cli.sweep.records import RunRecord, RunStatus, read_record, read_sweep
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,6 @@ def read_side(path: Path) -> Side:
     if (path / "sweep.json").exists():
         doc = read_json(path / "sweep.json")
         from ftte_cli.sweep.grid import GridSpec, expand
-        from ftte_cli.sweep.runner import read_record, read_sweep
 
         grid: GridSpec = read_sweep(path).grid
         records = [r for r in (read_record(path, run) for run in expand(grid)) if r is not None]

@@ -25,52 +25,27 @@ import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 from ftte_cli.config.inventory import Device
-from ftte_cli.config.recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_dict
+from ftte_cli.config.recipe import Recipe, load_recipe, recipe_to_dict
 from ftte_cli.errors import ConfigError, FtteError
 from ftte_cli.fleet.ssh import SshOptions
-from ftte_cli.store import read_json, write_json
-from ftte_cli.sweep.grid import Axis, GridSpec, RunSpec, Scalar, apply, expand
+from ftte_cli.store import write_json
+from ftte_cli.sweep.compare import GroupStats, compare, write_comparison
+from ftte_cli.sweep.grid import GridSpec, RunSpec, apply, expand
+from ftte_cli.sweep.records import (
+    RECORD_FILE,
+    SWEEP_FILE,
+    RunRecord,
+    RunStatus,
+    SweepSetup,
+    read_record,
+    read_sweep,
+)
 
 log = logging.getLogger(__name__)
-
-SWEEP_FILE = "sweep.json"
-RECORD_FILE = "record.json"
-
-
-class RunStatus(str, Enum):
-    """How a run of the grid ended."""
-
-    ok = "ok"  # the run finished (whether or not it reached the target)
-    failed = "failed"  # the run raised; `error` says why
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One finished run of the grid: the figures the comparison pools over seeds."""
-
-    run_id: str
-    group: str  # strategy + overrides: the comparison row
-    strategy: str
-    seed: int
-    overrides: dict[str, Scalar]
-    status: RunStatus
-    run_dir: str
-    error: Optional[str] = None
-    stop_reason: Optional[str] = None
-    time_to_target: Optional[float] = None  # wall (fleet) or virtual (simulate) seconds
-    final_accuracy: Optional[float] = None
-    best_accuracy: Optional[float] = None
-    payload_to_target: Optional[int] = None
-    payload_total: Optional[int] = None
-    versions: Optional[int] = None
-    elapsed: Optional[float] = None
-    memory_per_device: Optional[int] = None  # the plan's training memory estimate
-    peak_memory_by_class: dict[str, int] = field(default_factory=dict)  # measured (fleet)
 
 
 @dataclass(frozen=True)
@@ -99,7 +74,7 @@ class SweepResult:
     records: list[RunRecord]
     ran: list[str]  # run ids executed by this call
     skipped: list[str]  # run ids already finished before this call
-    comparison: list[Any]  # sweep.compare.GroupStats rows
+    comparison: list[GroupStats]  # one row per strategy (+ overrides), pooled over seeds
     plots: list[Path]
 
     @property
@@ -108,25 +83,11 @@ class SweepResult:
         return [r for r in self.records if r.status == RunStatus.failed]
 
 
-@dataclass(frozen=True)
-class _Sweep:
-    """A sweep's fixed set-up, as written to (or read from) sweep.json."""
-
-    recipe: Recipe
-    grid: GridSpec
-    simulate: bool
-    inventory: Optional[Path]
-    limit: Optional[str]
-    fleet: Optional[Path]
-
-
 OnRun = Callable[[RunSpec, Optional[RunRecord]], None]  # called before (None) and after a run
 
 
 def run_sweep(opts: SweepOptions, on_run: Optional[OnRun] = None) -> SweepResult:
     """Run every missing run of the grid, then compare (see the module docstring)."""
-    from ftte_cli.sweep.compare import compare, write_comparison
-
     sweep = read_sweep(opts.out) if opts.resume else _fresh(opts)
     runs = expand(sweep.grid)
     done = {r.run_id: r for r in (read_record(opts.out, run) for run in runs) if r is not None}
@@ -149,23 +110,10 @@ def run_sweep(opts: SweepOptions, on_run: Optional[OnRun] = None) -> SweepResult
                        [r.run_id for r in runs if r.run_id not in ran], rows, plots)
 
 
-def read_record(out: Path, run: RunSpec) -> Optional[RunRecord]:
-    """The run's record if it finished, else None."""
-    path = out / "runs" / run.run_id / RECORD_FILE
-    if not path.exists():
-        return None
-    raw = read_json(path)
-    try:
-        return RunRecord(**{**raw, "status": RunStatus(raw["status"])})
-    except (KeyError, TypeError, ValueError) as err:
-        raise ConfigError(f"{path}: malformed run record ({err}); delete it to run again") \
-            from None
-
-
 # ---- sweep.json -----------------------------------------------------------------------------
 
 
-def _fresh(opts: SweepOptions) -> _Sweep:
+def _fresh(opts: SweepOptions) -> SweepSetup:
     if opts.recipe is None or opts.grid is None:
         raise ConfigError("sweep: --recipe is required (or --resume DIR)")
     if not opts.simulate and opts.inventory is None:
@@ -175,7 +123,7 @@ def _fresh(opts: SweepOptions) -> _Sweep:
                           "another --out")
     recipe = load_recipe(opts.recipe)
     inventory = opts.inventory.resolve() if opts.inventory is not None else None
-    sweep = _Sweep(recipe, opts.grid, opts.simulate, inventory, opts.limit,
+    sweep = SweepSetup(recipe, opts.grid, opts.simulate, inventory, opts.limit,
                    opts.fleet.resolve() if opts.fleet is not None else None)
     for run in expand(opts.grid):  # every --set value is checked before the first run
         apply(recipe, run)
@@ -191,34 +139,14 @@ def _fresh(opts: SweepOptions) -> _Sweep:
     return sweep
 
 
-def read_sweep(out: Path) -> _Sweep:
-    path = out / SWEEP_FILE
-    if not path.exists():
-        raise ConfigError(f"{out}: no {SWEEP_FILE} (not a sweep directory)")
-    doc = read_json(path)
-    try:
-        grid = doc["grid"]
-        spec = GridSpec(tuple(grid["strategies"]), tuple(int(s) for s in grid["seeds"]),
-                        tuple(Axis(a["key"], tuple(a["values"])) for a in grid["axes"]))
-        recipe = recipe_from_dict(doc["recipe"], f"{path}: recipe")
-        return _Sweep(recipe, spec, bool(doc["simulate"]), _opt_path(doc.get("inventory")),
-                      doc.get("limit"), _opt_path(doc.get("fleet")))
-    except (KeyError, TypeError, ValueError) as err:
-        raise ConfigError(f"{path}: malformed sweep file ({err})") from None
-
-
 def _opt_str(p: Optional[Path]) -> Optional[str]:
     return None if p is None else str(p)
-
-
-def _opt_path(s: Optional[str]) -> Optional[Path]:
-    return None if s is None else Path(s)
 
 
 # ---- one run --------------------------------------------------------------------------------
 
 
-def _one(sweep: _Sweep, run: RunSpec, opts: SweepOptions) -> RunRecord:
+def _one(sweep: SweepSetup, run: RunSpec, opts: SweepOptions) -> RunRecord:
     """Run one grid point; any failure becomes a failed record (Ctrl-C stops the sweep)."""
     run_dir = opts.out / "runs" / run.run_id
     try:
@@ -238,7 +166,7 @@ def _record(run: RunSpec, run_dir: Path, status: RunStatus, **figures: Any) -> R
                      **figures)
 
 
-def _on_fleet(sweep: _Sweep, run: RunSpec, recipe: Recipe, run_dir: Path,
+def _on_fleet(sweep: SweepSetup, run: RunSpec, recipe: Recipe, run_dir: Path,
               opts: SweepOptions) -> RunRecord:
     import yaml  # type: ignore[import-untyped]
 
@@ -282,7 +210,7 @@ def peak_by_class(rows: list[dict[str, Any]], devices: dict[str, Device]) -> dic
     return dict(sorted(out.items()))
 
 
-def _simulated(sweep: _Sweep, run: RunSpec, recipe: Recipe, run_dir: Path,
+def _simulated(sweep: SweepSetup, run: RunSpec, recipe: Recipe, run_dir: Path,
                opts: SweepOptions) -> RunRecord:
     from ftte_cli.sim.rundir import RunWriter
     from ftte_cli.sim.runner import SimSettings, simulate
@@ -304,7 +232,7 @@ def _simulated(sweep: _Sweep, run: RunSpec, recipe: Recipe, run_dir: Path,
                    memory_per_device=s.memory_per_device)
 
 
-def _sim_fleet(sweep: _Sweep, out: Path) -> tuple[Optional[int], Optional[Path]]:
+def _sim_fleet(sweep: SweepSetup, out: Path) -> tuple[Optional[int], Optional[Path]]:
     """(clients, profiles file): one simulated client per selected device, replaying their
     measured profiles when every one was benchmarked; else the recipe's sim distribution."""
     if sweep.fleet is not None:

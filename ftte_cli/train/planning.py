@@ -10,20 +10,24 @@ OOM-killed, which the dashboard shows as failed).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from torch import nn
 
 from ftte_cli.config.inventory import Device
 from ftte_cli.config.recipe import Recipe
+from ftte_cli.engine.data import FederatedData, load_federated
 from ftte_cli.engine.memory import training_memory
 from ftte_cli.engine.plan import Plan, dense_plan
 from ftte_cli.errors import BudgetInfeasible, ConfigError
 from ftte_cli.fleet import budget as fleet_budget
-from ftte_cli.fleet.ssh import SshOptions
-from ftte_cli.units import format_size, parse_size
+from ftte_cli.fleet.ssh import FleetResults, SshOptions
+from ftte_cli.startmodel import StartInfo, model_params, start_model
+from ftte_cli.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ def load_or_profile(inventory: Path, devices: list[Device], recipe: Recipe,
     path = fleet_budget.profiles_path(inventory)
     records = fleet_budget.load_profiles(path)
     missing = [d for d in devices if d.name not in records]
-    if missing and recipe.plan.memory_budget is None:  # a set budget needs no profiles
+    if missing and fleet_budget.fixed_bytes(recipe) is None:  # a set budget needs none
         from ftte_cli.fleet.profile import ProfileRequest, profile_fleet, save_profiles
 
         log.info("profiling %s", ", ".join(d.name for d in missing))
@@ -61,12 +65,12 @@ def fleet_budget_for(recipe: Recipe, records: dict[str, dict[str, Any]],
                      data_bytes: Optional[dict[str, int]] = None) -> fleet_budget.FleetBudget:
     """M_min over the devices with a profile (the recipe's memory_budget overrides);
     `data_bytes`: each device's data shard, which its agent holds besides the plan."""
-    if recipe.plan.memory_budget is not None and not records:
-        return fleet_budget.fleet_budget([], parse_size(recipe.plan.memory_budget,
-                                                        "plan.memory_budget"))
+    fixed = fleet_budget.fixed_bytes(recipe)
+    if fixed is not None and not records:
+        return fleet_budget.fleet_budget([], fixed)
     names = [d.name for d in devices if d.name in records]
-    return fleet_budget.recipe_budget(records, recipe.plan.safety_margin,
-                                      recipe.plan.memory_budget, names, data_bytes=data_bytes)
+    return fleet_budget.recipe_budget(records, recipe.plan.safety_margin, fixed, names,
+                                      data_bytes=data_bytes)
 
 
 def choose_plan(recipe: Recipe, model: nn.Module, devices: list[Device], input_shape: tuple,
@@ -191,3 +195,72 @@ def check_devices(devices: list[Device]) -> None:
     """A run needs at least one device."""
     if not devices:
         raise ConfigError("inventory: no devices selected (check --limit)")
+
+
+# ---- plan and deploy (the server side of `ftte deploy` and `ftte train`) ------------------
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    """What deploying needs besides the devices: the data split, the plan and the start model."""
+
+    fed: FederatedData  # one client per inventory device
+    choice: PlanChoice  # the plan and who trains it
+    params: dict[str, torch.Tensor]  # initial model (startmodel.model_params)
+    start: StartInfo  # where the initial model came from (warm start figures)
+
+
+def fleet_plan(recipe: Recipe, inventory: Path, devices: list[Device], selected: list[Device],
+               opts: SshOptions) -> FleetPlan:
+    """Profiles -> fleet budget -> plan, as `ftte train` does (profiles missing ones first).
+
+    `devices` is the whole inventory (shards follow inventory order). Devices without a profile
+    (e.g. no torch yet) are left out of the budget; deploying still pre-checks them and says
+    what is missing before anything is copied.
+    """
+    check_devices(selected)
+    fed = load_federated(recipe.data, len(devices), recipe.seed, recipe.init)
+    records = load_or_profile(inventory, selected, recipe, opts)
+    profiled = [d for d in selected if d.name in records] or selected
+    model, start = start_model(recipe, fed.input_shape, fed.num_classes, fed)
+    choice = choose_plan(recipe, model, profiled, fed.input_shape, fed.num_classes, fed.proxy,
+                         records, shard_bytes(fed, devices))
+    params = model_params(model)
+    return FleetPlan(fed, choice, params, start)
+
+
+def shard_bytes(fed: FederatedData, devices: list[Device]) -> dict[str, int]:
+    """Device -> bytes of the data shard its bundle carries (client i goes to device i; a device
+    training on its own `ftte_data` file gets none from us)."""
+    out = {}
+    for device, client in zip(devices, fed.clients):
+        if device.data is None:
+            tensors = (client.train.x, client.train.y, client.test.x, client.test.y)
+            out[device.name] = sum(t.numel() * t.element_size() for t in tensors)
+    return out
+
+
+def plan_and_deploy(recipe: Recipe, inventory: Path, devices: list[Device],
+                    selected: list[Device], opts: SshOptions, *, dry_run: bool = False,
+                    root: Optional[Path] = None, planned: Optional[FleetPlan] = None,
+                    say: Callable[[str], None] = lambda _message: None) -> FleetResults:
+    """Pre-check, `fleet_plan` for the devices that passed (unless given), build every bundle,
+    ship them; devices that failed the pre-check keep their result (nothing was copied)."""
+    from ftte_cli.fleet.bundle import DEFAULT_ROOT, build_bundles
+    from ftte_cli.fleet.deploy import precheck_fleet, ship_bundles
+
+    say(f"checking {len(selected)} devices (python, torch, safetensors)")
+    checks = precheck_fleet(selected, opts)
+    ready = [d for d in selected if checks[d.name].outcome.succeeded]
+    if not ready:
+        return checks
+    if planned is None:
+        say("profiles -> memory budget -> plan (profiling devices without a cached profile)")
+        planned = fleet_plan(recipe, inventory, devices, ready, opts)
+    say(f"building {len(devices)} bundles")
+    bundles = build_bundles(recipe, devices, planned.choice.plan, fed=planned.fed,
+                            params=planned.params, root=root or DEFAULT_ROOT)
+    say(f"{'checking' if dry_run else 'shipping'} bundles on {len(ready)} devices")
+    shipped = ship_bundles(ready, bundles, opts, dry_run=dry_run)
+    return FleetResults({d.name: shipped.results.get(d.name) or checks[d.name]
+                         for d in selected})

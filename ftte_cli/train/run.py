@@ -24,13 +24,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
 from ftte_cli.config.inventory import Device, Inventory, load_inventory
 from ftte_cli.config.recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_dict
 from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig, SubmitResult
+from ftte_cli.engine.data import FederatedData
 from ftte_cli.engine.metrics import summarize
 from ftte_cli.engine.plan import Plan, load_plan, plan_to_dict, save_plan
 from ftte_cli.engine.strategies import make_strategy
@@ -41,11 +42,17 @@ from ftte_cli.server.app import FtteServer
 from ftte_cli.server.protocol import ServerConfig, update_bound
 from ftte_cli.server.runner import ServerThread
 from ftte_cli.server.snapshot import DeviceStatus, RunSnapshot, StopReason
+from ftte_cli.server.stop import rule_met
+from ftte_cli.startmodel import initial_model, initial_params
 from ftte_cli.store import new_run_dir
 from ftte_cli.train import planning
 from ftte_cli.train.rundir import RunDir, file_sha256, package_versions
 from ftte_cli.train.watchdog import Watchdog
-from ftte_cli.ui.dashboard import Dashboard
+from ftte_cli.ui.dashboard import Dashboard, Phases
+
+if TYPE_CHECKING:  # paramiko-importing modules, loaded when a run starts
+    from ftte_cli.fleet.launch import AgentFleet
+    from ftte_cli.fleet.locks import InventoryLock
 
 log = logging.getLogger(__name__)
 # agents that died for good (after their one restart)
@@ -73,7 +80,7 @@ class TrainOptions:
     offline_after: float = 10.0
     bundle_root: Path = Path(".ftte")
     checkpoint_every: int = 1
-    phases: Optional[Any] = None  # ui.dashboard.Phases: the steps before training, shown live
+    phases: Optional[Phases] = None  # the steps before training, shown live
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ class TrainResult:
 
 
 @dataclass
-class _Run:
+class _TrainRun:
     """The pieces of a run while it is set up and driven."""
 
     recipe: Recipe
@@ -103,7 +110,7 @@ class _Run:
     devices: list[Device]  # taking part
     all_devices: list[Device]  # the whole inventory, in order (bundle shards follow it)
     plan: Plan
-    fed: Any
+    fed: FederatedData  # one client per inventory device
     model: torch.nn.Module
     coordinator: Coordinator
     rundir: RunDir
@@ -116,30 +123,27 @@ class _Run:
 # ---- set-up -------------------------------------------------------------------------------------
 
 
-def _federated(recipe: Recipe, num_clients: int) -> Any:
+def _federated(recipe: Recipe, num_clients: int) -> FederatedData:
     from ftte_cli.engine.data import load_federated
 
     return load_federated(recipe.data, num_clients, recipe.seed, recipe.init)
 
 
-def _initial_params(recipe: Recipe, fed: Any) -> dict[str, torch.Tensor]:
-    from ftte_cli.fleet.bundle import initial_params
-
+def _initial_params(recipe: Recipe, fed: FederatedData) -> dict[str, torch.Tensor]:
     return initial_params(recipe, fed.input_shape, fed.num_classes, fed)
 
 
-def _model(recipe: Recipe, fed: Any) -> torch.nn.Module:
-    from ftte_cli.fleet.bundle import initial_model
-
+def _model(recipe: Recipe, fed: FederatedData) -> torch.nn.Module:
     return initial_model(recipe, fed.input_shape, fed.num_classes, fed)
 
 
-def _evaluator(model: torch.nn.Module, fed: Any) -> Callable[[dict], tuple[float, float]]:
+def _evaluator(model: torch.nn.Module, fed: FederatedData) -> Callable[[dict], tuple[float, float]]:
     """Global test accuracy, computed by the server (on its coordinator thread)."""
     return lambda params: evaluate(model, params, fed.test)
 
 
-def _clients(devices: list[Device], all_devices: list[Device], fed: Any) -> dict[str, int]:
+def _clients(devices: list[Device], all_devices: list[Device],
+             fed: FederatedData) -> dict[str, int]:
     """Device -> n_i (its shard's training samples; 1 for device-local data, unknown here)."""
     index = {d.name: i for i, d in enumerate(all_devices)}
     return {d.name: int(fed.clients[index[d.name]].train.y.shape[0]) if d.data is None else 1
@@ -155,19 +159,16 @@ def _coordinator(recipe: Recipe, plan: Plan, params: dict, clients: dict[str, in
     return Coordinator(params, plan, strategy, clients, config, recipe.seed, evaluate_fn)
 
 
-def _fresh(opts: TrainOptions) -> _Run:
-    if opts.recipe is None or opts.inventory is None:
-        raise ConfigError("train: --recipe and --inventory are required (or --resume RUN_DIR)")
-    recipe = load_recipe(opts.recipe)
+def _fresh(opts: TrainOptions) -> _TrainRun:
+    recipe_path, inventory_path = _recipe_and_inventory(opts)
+    recipe = load_recipe(recipe_path)
     if opts.strategy:
         recipe = recipe.with_strategy(opts.strategy)
-    inventory = load_inventory(opts.inventory)
+    inventory = load_inventory(inventory_path)
     all_devices = list(inventory.devices.values())
     chosen = inventory.select(opts.limit)
     planning.check_devices(chosen)
-    from ftte_cli.commands.deploy import fleet_plan
-
-    planned = fleet_plan(recipe, Path(opts.inventory), all_devices, chosen, opts.ssh)
+    planned = planning.fleet_plan(recipe, inventory_path, all_devices, chosen, opts.ssh)
     fed, choice, params = planned.fed, planned.choice, planned.params
     model = _model(recipe, fed)
     coord = _coordinator(recipe, choice.plan, params, _clients(choice.devices, all_devices, fed),
@@ -177,9 +178,9 @@ def _fresh(opts: TrainOptions) -> _Run:
     manifest = {
         "kind": "train", "run_id": f"{recipe.name}-{secrets.token_hex(4)}",
         "started_at": datetime.now(timezone.utc).isoformat(),
-        "recipe": recipe_to_dict(recipe), "recipe_path": str(opts.recipe),
-        "inventory": str(Path(opts.inventory).resolve()),
-        "inventory_sha256": file_sha256(Path(opts.inventory)),
+        "recipe": recipe_to_dict(recipe), "recipe_path": str(recipe_path),
+        "inventory": str(inventory_path.resolve()),
+        "inventory_sha256": file_sha256(inventory_path),
         "limit": opts.limit, "direct": opts.direct, "strategy": recipe.strategy.name,
         "seed": recipe.seed, "devices": [d.name for d in choice.devices],
         "excluded": choice.excluded, "plan": plan_to_dict(choice.plan), "plan_notes": choice.notes,
@@ -187,11 +188,11 @@ def _fresh(opts: TrainOptions) -> _Run:
         "bundle_root": str(opts.bundle_root.resolve()), "packages": package_versions(),
         "resumes": [],
     }
-    return _Run(recipe, inventory, choice.devices, all_devices, choice.plan, fed, model, coord,
-                rundir, manifest, excluded=choice.excluded)
+    return _TrainRun(recipe, inventory, choice.devices, all_devices, choice.plan, fed, model,
+                     coord, rundir, manifest, excluded=choice.excluded)
 
 
-def _resumed(opts: TrainOptions) -> _Run:
+def _resumed(opts: TrainOptions) -> _TrainRun:
     assert opts.resume is not None
     rundir = RunDir(opts.resume)
     manifest = rundir.read_manifest()
@@ -213,15 +214,16 @@ def _resumed(opts: TrainOptions) -> _Run:
     manifest["resumes"] = [*manifest.get("resumes", []),
                            {"at": datetime.now(timezone.utc).isoformat(),
                             "version": coord.version, "elapsed": elapsed}]
-    return _Run(recipe, inventory, devices, all_devices, plan, fed, model, coord, rundir, manifest,
-                elapsed_offset=elapsed, resumed_from=coord.version if state else None,
-                excluded=dict(manifest.get("excluded", {})))
+    return _TrainRun(recipe, inventory, devices, all_devices, plan, fed, model, coord, rundir,
+                     manifest, elapsed_offset=elapsed,
+                     resumed_from=coord.version if state else None,
+                     excluded=dict(manifest.get("excluded", {})))
 
 
 # ---- deploy and launch --------------------------------------------------------------------------
 
 
-def _deploy(run: _Run, opts: TrainOptions) -> tuple[dict[str, str], dict[str, str]]:
+def _deploy(run: _TrainRun, opts: TrainOptions) -> tuple[dict[str, str], dict[str, str]]:
     """Build and ship bundles; (device -> remote bundle, device -> token) of those that work."""
     from ftte_cli.fleet.bundle import build_bundles, load_tokens
     from ftte_cli.fleet.deploy import ship_bundles
@@ -277,7 +279,7 @@ def _stop_previous_agents(opts: TrainOptions) -> None:
 # ---- the run ------------------------------------------------------------------------------------
 
 
-def _server(run: _Run, tokens: dict[str, str], opts: TrainOptions) -> FtteServer:
+def _server(run: _TrainRun, tokens: dict[str, str], opts: TrainOptions) -> FtteServer:
     budgets = {d.name: d.mem_cap_mb * 2**20 for d in run.devices if d.mem_cap_mb}
     config = ServerConfig(
         run_id=run.manifest["run_id"], tokens=tokens,
@@ -307,16 +309,16 @@ def _server(run: _Run, tokens: dict[str, str], opts: TrainOptions) -> FtteServer
 
 
 def stop_rule(snap: RunSnapshot, recipe: Recipe) -> Optional[StopReason]:
-    """Which stop rule (if any) the run meets now (the server applies the first two itself)."""
+    """Which stop rule (if any) the run meets now: the server's own verdict, the recipe's rules
+    (`server.stop.rule_met`, on the best accuracy so far), then every device gone."""
     if snap.stop_reason is not None:
         return snap.stop_reason
-    best = snap.best_accuracy
-    if best is not None and best >= recipe.stop.target_accuracy:
-        return StopReason.target
-    if snap.version >= recipe.stop.max_versions:
-        return StopReason.max_versions
-    if snap.elapsed >= recipe.stop.time_limit:
-        return StopReason.time_limit
+    stop = recipe.stop
+    reason = rule_met(version=snap.version, accuracy=snap.best_accuracy, elapsed=snap.elapsed,
+                      target=stop.target_accuracy, max_versions=stop.max_versions,
+                      time_limit=stop.time_limit)
+    if reason is not None:
+        return reason
     if snap.devices and all(d.status in GONE for d in snap.devices):
         return StopReason.no_devices
     return None
@@ -342,7 +344,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _drive(run: _Run, server: FtteServer, watch: Optional[_AgentWatch],
+def _drive(run: _TrainRun, server: FtteServer, watch: Optional[_AgentWatch],
            dashboard: Dashboard) -> StopReason:
     """Watch the run until a stop rule fires; dead agents are restarted once, then failed."""
     next_check = time.monotonic() + FAILURE_CHECK_S
@@ -372,7 +374,8 @@ class _AgentWatch:
     """Offline devices whose agent process is gone: restart it (the device rejoins) up to
     `max_restarts` times, after that show the device as failed (e.g. OOM-killed every job)."""
 
-    def __init__(self, run: _Run, server: FtteServer, agents: Any, max_restarts: int = 1) -> None:
+    def __init__(self, run: _TrainRun, server: FtteServer, agents: AgentFleet,
+                 max_restarts: int = 1) -> None:
         self.run, self.server, self.agents = run, server, agents
         self.max_restarts = max_restarts
         self.restarts: dict[str, int] = {}
@@ -408,7 +411,7 @@ class _AgentWatch:
             self.server.mark_failed(name, "agent process exited (killed or out of memory)")
 
 
-def _wait_agents_left(server: FtteServer, agents: Any, names: list[str]) -> None:
+def _wait_agents_left(server: FtteServer, agents: AgentFleet, names: list[str]) -> None:
     """Give agents a moment to see the 410 and exit on their own."""
     deadline = time.monotonic() + EXIT_WAIT_S
     while time.monotonic() < deadline:
@@ -434,12 +437,17 @@ def _inventory_path(opts: TrainOptions) -> Path:
             return Path(rundir.read_manifest()["inventory"])
         finally:
             rundir.close()
-    if opts.inventory is None:
+    return _recipe_and_inventory(opts)[1]
+
+
+def _recipe_and_inventory(opts: TrainOptions) -> tuple[Path, Path]:
+    """A fresh run's recipe and inventory: the one place that says both are required."""
+    if opts.recipe is None or opts.inventory is None:
         raise ConfigError("train: --recipe and --inventory are required (or --resume RUN_DIR)")
-    return Path(opts.inventory)
+    return Path(opts.recipe), Path(opts.inventory)
 
 
-def _leave_out_busy(run: _Run, opts: TrainOptions) -> None:
+def _leave_out_busy(run: _TrainRun, opts: TrainOptions) -> None:
     """Devices another run holds are left alone (outcome busy, naming that run)."""
     from ftte_cli.fleet.locks import busy_devices
     from ftte_cli.fleet.ssh import Outcome
@@ -463,7 +471,7 @@ def _say(opts: TrainOptions, message: str) -> None:
         opts.phases.update(message)
 
 
-def _run_training(opts: TrainOptions, lock: Any) -> TrainResult:
+def _run_training(opts: TrainOptions, lock: InventoryLock) -> TrainResult:
     if opts.resume is not None:
         _say(opts, "stopping the agents the crashed run left")
         _stop_previous_agents(opts)
@@ -531,7 +539,8 @@ def _bind_address(direct: Optional[str]) -> tuple[str, int]:
     return host, int(port)
 
 
-def _start_agents(run: _Run, remote: dict[str, str], port: int, opts: TrainOptions) -> Any:
+def _start_agents(run: _TrainRun, remote: dict[str, str], port: int,
+                  opts: TrainOptions) -> AgentFleet:
     from ftte_cli.fleet.launch import start_agents
 
     devices = [d for d in run.devices if d.name in remote]
@@ -548,7 +557,7 @@ def _start_agents(run: _Run, remote: dict[str, str], port: int, opts: TrainOptio
     return fleet
 
 
-def _result(run: _Run, server: FtteServer, reason: StopReason) -> TrainResult:
+def _result(run: _TrainRun, server: FtteServer, reason: StopReason) -> TrainResult:
     snap = server.snapshot()
     metrics = server.coordinator.metrics
     summary = summarize(metrics, strategy=run.recipe.strategy.name,
