@@ -124,7 +124,9 @@ def main() -> None:
         print(f"  measured: {name}: final {final:.3f}, best {best:.3f}, last 5 {last5:.3f}",
               file=sys.stderr)
     budget = "fleet" if args.fleet_budget else f"{args.budget_fraction:.0%}"
-    print(f"validation accuracy ({args.validation} of the training subjects), FTTE, "
+    where = {"subjects": "held-out training subjects",
+             "windows": "the training subjects' held-out windows"}[args.validation]
+    print(f"validation accuracy ({where}), FTTE, "
           f"{args.clients} clients, {args.stragglers:.0%} stragglers, budget {budget}, "
           f"{args.versions} versions, width {recipe.model.width}, seeds {args.seeds}")
     base = rows[0][3]
