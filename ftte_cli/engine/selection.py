@@ -36,6 +36,7 @@ from ftte_cli.engine.scoring import (
     gradnorm_scores,
     layer_order,
     magnitude_channels,
+    nested_scores,
     plan_masks,
 )
 from ftte_cli.errors import BudgetInfeasible
@@ -146,7 +147,8 @@ def select(model: nn.Module, recipe: Recipe, data: PlanData, budget_bytes: int,
                else "fallback: no proxy data")
         source = "synthetic inputs" if fallback_data is None else f"{len(fallback_data)} samples"
         notes.append(f"gradnorm ({why}): gradient norm per byte on {source}")
-    best = search_micro_batches(model, units, scores, budget_bytes, batch, shape, momentum, sizes)
+    values = nested_scores(units, scores)  # the search's values; the raw scores are kept
+    best = search_micro_batches(model, units, values, budget_bytes, batch, shape, momentum, sizes)
     chosen, est = best.units, best.memory
     if not chosen:
         notes.append("no unit fits beside the head (or none helps): head only")
