@@ -21,7 +21,7 @@ from ftte_cli.engine.coordinator import (
 )
 from ftte_cli.engine.plan import FROZEN, FULL, MaskKind, ParamMask, Plan, build_plan
 from ftte_cli.engine.strategies import make_strategy
-from ftte_cli.store import load_checkpoint, save_checkpoint
+from ftte_cli.rundir.store import load_checkpoint, save_checkpoint
 
 Tensors = Dict[str, Tensor]
 

@@ -17,11 +17,11 @@ from ftte_cli.cli import app
 from ftte_cli.client import power, wire
 from ftte_cli.commands import report as report_cmd
 from ftte_cli.engine.metrics import EvalPoint, RunMetrics, summarize
-from ftte_cli.output import to_jsonable
+from ftte_cli.rundir.jsonable import to_jsonable
+from ftte_cli.rundir.reader import load_run, report_rows
+from ftte_cli.rundir.train import RunDir
 from ftte_cli.server.runner import ServerThread
 from ftte_cli.sim.runner import sim_energy
-from ftte_cli.train.rundir import RunDir
-from ftte_cli.ui.report import load_run, report_rows
 
 runner = CliRunner()
 

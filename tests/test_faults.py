@@ -27,10 +27,10 @@ from trainkit import (
 )
 
 from ftte_cli.client import wire
+from ftte_cli.rundir.store import load_checkpoint
+from ftte_cli.rundir.train import RunDir
 from ftte_cli.server.runner import ServerThread
 from ftte_cli.server.snapshot import DeviceStatus, StopReason
-from ftte_cli.store import load_checkpoint
-from ftte_cli.train.rundir import RunDir
 
 DEVICES = ["d1", "d2", "d3"]
 

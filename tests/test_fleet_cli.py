@@ -32,9 +32,9 @@ from ftte_cli.commands.options import (
 )
 from ftte_cli.config.inventory import Device
 from ftte_cli.errors import ExitCode
-from ftte_cli.fleet.recap import exit_with, render_recap
 from ftte_cli.fleet.ssh import DeviceResult, FleetResults, Outcome, Session, run_on_fleet
 from ftte_cli.output import Format, handle_errors
+from ftte_cli.ui.recap import exit_with, render_recap
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = REPO / "inventory" / "lab.yaml"

@@ -22,10 +22,10 @@ from trainkit import wait_for
 from ftte_cli.config.recipe import GuardConfig
 from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig
 from ftte_cli.engine.strategies import make_strategy
+from ftte_cli.rundir.store import load_checkpoint
+from ftte_cli.rundir.train import RunDir
 from ftte_cli.server.runner import ServerThread
 from ftte_cli.server.snapshot import StopReason
-from ftte_cli.store import load_checkpoint
-from ftte_cli.train.rundir import RunDir
 
 
 def strict_json(text: str) -> Any:

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from ftte_cli.cli import app
 from ftte_cli.engine.metrics import EvalPoint, RunMetrics, summarize
-from ftte_cli.output import to_jsonable
-from ftte_cli.sim.rundir import RunWriter
-from ftte_cli.store import write_json
-from ftte_cli.train.rundir import RunDir
-from ftte_cli.ui.report import load_run, report_rows
+from ftte_cli.rundir.jsonable import to_jsonable
+from ftte_cli.rundir.reader import load_run, report_rows
+from ftte_cli.rundir.sim import RunWriter
+from ftte_cli.rundir.store import write_json
+from ftte_cli.rundir.train import RunDir
 
 runner = CliRunner()
 TARGET = 0.9
@@ -68,7 +68,7 @@ def train_run(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def sim_run(tmp_path: Path) -> Path:
-    """The layout of sim/rundir.py: <strategy>/metrics.jsonl, summary.json, manifest.json."""
+    """The layout of rundir/sim.py: <strategy>/metrics.jsonl, summary.json, manifest.json."""
     path = tmp_path / "sim-1"
     writer = RunWriter(path)
     rows = []

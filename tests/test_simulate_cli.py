@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from ftte_cli.cli import app
 from ftte_cli.commands import simulate as simulate_cmd
 from ftte_cli.errors import ExitCode
-from ftte_cli.store import read_jsonl
+from ftte_cli.rundir.store import read_jsonl
 
 runner = CliRunner()
 

@@ -14,10 +14,10 @@ from ftte_cli.engine.data import load_federated
 from ftte_cli.engine.selection import plan_for_recipe
 from ftte_cli.engine.serialize import save_tensors
 from ftte_cli.errors import BudgetInfeasible, ConfigError
-from ftte_cli.sim.rundir import RunWriter
+from ftte_cli.rundir.reader import load_run
+from ftte_cli.rundir.sim import RunWriter
 from ftte_cli.sim.runner import SimSettings, prepare, simulate
 from ftte_cli.startmodel import cache_key, describe_start, start_model
-from ftte_cli.ui.report import load_run
 
 SMALL = """
 name: small

@@ -14,8 +14,8 @@ from test_sim import TINY
 from typer.testing import CliRunner
 
 from ftte_cli.cli import app
-from ftte_cli.store import read_jsonl
-from ftte_cli.train.rundir import RunDir
+from ftte_cli.rundir.store import read_jsonl
+from ftte_cli.rundir.train import RunDir
 
 accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 runner = CliRunner()

@@ -21,7 +21,7 @@ from trainkit import (
 )
 
 from ftte_cli.engine.plan import load_plan
-from ftte_cli.store import load_checkpoint
+from ftte_cli.rundir.store import load_checkpoint
 
 DEVICES = ["d1", "d2", "d3"]
 

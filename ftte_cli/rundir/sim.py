@@ -14,8 +14,8 @@ from typing import Any, Dict, List, Optional
 
 from ftte_cli.config.recipe import recipe_to_dict
 from ftte_cli.engine.metrics import EvalPoint
+from ftte_cli.rundir.store import JsonlWriter, write_json
 from ftte_cli.sim.runner import SimResult, SimSettings, ratio
-from ftte_cli.store import JsonlWriter, write_json
 from ftte_cli.units import format_size
 
 # the human table fits 80 columns; versions, clients and more are in the JSON / summary.json

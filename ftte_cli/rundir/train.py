@@ -1,4 +1,4 @@
-"""The run directory of `ftte train` (layout below; file I/O through ftte_cli/store.py).
+"""The run directory of `ftte train` (layout below; file I/O through rundir/store.py).
 
     runs/train-<timestamp>/
       manifest.json      recipe, inventory hash, profiles, plan, bundle hashes, seed, versions
@@ -22,7 +22,13 @@ from typing import Any, Optional
 
 from ftte_cli.engine.coordinator import Coordinator
 from ftte_cli.errors import ConfigError, RunError
-from ftte_cli.store import JsonlWriter, load_checkpoint, read_json, save_checkpoint, write_json
+from ftte_cli.rundir.store import (
+    JsonlWriter,
+    load_checkpoint,
+    read_json,
+    save_checkpoint,
+    write_json,
+)
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 3

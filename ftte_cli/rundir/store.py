@@ -23,7 +23,7 @@ from ftte_cli.engine.serialize import (
     save_tensors,
 )
 from ftte_cli.errors import ConfigError, RunError
-from ftte_cli.output import to_jsonable
+from ftte_cli.rundir.jsonable import to_jsonable
 
 PathLike = Union[str, Path]
 Tensors = Dict[str, Tensor]

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ftte_cli.fleet.ssh import FleetResults, Outcome
+from ftte_cli.fleet.ssh.results import FleetResults, Outcome
 from ftte_cli.output import Format, console, print_json, to_jsonable
 
 STYLES = {
