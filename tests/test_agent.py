@@ -29,6 +29,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_agents_train_and_exit_cleanly_when_the_run_ends(tmp_path: Path) -> None:
     names = ["a", "b"]
     _, _, _, bundles, coord = tiny_run(tmp_path, names)
@@ -55,6 +56,7 @@ def test_agents_train_and_exit_cleanly_when_the_run_ends(tmp_path: Path) -> None
     assert all(d.status == DeviceStatus.done for d in server.snapshot().devices)
 
 
+@pytest.mark.slow
 def test_agent_waits_for_the_server_and_reregisters_after_restart(tmp_path: Path) -> None:
     _, _, _, bundles, coord = tiny_run(tmp_path, ["a"], buffer_size=1)
     port = _free_port()
@@ -80,6 +82,7 @@ def test_agent_waits_for_the_server_and_reregisters_after_restart(tmp_path: Path
             proc.kill()
 
 
+@pytest.mark.slow
 def test_agent_with_wrong_token_exits_5(tmp_path: Path) -> None:
     _, _, _, bundles, coord = tiny_run(tmp_path, ["a"])
     events: list[dict] = []
@@ -90,6 +93,7 @@ def test_agent_with_wrong_token_exits_5(tmp_path: Path) -> None:
     assert [e["reason"] for e in events if "reason" in e] == ["wrong_token"]
 
 
+@pytest.mark.slow
 def test_bad_bundle_exits_2(tmp_path: Path) -> None:
     _, _, _, bundles, _ = tiny_run(tmp_path, ["a"])
     (bundles["a"] / "plan.json").write_text("{not json")

@@ -14,6 +14,7 @@ from trainkit import FTTE, env, write_recipe
 from ftte_cli import api
 
 
+@pytest.mark.slow
 def test_import_is_cheap_and_every_public_name_resolves() -> None:
     code = "import sys, ftte_cli.api; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -25,6 +26,7 @@ def test_import_is_cheap_and_every_public_name_resolves() -> None:
         api.NoSuchName  # noqa: B018
 
 
+@pytest.mark.slow
 def test_plan_is_the_json_ftte_plan_prints(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     recipe = write_recipe(tmp_path, extra="sim: {clients: 3}")

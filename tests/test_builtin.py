@@ -91,6 +91,7 @@ def test_recipes_list_and_show() -> None:
     assert "nope: no built-in recipe of that name (known: cifar10" in missing.output
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)  # har.yaml's warm start trains first: minutes on 2 shared cores
 def test_the_installed_wheel_plans_a_built_in_recipe_from_an_empty_directory(
         tmp_path: Path) -> None:

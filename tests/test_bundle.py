@@ -178,6 +178,7 @@ print(sorted(result.delta) == sorted(subset), result.num_samples)
 """
 
 
+@pytest.mark.slow
 def test_agent_loads_its_bundle_and_trains_from_the_pyz_alone(
         recipe: Recipe, params: dict[str, torch.Tensor], tmp_path: Path) -> None:
     bundle = _build(recipe, _devices(tmp_path, 1), _head_plan(recipe), params, tmp_path / "x")

@@ -80,6 +80,7 @@ def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return (logits.argmax(1) == y).float().mean().item()
 
 
+@pytest.mark.slow
 def test_har_cnn_learns_synthetic_har_and_a_linear_model_does_not() -> None:
     """On unseen people a CNN reaches UCI HAR's published range; a linear model cannot."""
     train, test = _split(seed=1)
@@ -453,6 +454,7 @@ def test_dataset_record_validates() -> None:
     assert len(empty) == 0 and empty.input_shape == (9, 128)
 
 
+@pytest.mark.slow
 def test_device_path_imports_without_numpy() -> None:
     """The agent imports synthetic_har, the data records and the models with torch alone."""
     code = (

@@ -10,11 +10,14 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from ftte_cli.cli import app
 from ftte_cli.testbed import state as testbed_state
+
+pytestmark = pytest.mark.slow  # every test here spawns processes, sshd or the testbed
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from testbed_fixture import Testbed, testbed  # noqa: F401 - the session fixture
 
 from ftte_cli.api import fleet_plan, load_recipe
 from ftte_cli.config.inventory import load_inventory
 from ftte_cli.fleet.ssh import SshOptions
+
+pytestmark = pytest.mark.slow  # every test here spawns processes, sshd or the testbed
 
 REPO = Path(__file__).resolve().parents[1]
 

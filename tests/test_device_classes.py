@@ -132,6 +132,7 @@ def _agent(tmp_path: Path, train_vars: str) -> subprocess.CompletedProcess[str]:
                            "1"], capture_output=True, text=True, timeout=120, env=environ)
 
 
+@pytest.mark.slow
 def test_agent_with_a_cuda_recipe_exits_2_naming_the_setting(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         return
@@ -140,6 +141,7 @@ def test_agent_with_a_cuda_recipe_exits_2_naming_the_setting(tmp_path: Path) -> 
     assert "train.device: cuda requested but" in proc.stderr
 
 
+@pytest.mark.slow
 def test_agent_takes_threads_and_device_from_its_bundle(tmp_path: Path) -> None:
     proc = _agent(tmp_path, "{threads: 3, device: auto}")  # not the 2 CPUs here
     assert proc.returncode == 1, proc.stderr  # gave up on the dead server, as asked

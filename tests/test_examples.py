@@ -6,8 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from testbed_fixture import Testbed, testbed  # noqa: F401 - the session fixture
 from trainkit import ROOT, env, write_recipe
+
+pytestmark = pytest.mark.slow  # every test here spawns processes, sshd or the testbed
 
 EXAMPLES = ROOT / "examples"
 

@@ -19,6 +19,8 @@ from ftte_cli.cli import app
 from ftte_cli.errors import ExitCode
 from ftte_cli.fleet.adhoc import CommandOutput, remote_command
 
+pytestmark = pytest.mark.slow  # every test here spawns processes, sshd or the testbed
+
 runner = CliRunner()
 
 

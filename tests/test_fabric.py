@@ -48,6 +48,7 @@ def inventory(tmp_path: Path, srv: SshServer, hosts: str, known_hosts: Path) -> 
     return path
 
 
+@pytest.mark.slow
 def test_a_group_from_the_testbed_runs_a_command_on_every_device(
         testbed: Testbed) -> None:  # noqa: F811
     group = api.fabric_group(testbed.inventory)
@@ -65,6 +66,7 @@ def test_a_group_from_the_testbed_runs_a_command_on_every_device(
         group.close()
 
 
+@pytest.mark.slow
 def test_unknown_host_key_is_refused_without_the_opt_in(srv: SshServer, tmp_path: Path) -> None:
     kh = tmp_path / "known_hosts"  # does not exist: the device is unknown
     inv = inventory(tmp_path, srv, "d1:\n", kh)
@@ -84,6 +86,7 @@ def test_unknown_host_key_is_refused_without_the_opt_in(srv: SshServer, tmp_path
     group.close()
 
 
+@pytest.mark.slow
 def test_a_changed_host_key_is_refused_even_with_the_opt_in(
         srv: SshServer, tmp_path: Path) -> None:
     impostor = start_sshd(tmp_path / "impostor")  # another host key
@@ -100,6 +103,7 @@ def test_a_changed_host_key_is_refused_even_with_the_opt_in(
         impostor.stop()
 
 
+@pytest.mark.slow
 def test_jump_host_and_command_timeout(srv: SshServer, tmp_path: Path) -> None:
     target = start_sshd(tmp_path / "target", authorized=[srv.client_key])
     try:

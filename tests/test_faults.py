@@ -12,6 +12,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from loopback import Http, bundle_tokens, make_server, pid_alive, start_agent, tiny_run
 from trainkit import (
@@ -39,6 +40,7 @@ def _row(server, name):  # type: ignore[no-untyped-def]
     return next(d for d in server.snapshot().devices if d.name == name)
 
 
+@pytest.mark.slow
 def test_killed_agent_goes_offline_run_goes_on_and_it_rejoins(tmp_path: Path) -> None:
     names = ["a", "b"]
     _, _, _, bundles, coord = tiny_run(tmp_path, names, buffer_size=1)
@@ -67,6 +69,7 @@ def test_killed_agent_goes_offline_run_goes_on_and_it_rejoins(tmp_path: Path) ->
                     p.kill()
 
 
+@pytest.mark.slow
 def test_ftte_train_restarts_a_killed_agent_and_the_device_rejoins(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, target=0.99, max_versions=1000)
     inventory = write_inventory(tmp_path, DEVICES)
@@ -163,6 +166,7 @@ def _checkpoint_versions(run_dir: Path) -> list[int]:
     return sorted(int(p.stem[1:]) for p in folder.glob("v*.json"))
 
 
+@pytest.mark.slow
 def test_killed_server_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, target=0.99, max_versions=9)
     inventory = write_inventory(tmp_path, DEVICES)
@@ -197,6 +201,7 @@ def test_killed_server_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     assert group_members(first_agents | agent_pids(run_dir)) == []
 
 
+@pytest.mark.slow
 def test_interrupted_run_stops_every_agent(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, target=0.99)
     inventory = write_inventory(tmp_path, DEVICES[:2])

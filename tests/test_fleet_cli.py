@@ -119,6 +119,7 @@ def test_inventory_graph_text_and_json() -> None:
     assert jetsons == {"name": "jetsons", "children": [], "hosts": ["jetson-1", "jetson-2"]}
 
 
+@pytest.mark.slow
 def test_console_script_entry_point() -> None:
     out = subprocess.run(
         [str(Path(sys.executable).parent / "ftte"), "inventory", "list", "-i", str(LAB),
@@ -193,6 +194,7 @@ def fleet_inv(srv: SshServer, tmp_path: Path) -> Path:
     return inv
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("limit", "code"),
     [
@@ -214,6 +216,7 @@ def test_fleet_exit_codes(fleet_inv: Path, limit: str, code: ExitCode) -> None:
     assert all(outcomes[g] == "ok" for g in ("g1", "g2") if g in outcomes)
 
 
+@pytest.mark.slow
 def test_fleet_recap_and_accept_new_host_keys(fleet_inv: Path) -> None:
     res = runner.invoke(probe, ["-i", str(fleet_inv), "-l", "g1,newkey"])
     assert res.exit_code == ExitCode.HOSTKEY_MISMATCH

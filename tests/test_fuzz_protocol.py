@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Any, Optional
 from urllib.parse import urlparse
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,6 +26,8 @@ from loopback import make_coordinator, make_server
 from ftte_cli.client import wire
 from ftte_cli.engine import serialize
 from ftte_cli.server.runner import ServerThread
+
+pytestmark = pytest.mark.slow  # every test here spawns processes, sshd or the testbed
 
 TOKENS = {"a": "tok-a" * 8, "b": "tok-b" * 8}
 BATCH = 10  # requests per hypothesis example

@@ -21,6 +21,8 @@ from ftte_cli.fleet.launch import start_agents
 from ftte_cli.fleet.ssh import Outcome, SshOptions, connect
 from ftte_cli.fleet.tunnel import ReverseTunnel
 
+pytestmark = pytest.mark.slow  # every test here spawns processes, sshd or the testbed
+
 OPTS = SshOptions(connect_timeout=10, command_timeout=60)
 
 # A stand-in runtime with the real agent's command line: it calls the server once through the

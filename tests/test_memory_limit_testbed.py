@@ -28,6 +28,8 @@ from typer.testing import CliRunner
 from ftte_cli.cli import app
 from ftte_cli.fleet import budget as bud
 
+pytestmark = pytest.mark.slow  # every test here spawns processes, sshd or the testbed
+
 MIB = 2**20
 RECIPE = """\
 name: near-limit

@@ -53,6 +53,7 @@ def test_json_plan_within_budget_and_saved(recipe: Path, tmp_path: Path) -> None
     assert plan.payload_bytes == doc["payload"]["plan"]
 
 
+@pytest.mark.slow
 def test_har_recipe_at_20_percent_of_full_trains_more_than_the_head() -> None:
     recipe = str(Path(__file__).parents[1] / "recipes" / "har.yaml")
     code, out = _run("--recipe", recipe, "--budget", "1GB", "--format", "json")

@@ -22,6 +22,8 @@ from ftte_cli.fleet.profile import ProfileRequest, profile_fleet
 from ftte_cli.fleet.ssh import SshOptions
 from ftte_cli.testbed.lifecycle import power_file
 
+pytestmark = pytest.mark.slow  # every test here spawns processes, sshd or the testbed
+
 HAVE_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
 

@@ -52,6 +52,7 @@ def _same(a: StrategyResult, b: StrategyResult) -> None:
     assert a.plan == b.plan and a.clients == b.clients
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_fifty_clients_on_ray_equal_in_process(tmp_path: Path, local_ray: None) -> None:
     world = prepare(SimSettings(_recipe(tmp_path), strategies=("ftte", "fedbuff"),
@@ -76,6 +77,7 @@ def test_fifty_clients_on_ray_equal_in_process(tmp_path: Path, local_ray: None) 
     assert ray.is_initialized()  # a Ray the caller started is left running
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_cli_backend_ray_matches_in_process(tmp_path: Path, local_ray: None) -> None:
     recipe = tmp_path / "ray50.yaml"

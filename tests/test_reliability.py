@@ -51,6 +51,7 @@ def guarded_coordinator(coord: Coordinator, **guard: Any) -> Coordinator:
 
 # ---- fault 1: one poisoned update ends the run -------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guard, outcome", [
     ({"norm_bound": 10.0, "norm_action": "reject"}, "rejected"),
     ({"norm_bound": 10.0, "norm_action": "clip"}, "clipped"),
@@ -142,6 +143,7 @@ def test_watchdog_limit_follows_the_median_interval_and_names_the_stall() -> Non
     assert Watchdog(None, 1.0, 0, 0.0).observe(0, 1e9) is None
 
 
+@pytest.mark.slow
 def test_ftte_train_stops_as_stalled_when_no_version_advances(tmp_path: Path) -> None:
     import os
     import signal
@@ -196,6 +198,7 @@ def _row(server: Any, name: str) -> Any:
     return next(d for d in server.snapshot().devices if d.name == name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_staleness, verdict", [(None, "accepted"), (1, "too_stale")])
 def test_a_stalled_devices_late_update_is_judged_by_the_staleness_rule(
         tmp_path: Path, max_staleness: Any, verdict: str) -> None:
@@ -342,6 +345,7 @@ def test_a_resumed_server_counts_on_from_the_checkpoint(tmp_path: Path) -> None:
     rundir.close()
 
 
+@pytest.mark.slow
 def test_ftte_train_resume_after_a_kill_stops_old_agents_and_skips_a_torn_checkpoint(
         tmp_path: Path) -> None:
     import os
@@ -497,6 +501,7 @@ def _in_proc(pid: int) -> Optional[str]:
         return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and cgroups need root (CI is root)")
 def test_testbed_down_leaves_no_zombie_of_what_it_started(tmp_path: Path) -> None:
     from ftte_cli.config.inventory import load_inventory
@@ -519,6 +524,7 @@ def test_testbed_down_leaves_no_zombie_of_what_it_started(tmp_path: Path) -> Non
 
 # ---- fault 2: two runs against one fleet ------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_run_is_refused_and_leaves_the_first_runs_devices_alone(tmp_path: Path) -> None:
     import shutil
 
@@ -570,6 +576,7 @@ def test_a_second_run_is_refused_and_leaves_the_first_runs_devices_alone(tmp_pat
 
 # ---- fault 5: Ctrl-C during `ftte deploy` ------------------------------------------------------
 
+@pytest.mark.slow
 def test_ctrl_c_during_deploy_starts_no_new_upload_and_prints_what_each_device_ended_with(
         tmp_path: Path) -> None:
     import subprocess

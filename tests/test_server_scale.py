@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here spawns processes, sshd or the testbed
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import loadtest  # noqa: E402
 

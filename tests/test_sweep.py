@@ -114,6 +114,7 @@ def _finished(sweep_dir: Path) -> list[str]:
     return sorted(p.parent.name for p in (sweep_dir / "runs").glob("*/record.json"))
 
 
+@pytest.mark.slow
 def test_fleet_sweep_killed_resumed_and_compared_with_its_simulation(
         tmp_path: Path, testbed: Testbed) -> None:  # noqa: F811
     recipe = write_recipe(tmp_path, target=0.5, max_versions=12, time_limit=90.0)

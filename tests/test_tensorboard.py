@@ -87,6 +87,7 @@ def test_report_exports_a_train_run_with_updates_memory_and_energy(tmp_path: Pat
     assert got["accuracy/test"] == [(1, pytest.approx(0.4)), (2, pytest.approx(0.7))]
 
 
+@pytest.mark.slow
 def test_without_the_extra_the_command_stops_first_naming_it(tmp_path: Path) -> None:
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(TINY % ("1GB", 0.0))

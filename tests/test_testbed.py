@@ -54,6 +54,7 @@ def test_every_class_leaves_room_for_torch() -> None:
     assert min((c, n) for n, c in caps.items() if c is not None) == (352, "pi-zero-2")
 
 
+@pytest.mark.slow
 def test_inventory_and_known_hosts_reach_every_device(testbed: Testbed) -> None:  # noqa: F811
     devices = testbed.devices()
     assert len(devices) == 4
@@ -65,6 +66,7 @@ def test_inventory_and_known_hosts_reach_every_device(testbed: Testbed) -> None:
         assert rc == 0 and out.strip() == f"hello-{os.getuid()}"
 
 
+@pytest.mark.slow
 @needs_root
 def test_each_device_has_its_own_namespace_and_address(testbed: Testbed) -> None:  # noqa: F811
     for dev in testbed.state.devices:
@@ -75,6 +77,7 @@ def test_each_device_has_its_own_namespace_and_address(testbed: Testbed) -> None
         assert addresses == {dev.address}, dev.name
 
 
+@pytest.mark.slow
 @needs_root
 def test_memory_cap_binds_processes_started_over_ssh(testbed: Testbed) -> None:  # noqa: F811
     small = testbed.by_class("pi-zero-2")
@@ -88,6 +91,7 @@ def test_memory_cap_binds_processes_started_over_ssh(testbed: Testbed) -> None: 
     assert rc == 0 and "ok" in out
 
 
+@pytest.mark.slow
 @needs_root
 def test_cpu_quota_is_set_on_the_sessions_cgroup(testbed: Testbed) -> None:  # noqa: F811
     small = testbed.by_class("pi-zero-2")
@@ -97,6 +101,7 @@ def test_cpu_quota_is_set_on_the_sessions_cgroup(testbed: Testbed) -> None:  # n
     assert rc == 0 and int(out.strip()) == 25_000
 
 
+@pytest.mark.slow
 def test_status_json_lists_every_device_alive(testbed: Testbed) -> None:  # noqa: F811
     res = runner.invoke(app, ["testbed", "status", "--dir", str(testbed.dir), "--format", "json"])
     assert res.exit_code == 0, res.output
@@ -106,12 +111,14 @@ def test_status_json_lists_every_device_alive(testbed: Testbed) -> None:  # noqa
     assert data["isolated"] == ROOT
 
 
+@pytest.mark.slow
 def test_second_up_in_same_dir_is_refused(testbed: Testbed) -> None:  # noqa: F811
     res = runner.invoke(app, ["testbed", "up", "--devices", "1", "--dir", str(testbed.dir)])
     assert res.exit_code == ExitCode.USAGE
     assert "already up" in res.output
 
 
+@pytest.mark.slow
 @needs_root
 def test_down_leaves_no_process_cgroup_or_namespace(tmp_path: Path) -> None:
     res = runner.invoke(app, ["testbed", "up", "--devices", "2", "--mix", "pi-zero-2,phone",
@@ -142,6 +149,7 @@ def test_down_leaves_no_process_cgroup_or_namespace(tmp_path: Path) -> None:
     assert again.exit_code == 0 and json.loads(again.stdout)["leftovers"] == []
 
 
+@pytest.mark.slow
 def test_loopback_fallback_without_isolation(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lifecycle, "can_isolate", lambda: (False, "forced for the test"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from trainkit import (
     agent_pids,
     events,
@@ -26,6 +27,7 @@ from ftte_cli.rundir.store import load_checkpoint
 DEVICES = ["d1", "d2", "d3"]
 
 
+@pytest.mark.slow
 def test_train_reaches_target_and_leaves_a_complete_run_dir(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, target=0.75)
     inventory = write_inventory(tmp_path, DEVICES)
@@ -58,6 +60,7 @@ def test_train_reaches_target_and_leaves_a_complete_run_dir(tmp_path: Path) -> N
     assert group_members(agent_pids(run_dir)) == []  # no process of the run is left
 
 
+@pytest.mark.slow
 def test_strict_fedavg_refuses_when_no_device_can_hold_full_training(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, strategy="fedavg")
     text = recipe.read_text().replace("memory_budget: 40MB", "memory_budget: 10KB")
@@ -71,6 +74,7 @@ def test_strict_fedavg_refuses_when_no_device_can_hold_full_training(tmp_path: P
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("agent*.pid"))
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_json_with_exit_codes(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -16,6 +16,8 @@ from trainkit import (
     write_recipe,
 )
 
+pytestmark = pytest.mark.slow  # every test here spawns processes, sshd or the testbed
+
 
 def test_train_over_testbed_reaches_target_under_every_cap(tmp_path: Path,
                                                            testbed: Testbed) -> None:  # noqa: F811
