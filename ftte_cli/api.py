@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from ftte_cli.fleet.budget import FleetBudget
     from ftte_cli.fleet.deploy import DeployInfo
     from ftte_cli.fleet.profile import DeviceProfile
+    from ftte_cli.rundir.reader import RunReport
     from ftte_cli.sim.settings import SimResult, SimSettings, StrategyResult
     from ftte_cli.sweep.compare import Comparison, GroupStats
     from ftte_cli.sweep.grid import GridSpec, RunSpec
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
     from ftte_cli.train.planning import FleetPlan, fleet_plan, plan_and_deploy, shard_bytes
     from ftte_cli.train.run import TrainOptions, TrainResult
     from ftte_cli.ui.dashboard import Phases
-    from ftte_cli.ui.report import RunReport
 
 PathLike = Union[str, Path]
 
@@ -79,7 +79,7 @@ _LAZY = {
     "SimSettings": "ftte_cli.sim.settings",
     "SimResult": "ftte_cli.sim.settings",
     "StrategyResult": "ftte_cli.sim.settings",
-    "RunReport": "ftte_cli.ui.report",
+    "RunReport": "ftte_cli.rundir.reader",
     "GridSpec": "ftte_cli.sweep.grid",
     "RunSpec": "ftte_cli.sweep.grid",
     "SweepOptions": "ftte_cli.sweep.runner",
@@ -281,7 +281,7 @@ def simulate(recipe: Union[PathLike, Recipe], *, strategies: tuple[str, ...] = (
     """Every strategy on one simulated fleet (as `ftte simulate`); `out` also writes the run
     directory (metrics, summary, plots) that `read_run` and `ftte report` read; `progress`
     is called with (strategy, virtual time, version, accuracy) as evaluations come in."""
-    from ftte_cli.sim.rundir import RunWriter
+    from ftte_cli.rundir.sim import RunWriter
     from ftte_cli.sim.runner import simulate as run_simulation
     from ftte_cli.sim.settings import SimSettings
 
@@ -323,7 +323,7 @@ def sim_backend(name: str = "inprocess",
 def read_run(path: PathLike) -> RunReport:
     """A train or simulate run directory as series of points and summaries (ConfigError if
     it holds no metrics)."""
-    from ftte_cli.ui.report import load_run
+    from ftte_cli.rundir.reader import load_run
 
     return load_run(Path(path))
 
@@ -339,7 +339,8 @@ class ReportResult:
 
 def report(path: PathLike, out_dir: Optional[PathLike] = None) -> ReportResult:
     """Read a run, write its PNGs (into RUN_DIR/report/ unless `out_dir`) and its rows."""
-    from ftte_cli.ui.report import render_plots, report_rows
+    from ftte_cli.rundir.reader import report_rows
+    from ftte_cli.ui.report import render_plots
 
     run = read_run(path)
     plots = render_plots(run, _opt_path(out_dir))

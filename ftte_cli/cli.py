@@ -62,6 +62,16 @@ def _root(
     """Federated Tiny Training Engine."""
     level = logging.DEBUG if verbose else getattr(logging, os.environ.get("FTTE_LOG", "WARNING"))
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_paramiko()
+
+
+def _quiet_paramiko() -> None:
+    """paramiko logs every expected failure (refused key, silent port) as ERROR with a
+    traceback, which would land in the user's terminal; the recap's detail says it in one line
+    instead. Set here, at the entry point, so importing ftte_cli changes no one's logging.
+    FTTE_PARAMIKO_LOG=DEBUG brings paramiko's own log back."""
+    level = os.environ.get("FTTE_PARAMIKO_LOG", "CRITICAL").upper()
+    logging.getLogger("paramiko").setLevel(getattr(logging, level, logging.CRITICAL))
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ftte_cli.errors import ExitCode, FtteError
+from ftte_cli.rundir.jsonable import to_jsonable
 
 
 class Format(str, Enum):
@@ -29,26 +29,6 @@ class Format(str, Enum):
 console = Console()
 err_console = Console(stderr=True)
 log = logging.getLogger(__name__)
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Plain JSON types from dataclasses, enums, paths and tuples."""
-    import dataclasses
-    from pathlib import Path
-
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Enum):
-        return obj.value
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and (obj != obj or obj in (math.inf, -math.inf)):
-        return None  # NaN and Infinity are not JSON: null, so every file we write parses
-    return obj
 
 
 def print_json(obj: Any) -> None:

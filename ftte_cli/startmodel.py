@@ -147,7 +147,7 @@ def cache_key(recipe: Recipe, public: Dataset) -> str:
     """What a warm start depends on, hashed: model, init settings, seed, torch build, and the
     public data's own bytes (standardised as the federation sees them), so any change to the
     data, its generator or its statistics makes a new warm start rather than reusing a stale one."""
-    from ftte_cli.output import to_jsonable
+    from ftte_cli.rundir.jsonable import to_jsonable
 
     init = {k: v for k, v in asdict(recipe.init).items() if k != "checkpoint"}
     digest = hashlib.sha256()

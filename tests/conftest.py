@@ -1,7 +1,35 @@
-"""Shared test set-up: one torch thread (2-core CI, several processes), deterministic seeds."""
+"""Shared test set-up: one torch thread (2-core CI, several processes), deterministic seeds,
+and the fixtures more than one file uses: the session testbed and a per-test sshd."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 import torch
+from helpers.sshd import SshServer, running_sshd
+from helpers.testbed import Testbed, start_testbed
+
+from ftte_cli.testbed import lifecycle
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
+    """One four-device testbed for the whole test session."""
+    directory = tmp_path_factory.mktemp("testbed")
+    bed = start_testbed(directory)
+    try:
+        yield bed
+    finally:
+        report = lifecycle.down(directory)
+        assert not report.leftovers, f"testbed left behind: {report.leftovers}"
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[SshServer]:
+    """A real OpenSSH server on a loopback port for one test."""
+    with running_sshd(tmp_path / "sshd") as srv:
+        yield srv

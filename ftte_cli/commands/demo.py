@@ -25,10 +25,10 @@ from rich.console import Console
 from ftte_cli import api
 from ftte_cli.commands.options import FormatOpt, RecipeOpt
 from ftte_cli.errors import ExitCode, FtteError, RunError
-from ftte_cli.fleet.recap import render_recap, summary_line
 from ftte_cli.fleet.ssh import SLOW_DEVICE_SSH, SshOptions
 from ftte_cli.output import Format, console, err_console, handle_errors, print_json, table
 from ftte_cli.testbed.lifecycle import INVENTORY_FILE
+from ftte_cli.ui.recap import render_recap, summary_line
 from ftte_cli.units import format_size
 
 log = logging.getLogger(__name__)

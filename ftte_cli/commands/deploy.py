@@ -47,8 +47,8 @@ def deploy(
 ) -> None:
     """Ship the recipe's bundle (runtime, plan, model, data shard, token) to every device."""
     from ftte_cli.errors import ExitCode
-    from ftte_cli.fleet.recap import exit_with, render_recap
     from ftte_cli.fleet.ssh import FleetInterrupted
+    from ftte_cli.ui.recap import exit_with, render_recap
 
     with handle_errors(fmt):
         opts = ssh_options(forks=forks, accept_new_host_keys=accept_new_host_keys,

@@ -30,9 +30,9 @@ from ftte_cli.commands.options import (
 )
 from ftte_cli.errors import ConfigError
 from ftte_cli.fleet.adhoc import CommandOutput
-from ftte_cli.fleet.recap import STYLES, exit_with, recap_rows, render_recap, summary
 from ftte_cli.fleet.ssh import DeviceResult, FleetResults
 from ftte_cli.output import Format, console, handle_errors, print_json
+from ftte_cli.ui.recap import STYLES, exit_with, recap_rows, render_recap, summary
 
 
 def exec_rows(results: FleetResults) -> list[dict[str, Any]]:

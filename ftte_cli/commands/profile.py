@@ -25,9 +25,9 @@ from ftte_cli.commands.options import (
 from ftte_cli.errors import ConfigError
 from ftte_cli.fleet import budget as bud
 from ftte_cli.fleet import profile as prof
-from ftte_cli.fleet.recap import exit_with, recap_rows, recap_table, summary, summary_line
 from ftte_cli.fleet.ssh import SLOW_DEVICE_SSH, FleetResults
 from ftte_cli.output import Format, console, handle_errors, print_json, table
+from ftte_cli.ui.recap import exit_with, recap_rows, recap_table, summary, summary_line
 from ftte_cli.units import format_size
 
 COLUMNS = ("device", "class", "cpus", "quota", "memory", "limited by", "baseline", "runtime",

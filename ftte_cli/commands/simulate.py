@@ -1,6 +1,6 @@
 """`ftte simulate`: every strategy on the same simulated fleet and data, on a virtual clock.
 
-Thin: parse flags, call `api.simulate` (which writes the run directory, `sim/rundir.py`), render
+Thin: parse flags, call `api.simulate` (which writes the run directory, `rundir/sim.py`), render
 the side-by-side table or JSON from the same rows. Progress goes to stderr, only on a terminal
 and never in JSON mode.
 """
@@ -20,7 +20,7 @@ from ftte_cli.commands.report import TensorboardOpt
 from ftte_cli.config.recipe import load_recipe
 from ftte_cli.errors import ConfigError
 from ftte_cli.output import Format, console, err_console, handle_errors, print_json, table
-from ftte_cli.sim.rundir import (
+from ftte_cli.rundir.sim import (
     COLUMNS,
     PLAN_COLUMNS,
     excluded_note,
@@ -29,7 +29,7 @@ from ftte_cli.sim.rundir import (
     summary_doc,
     table_rows,
 )
-from ftte_cli.store import new_run_dir
+from ftte_cli.rundir.store import new_run_dir
 
 
 def _strategies(text: str) -> tuple[str, ...]:

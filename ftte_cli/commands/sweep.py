@@ -60,7 +60,7 @@ def sweep(
 ) -> None:
     """Run strategies x seeds (x --set values) one run at a time and compare them."""
     with handle_errors(fmt):
-        from ftte_cli.store import new_run_dir
+        from ftte_cli.rundir.store import new_run_dir
 
         if resume is None and recipe is None:  # before new_run_dir makes a folder
             raise ConfigError("sweep: --recipe is required (or --resume DIR)")

@@ -422,7 +422,7 @@ def data_path_origin(data_path: Path) -> str:
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """The recipe as plain JSON-able data (for manifests and bundles)."""
-    from ftte_cli.output import to_jsonable
+    from ftte_cli.rundir.jsonable import to_jsonable
 
     out = to_jsonable(recipe)
     out.pop("source", None)

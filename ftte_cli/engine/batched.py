@@ -26,8 +26,9 @@ A few jobs differ more: when a ReLU input lands within rounding of zero, the two
 round it to different sides and that unit's gradient flips on or off; later steps carry the
 difference on (on synthetic HAR, 2 of 100 five-step jobs, up to 6e-4 on deltas of ~1e-2). Float64
 references agree with both within that margin, so neither side is "the" exact one.
-tests/test_batched.py holds every delta to `DELTA_ATOL`, most to `TYPICAL_ATOL`, and losses and
-gradient variances to `REL_TOL`. The same inputs give bit-identical results run after run.
+tests/engine/test_batched.py holds every delta to `DELTA_ATOL`, most to `TYPICAL_ATOL`, and
+losses and gradient variances to `REL_TOL`. The same inputs give bit-identical results run after
+run.
 Models: `FeaturesPoolHead` models built from the blocks in `_KNOWN` (every registered model);
 `unsupported(model)` names what else it meets.
 """

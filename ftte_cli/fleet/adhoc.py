@@ -19,14 +19,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ftte_cli.config.inventory import Device
-from ftte_cli.fleet.ssh import (
-    DeviceResult,
-    FleetResults,
-    Outcome,
-    Session,
-    SshOptions,
-    run_on_fleet,
-)
+from ftte_cli.fleet.ssh.options import SshOptions
+from ftte_cli.fleet.ssh.pool import run_on_fleet
+from ftte_cli.fleet.ssh.results import DeviceResult, FleetResults, Outcome
+from ftte_cli.fleet.ssh.sessions import Session
 
 
 @dataclass(frozen=True)

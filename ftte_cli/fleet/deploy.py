@@ -28,14 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from ftte_cli.fleet.bundle import DEFAULT_ROOT, LocalBundle, build_bundles, bundle_archive
-from ftte_cli.fleet.ssh import (
-    DeviceResult,
-    FleetResults,
-    Outcome,
-    Session,
-    SshOptions,
-    run_on_fleet,
-)
+from ftte_cli.fleet.ssh.options import SshOptions
+from ftte_cli.fleet.ssh.pool import run_on_fleet
+from ftte_cli.fleet.ssh.results import DeviceResult, FleetResults, Outcome
+from ftte_cli.fleet.ssh.sessions import Session
 
 if TYPE_CHECKING:
     import torch

@@ -36,7 +36,9 @@ import paramiko
 
 from ftte_cli.config.inventory import Device
 from ftte_cli.errors import ConfigError
-from ftte_cli.fleet.ssh import SshOptions, enforce_host_keys, jump_host, key_passphrase
+from ftte_cli.fleet.ssh.hostkeys import enforce_host_keys
+from ftte_cli.fleet.ssh.options import SshOptions
+from ftte_cli.fleet.ssh.sessions import jump_host, key_passphrase
 
 
 class DeviceConnection(fabric.Connection):

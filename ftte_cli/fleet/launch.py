@@ -30,16 +30,9 @@ from typing import Callable, Optional, Sequence, TypeVar
 import paramiko
 
 from ftte_cli.config.inventory import Device
-from ftte_cli.fleet.ssh import (
-    CommandFailed,
-    DeviceResult,
-    FleetResults,
-    Outcome,
-    Session,
-    SshOptions,
-    classify,
-    connect,
-)
+from ftte_cli.fleet.ssh.options import SshOptions
+from ftte_cli.fleet.ssh.results import CommandFailed, DeviceResult, FleetResults, Outcome, classify
+from ftte_cli.fleet.ssh.sessions import Session, connect
 from ftte_cli.fleet.tunnel import ReverseTunnel
 from ftte_cli.units import format_size
 

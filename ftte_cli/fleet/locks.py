@@ -25,14 +25,10 @@ from typing import Any, Optional, Sequence
 
 from ftte_cli.config.inventory import Device
 from ftte_cli.errors import RunError
-from ftte_cli.fleet.ssh import (
-    DeviceResult,
-    FleetResults,
-    Outcome,
-    Session,
-    SshOptions,
-    run_on_fleet,
-)
+from ftte_cli.fleet.ssh.options import SshOptions
+from ftte_cli.fleet.ssh.pool import run_on_fleet
+from ftte_cli.fleet.ssh.results import DeviceResult, FleetResults, Outcome
+from ftte_cli.fleet.ssh.sessions import Session
 
 DEVICE_LOCK = "ftte-run.lock"  # in the device's workdir
 

@@ -35,15 +35,10 @@ from ftte_cli.config.recipe import PlanConfig, Recipe
 from ftte_cli.errors import ConfigError
 from ftte_cli.fleet import budget as bud
 from ftte_cli.fleet import probe
-from ftte_cli.fleet.ssh import (
-    CommandFailed,
-    DeviceResult,
-    FleetResults,
-    Outcome,
-    Session,
-    SshOptions,
-    run_on_fleet,
-)
+from ftte_cli.fleet.ssh.options import SshOptions
+from ftte_cli.fleet.ssh.pool import run_on_fleet
+from ftte_cli.fleet.ssh.results import CommandFailed, DeviceResult, FleetResults, Outcome
+from ftte_cli.fleet.ssh.sessions import Session
 
 log = logging.getLogger(__name__)
 

@@ -650,7 +650,7 @@ class FtteServer:
 
     async def _status(self, request: web.Request) -> web.Response:
         self._auth(request)
-        from ftte_cli.output import to_jsonable
+        from ftte_cli.rundir.jsonable import to_jsonable
 
         return web.json_response(to_jsonable(self.snapshot()))
 

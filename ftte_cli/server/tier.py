@@ -25,8 +25,8 @@ Lifecycle (docs/SCALING.md, section 3, has the design, the exactness argument an
   aggregator (or at its restart); the jobs they held are counted lost and dispatched again.
 
 Exactness: only the float64 summation order differs from one server (a relative change of about
-1e-16, below float32's 6e-8); tests/test_tier_ray.py checks the weights to within 4 float32 ulps
-(measured: 0 values differ). Limits: strategies with a buffer and a linear reducer (ftte,
+1e-16, below float32's 6e-8); tests/server/test_tier_ray.py checks the weights to within 4 float32
+ulps (measured: 0 values differ). Limits: strategies with a buffer and a linear reducer (ftte,
 fedbuff with guard.aggregator `mean`); no checkpoint of a tier's coordinator yet.
 """
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ftte_cli.errors import ConfigError
-from ftte_cli.store import read_json, write_json
+from ftte_cli.rundir.store import read_json, write_json
 from ftte_cli.sweep.records import RunRecord, RunStatus, read_record, read_sweep
 
 
@@ -115,8 +115,8 @@ def _time_plot(path: Path, rows: Sequence[GroupStats]) -> Path:
 
 def _accuracy_plot(out: Path, records: Sequence[RunRecord], target: float) -> Path:
     """Accuracy against time, one line per run (label group/seed)."""
+    from ftte_cli.rundir.reader import load_run
     from ftte_cli.ui.plots import accuracy_plot
-    from ftte_cli.ui.report import load_run
 
     series: dict[str, list[tuple[float, float]]] = {}
     for r in records:
@@ -176,7 +176,7 @@ def read_side(path: Path) -> Side:
             raise ConfigError(f"{path}: the sweep has no finished runs yet")
         return Side(path, bool(doc.get("simulate")),
                     {g.group: g.time_to_target.mean for g in compare(records)})
-    from ftte_cli.ui.report import load_run, report_rows
+    from ftte_cli.rundir.reader import load_run, report_rows
 
     run = load_run(path)
     return Side(path, run.kind == "simulate",

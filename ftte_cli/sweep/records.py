@@ -12,7 +12,7 @@ from typing import Optional
 
 from ftte_cli.config.recipe import Recipe, recipe_from_dict
 from ftte_cli.errors import ConfigError
-from ftte_cli.store import read_json
+from ftte_cli.rundir.store import read_json
 from ftte_cli.sweep.grid import Axis, GridSpec, RunSpec, Scalar
 
 SWEEP_FILE = "sweep.json"

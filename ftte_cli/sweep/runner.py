@@ -32,7 +32,7 @@ from ftte_cli.config.inventory import Device
 from ftte_cli.config.recipe import Recipe, load_recipe, recipe_to_dict
 from ftte_cli.errors import ConfigError, FtteError
 from ftte_cli.fleet.ssh import SshOptions
-from ftte_cli.store import write_json
+from ftte_cli.rundir.store import write_json
 from ftte_cli.sweep.compare import GroupStats, compare, write_comparison
 from ftte_cli.sweep.grid import GridSpec, RunSpec, apply, expand
 from ftte_cli.sweep.records import (
@@ -212,7 +212,7 @@ def peak_by_class(rows: list[dict[str, Any]], devices: dict[str, Device]) -> dic
 
 def _simulated(sweep: SweepSetup, run: RunSpec, recipe: Recipe, run_dir: Path,
                opts: SweepOptions) -> RunRecord:
-    from ftte_cli.sim.rundir import RunWriter
+    from ftte_cli.rundir.sim import RunWriter
     from ftte_cli.sim.runner import SimSettings, simulate
 
     clients, fleet = _sim_fleet(sweep, opts.out)

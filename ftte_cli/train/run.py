@@ -38,15 +38,15 @@ from ftte_cli.engine.strategies import make_strategy
 from ftte_cli.engine.train import evaluate
 from ftte_cli.errors import ConfigError, RunError
 from ftte_cli.fleet.ssh import SshOptions
+from ftte_cli.rundir.store import new_run_dir
+from ftte_cli.rundir.train import RunDir, file_sha256, package_versions
 from ftte_cli.server.app import FtteServer
 from ftte_cli.server.protocol import ServerConfig, update_bound
 from ftte_cli.server.runner import ServerThread
 from ftte_cli.server.snapshot import DeviceStatus, RunSnapshot, StopReason
 from ftte_cli.server.stop import rule_met
 from ftte_cli.startmodel import initial_model, initial_params
-from ftte_cli.store import new_run_dir
 from ftte_cli.train import planning
-from ftte_cli.train.rundir import RunDir, file_sha256, package_versions
 from ftte_cli.train.watchdog import Watchdog
 from ftte_cli.ui.dashboard import Dashboard, Phases
 
@@ -578,7 +578,7 @@ def _result(run: _TrainRun, server: FtteServer, reason: StopReason) -> TrainResu
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
-    from ftte_cli.output import to_jsonable
+    from ftte_cli.rundir.jsonable import to_jsonable
 
     return to_jsonable(obj)
 

@@ -1,6 +1,6 @@
 """TensorBoard export of a run directory (`--tensorboard DIR` on report, train and simulate).
 
-The run is read with `ui/report.load_run` (the same pass the PNGs and the summary use) and
+The run is read with `rundir/reader.load_run` (the same pass the PNGs and the summary use) and
 written with torch's `SummaryWriter` into `DIR/<run folder name>/<series>`, one TensorBoard
 "run" per strategy, so `tensorboard --logdir DIR` overlays every run exported into DIR. Needs the
 `tensorboard` package: `pip install 'ftte-cli[tensorboard]'`; without it every command stops
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ftte_cli.errors import ConfigError
-from ftte_cli.store import read_jsonl
-from ftte_cli.ui.report import RunReport, Series, report_rows
+from ftte_cli.rundir.reader import RunReport, Series, report_rows
+from ftte_cli.rundir.store import read_jsonl
 
 EXTRA_HINT = "pip install 'ftte-cli[tensorboard]'"
 

@@ -1,0 +1,25 @@
+"""The tiny simulator recipe: 8 clients, a half-width har_cnn, a few versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftte_cli.config.recipe import Recipe, load_recipe
+
+TINY = """
+name: tiny
+seed: 3
+data: {dataset: synthetic_har, windows: 900, subjects: 8, partition: iid}
+model: {name: har_cnn, width: 0.5}
+train: {epochs: 1, batch_size: 16, lr: 0.05}
+strategy: {buffer_size: 2, max_concurrency: 4}
+plan: {memory_budget: %s, proxy_steps: 2}
+stop: {target_accuracy: 0.99, max_versions: 6, time_limit: 10000, eval_every: 2}
+sim: {clients: 8, stragglers: 0.5, dropout_rate: %s, return_after: 5}
+"""
+
+
+def tiny_recipe(tmp_path: Path, budget: str = "1GB", dropout: float = 0.0) -> Recipe:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY % (budget, dropout))
+    return load_recipe(path)
