@@ -10,7 +10,7 @@ import torch
 
 from ftte_cli.engine.data.dataset import ClientData, Dataset, FederatedData
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import choose_defaults  # noqa: E402
 
