@@ -77,10 +77,10 @@ def build_coordinator(devices: int, seed: int, concurrency: int, buffer_size: in
     from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig
     from ftte_cli.engine.data import synthetic_har
     from ftte_cli.engine.data.dataset import Dataset
+    from ftte_cli.engine.evaluation import PlanEvaluator
     from ftte_cli.engine.models import build_model
     from ftte_cli.engine.plan import FULL, MaskKind, ParamMask, build_plan
     from ftte_cli.engine.strategies import make_strategy
-    from ftte_cli.engine.train import evaluate
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
@@ -95,7 +95,7 @@ def build_coordinator(devices: int, seed: int, concurrency: int, buffer_size: in
     cfg = StrategyConfig(name="ftte", buffer_size=buffer_size, max_concurrency=concurrency)
     return Coordinator(params, plan, make_strategy(cfg), {n: 100 for n in device_names(devices)},
                        CoordinatorConfig(strategy=cfg, eval_every=5), seed=seed,
-                       evaluate=lambda p: evaluate(model, p, test))
+                       evaluate=PlanEvaluator(model, plan, test))
 
 
 def serve(devices: int, seed: int, concurrency: int, buffer_size: int) -> None:

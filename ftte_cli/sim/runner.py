@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ftte_cli.config.recipe import Recipe, TrainConfig
 from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig, Job, Update
 from ftte_cli.engine.data.dataset import Dataset, FederatedData
+from ftte_cli.engine.evaluation import PlanEvaluator
 from ftte_cli.engine.flops import layer_flops
 from ftte_cli.engine.memory import training_memory
 from ftte_cli.engine.metrics import EvalPoint, RunMetrics, RunSummary, summarize
@@ -42,7 +43,7 @@ from ftte_cli.engine.models import build_model
 from ftte_cli.engine.plan import Plan, dense_plan
 from ftte_cli.engine.strategies import STRATEGIES, make_strategy
 from ftte_cli.engine.strategies.aggregate import nbytes
-from ftte_cli.engine.train import JobResult, evaluate, train_job
+from ftte_cli.engine.train import JobResult, train_job
 from ftte_cli.errors import ConfigError, RunError
 from ftte_cli.sim.clock import VirtualClock
 from ftte_cli.sim.devices import (
@@ -147,7 +148,7 @@ class World:
     params: Tensors
     fleet: List[DeviceModel]
     dense: Plan
-    ftte: Plan
+    ftte: Plan  # the dense plan when no strategy of the run trains a sparse one
     costs: Dict[str, ComputeCost]  # plan method key ("dense" / "ftte") -> per-sample cost
     budget_bytes: int
     budget_source: str
@@ -229,7 +230,10 @@ def prepare(settings: SimSettings) -> World:
                                data)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     notes: List[str] = [f"FTTE memory budget {budget} B: {source}", describe_start(start)]
-    ftte = _ftte_plan(model, recipe, data, budget, dense, notes)
+    if any(not STRATEGIES[name].dense for name in settings.strategies):
+        ftte = _ftte_plan(model, recipe, data, budget, dense, notes)
+    else:  # only dense strategies: FTTE's selection (a few CPU seconds) would go unused
+        ftte = replace(dense, budget_bytes=budget)
     flops = layer_flops(model, data.input_shape)
     costs = {"dense": compute_cost(flops, dense), "ftte": compute_cost(flops, ftte)}
     return World(settings, recipe, seed, data, model, params, fleet, dense, ftte, costs, budget,
@@ -344,6 +348,7 @@ class _Run:
             raise RunError(f"{name}: no simulated client can hold full training ({full} B) "
                            "under baseline_memory strict; use lenient")
         self.test = _eval_set(world)
+        self.evaluator = PlanEvaluator(world.model, self.plan, self.test)  # frozen prefix once
         self.train_cpu = 0.0
         self.energy: List[Tuple[float, float]] = []  # (arrival time, joules) per trained job
         self.rng = random.Random(f"availability:{world.seed}:{name}")
@@ -359,7 +364,7 @@ class _Run:
         return f"c{i:04d}"
 
     def _evaluate(self, params: Tensors) -> Tuple[float, float]:
-        return evaluate(self.world.model, params, self.test)
+        return self.evaluator(params)
 
     def _dispatch(self, now: float) -> None:
         cfg = self.recipe.sim
