@@ -129,8 +129,11 @@ def loop_child(clients: int, rounds: int, threads: int) -> Dict[str, Any]:
 
 
 def fedavg_recipe(folder: Path, rounds: int) -> Path:
-    """recipes/har.yaml as FedAvg for `rounds` rounds, every client in, evaluated every round."""
+    """recipes/har.yaml as FedAvg for `rounds` rounds, every client in, evaluated every round,
+    from the seeded random model the loop starts from (har.yaml warm-starts: the loop does not,
+    so with it the two sides neither did the same work nor reached the same accuracy)."""
     text = HAR.read_text()
+    text = text.replace("\ninit: pretrain ", "\ninit: random   ")
     text = text.replace("name: ftte ", "name: fedavg ").replace("max_versions: 300",
                                                                 f"max_versions: {rounds}")
     text = text.replace("time_limit: 900", "time_limit: 100000000").replace(
