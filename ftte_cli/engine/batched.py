@@ -165,7 +165,11 @@ def prefix_outputs(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan, x
     """The input of the first trained block for every row of `x` (`x` itself when no leading
     block is frozen): what `train_jobs` computes for a group, kept by callers via `prefixed`."""
     first = frozen_prefix(model, plan.trainable_names())
-    return _prefix_outputs(model, frozen, x, first) if first else x
+    if not first:
+        return x
+    if not int(x.shape[0]):  # an empty shard: no rows, but the output's row shape
+        return _prefix_outputs(model, frozen, x.new_zeros((1, *x.shape[1:])), first)[:0]
+    return _prefix_outputs(model, frozen, x, first)
 
 
 def _train_group(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
