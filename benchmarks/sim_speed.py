@@ -53,17 +53,20 @@ def measure(cmd: List[str], last_line: bool = False) -> Dict[str, Any]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     peak = [0]
+    done = threading.Event()
 
     def sample() -> None:
-        while proc.poll() is None:
+        # not proc.poll(): it reaps the child, and wait4 below then finds none (a race that
+        # crashed a run); tree_rss of an exited pid is 0
+        while not done.wait(0.1):
             peak[0] = max(peak[0], tree_rss(proc.pid))
-            time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     assert proc.stdout is not None
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
+    done.set()
     proc.returncode = os.waitstatus_to_exitcode(status)
     sampler.join()
     wall = time.perf_counter() - start
