@@ -533,9 +533,9 @@ BEFORE = {"accepted_per_s": 147.0, "p99_ms": 82.0, "lost": 0}
 # The profile on main before issue 14 part A's coordinator changes (idle index, one-pass
 # finiteness check, aggregation without float64 copies, evaluation with the frozen prefix kept):
 # the lightest of three runs alternated with the new code on the shared 2-core machine
-# (load average ~10), microseconds per update.
-PROFILE_BEFORE = {"decode": 56.3, "validate+ingest": 196.9, "aggregate": 41.5,
-                  "evaluate": 266.3, "next_jobs": 59.0, "total": 621.3}
+# (load average ~7; the new code's lightest read 269 us), microseconds per update.
+PROFILE_BEFORE = {"decode": 37.0, "validate+ingest": 138.3, "aggregate": 29.3,
+                  "evaluate": 186.4, "next_jobs": 41.0, "total": 433.1}
 
 
 def coordinator_profile(devices: int = 1000, updates: int = 2000, seed: int = 0,
