@@ -77,10 +77,10 @@ def build_coordinator(devices: int, seed: int, concurrency: int, buffer_size: in
     from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig
     from ftte_cli.engine.data import synthetic_har
     from ftte_cli.engine.data.dataset import Dataset
+    from ftte_cli.engine.evaluation import PlanEvaluator
     from ftte_cli.engine.models import build_model
     from ftte_cli.engine.plan import FULL, MaskKind, ParamMask, build_plan
     from ftte_cli.engine.strategies import make_strategy
-    from ftte_cli.engine.train import evaluate
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
@@ -95,7 +95,7 @@ def build_coordinator(devices: int, seed: int, concurrency: int, buffer_size: in
     cfg = StrategyConfig(name="ftte", buffer_size=buffer_size, max_concurrency=concurrency)
     return Coordinator(params, plan, make_strategy(cfg), {n: 100 for n in device_names(devices)},
                        CoordinatorConfig(strategy=cfg, eval_every=5), seed=seed,
-                       evaluate=lambda p: evaluate(model, p, test))
+                       evaluate=PlanEvaluator(model, plan, test))
 
 
 def serve(devices: int, seed: int, concurrency: int, buffer_size: int) -> None:
@@ -530,6 +530,12 @@ PROFILE_PHASES = ("decode", "validate+ingest", "aggregate", "evaluate", "next_jo
 # Measured on main before issue 14 at the defaults (1,000 devices, C = 200, 90 s; the devices'
 # own pace allows ~160/s there), for the side-by-side; --concurrency 1000 measures capacity.
 BEFORE = {"accepted_per_s": 147.0, "p99_ms": 82.0, "lost": 0}
+# The profile on main before issue 14 part A's coordinator changes (idle index, one-pass
+# finiteness check, aggregation without float64 copies, evaluation with the frozen prefix kept):
+# the lightest of three runs alternated with the new code on the shared 2-core machine
+# (load average ~7; the new code's lightest read 269 us), microseconds per update.
+PROFILE_BEFORE = {"decode": 37.0, "validate+ingest": 138.3, "aggregate": 29.3,
+                  "evaluate": 186.4, "next_jobs": 41.0, "total": 433.1}
 
 
 def coordinator_profile(devices: int = 1000, updates: int = 2000, seed: int = 0,
@@ -595,8 +601,12 @@ def render_profile(prof: Dict[str, Any]) -> None:
     print(f"coordinator profile, {prof['devices']} devices, {prof['updates']} updates in-process "
           f"({prof['versions']} versions): {total / 1e3:.2f} ms per update = "
           f"{prof['updates_per_s_one_core']:.0f} updates/s on one core")
+    print(f"  {'phase':<16}{'now':>8}  {'share':>6}  {'before':>8}")
     for phase, us in prof["us_per_update"].items():
-        print(f"  {phase:<16}{us / 1e3:>8.3f} ms  {us / total:>6.1%}")
+        print(f"  {phase:<16}{us / 1e3:>8.3f} ms  {us / total:>6.1%}  "
+              f"{PROFILE_BEFORE[phase] / 1e3:>8.3f} ms")
+    print(f"  {'total':<16}{total / 1e3:>8.3f} ms  {'':>6}  "
+          f"{PROFILE_BEFORE['total'] / 1e3:>8.3f} ms (before: main, see PROFILE_BEFORE)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -620,7 +630,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     prof = coordinator_profile(args.devices, seed=args.seed, concurrency=args.concurrency,
                                buffer_size=args.buffer_size)
     if args.profile_only:
-        print(json.dumps(prof, indent=2)) if args.format == "json" else render_profile(prof)
+        if args.format == "json":
+            print(json.dumps({**prof, "before_us_per_update": PROFILE_BEFORE}, indent=2))
+        else:
+            render_profile(prof)
         return 0
     res = load_test(args.devices, args.duration, args.procs, args.seed, args.concurrency,
                     args.buffer_size)

@@ -121,11 +121,19 @@ def _prefix_outputs(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, b
 
 def train_jobs(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
                subset: Mapping[str, Tensor], shards: Sequence[Dataset], cfg: TrainConfig,
-               seeds: Sequence[int], max_group: int = MAX_GROUP) -> List[JobResult]:
+               seeds: Sequence[int], max_group: int = MAX_GROUP,
+               prefixed: Optional[Sequence[Tensor]] = None) -> List[JobResult]:
     """train_job(model, frozen, plan, subset, shards[i], cfg, seeds[i]) for every i, batched
-    `max_group` clients at a time; results in the order of `shards`."""
+    `max_group` clients at a time; results in the order of `shards`.
+
+    `prefixed[i]`, when given, is `prefix_outputs(model, frozen, plan, shards[i].x)`: the frozen
+    prefix's output for every sample of the shard, which a caller training the same shards
+    again under the same frozen weights (the simulator) keeps instead of recomputing per job.
+    """
     if len(shards) != len(seeds):
         raise ValueError(f"train_jobs: {len(shards)} shards but {len(seeds)} seeds")
+    if prefixed is not None and len(prefixed) != len(shards):
+        raise ValueError(f"train_jobs: {len(shards)} shards but {len(prefixed)} prefix outputs")
     problem = unsupported(model)
     if problem is not None:
         raise ValueError(problem)
@@ -135,7 +143,8 @@ def train_jobs(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
     for start in range(0, len(by_size), max_group):
         part = by_size[start:start + max_group]
         results = _train_group(model, frozen, plan, subset, [shards[i] for i in part], cfg,
-                               [seeds[i] for i in part])
+                               [seeds[i] for i in part],
+                               None if prefixed is None else [prefixed[i] for i in part])
         for i, res in zip(part, results):
             out[i] = res
     return [r for r in out if r is not None]
@@ -152,9 +161,22 @@ def unsupported(model: nn.Module) -> Optional[str]:
     return None
 
 
+def prefix_outputs(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan, x: Tensor
+                   ) -> Tensor:
+    """The input of the first trained block for every row of `x` (`x` itself when no leading
+    block is frozen): what `train_jobs` computes for a group, kept by callers via `prefixed`."""
+    first = frozen_prefix(model, plan.trainable_names())
+    if not first:
+        return x
+    if not int(x.shape[0]):  # an empty shard: no rows, but the output's row shape
+        return _prefix_outputs(model, frozen, x.new_zeros((1, *x.shape[1:])), first)[:0]
+    return _prefix_outputs(model, frozen, x, first)
+
+
 def _train_group(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
                  subset: Mapping[str, Tensor], shards: Sequence[Dataset], cfg: TrainConfig,
-                 seeds: Sequence[int]) -> List[JobResult]:
+                 seeds: Sequence[int], prefixed: Optional[Sequence[Tensor]] = None
+                 ) -> List[JobResult]:
     names = list(plan.subset_shapes())
     if not names:
         raise ValueError(f"plan for {plan.model} has no trainable parameters")
@@ -167,11 +189,14 @@ def _train_group(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
     gsum = {n: torch.zeros_like(t) for n, t in stack.items()}
     sq = torch.zeros(g, dtype=torch.float64)
     loss_sum = torch.zeros(g, dtype=torch.float64)
-    xs = torch.cat([d.x for d in shards])
     ys = torch.cat([d.y for d in shards])
     first = frozen_prefix(model, plan.trainable_names())
-    if first:  # frozen blocks: once per sample, not once per step
-        xs = _prefix_outputs(model, frozen, xs, first)
+    if prefixed is not None:  # the caller keeps them: once per sample and run
+        xs = torch.cat(list(prefixed))
+    else:
+        xs = torch.cat([d.x for d in shards])
+        if first:  # frozen blocks: once per sample, not once per step
+            xs = _prefix_outputs(model, frozen, xs, first)
     active = g
     for s in range(sched.index.shape[0]):
         while sched.steps[active - 1] <= s:

@@ -26,14 +26,27 @@ while some job in flight refers to it.
 
 from __future__ import annotations
 
+import bisect
+import math
 import random
 import statistics
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+    overload,
+)
 
-import torch
 from torch import Tensor
 
 from ftte_cli.config.recipe import StrategyConfig
@@ -160,6 +173,7 @@ class Coordinator:
         self._jobs: Dict[str, _InFlight] = {}
         self._lost: Dict[str, _InFlight] = {}  # client -> its last job released while in flight
         self._clients = {cid: _ClientRecord(n) for cid, n in clients.items()}
+        self._idle_set = _IdleSet(list(self._clients))
         self._accepted: Set[str] = set()
         self._rng = random.Random(seed)
         self._counter = 0
@@ -205,13 +219,12 @@ class Coordinator:
     # -- clients ---------------------------------------------------------------------------
     def client_online(self, client_id: str) -> None:
         """An offline client is back and idle."""
-        rec = self._clients[client_id]
-        if rec.state == ClientState.offline:
-            rec.state = ClientState.idle
+        if self._clients[client_id].state == ClientState.offline:
+            self._set_state(client_id, ClientState.idle)
 
     def client_offline(self, client_id: str, now: float) -> bool:
         """A client went away; its jobs in flight are lost. True when that advanced the model."""
-        self._clients[client_id].state = ClientState.offline
+        self._set_state(client_id, ClientState.offline)
         advanced = False
         for job in [j for j in self._jobs.values() if j.client_id == client_id]:
             self._lost[client_id] = job  # its update may still arrive, late
@@ -223,32 +236,35 @@ class Coordinator:
     # -- dispatch --------------------------------------------------------------------------
     def next_jobs(self, now: float) -> List[Job]:
         """Jobs for idle online clients while fewer than C are in flight (FedAvg: whole rounds)."""
-        # Runs after every update: scan the clients only when a job can be dispatched, and
-        # with `is` (a str-Enum `==` is ~6x slower: 0.37 ms at 1,000 clients).
+        # Runs after every update: the idle clients are kept in an index (a scan of 1,000
+        # client records cost ~0.13 ms per update); sampling reads only the chosen entries.
         if self.strategy.synchronous:
-            idle = [] if self._jobs else self._idle()
-            if not idle:
+            idle = self._idle_set if not self._jobs else _IdleSet([])
+            if not len(idle):
                 return []
             m = self.config.strategy.fedavg_clients or len(idle)
             chosen = self._rng.sample(idle, min(m, len(idle)))
             self.strategy.begin_round(len(chosen))
         else:
             slots = self.strategy.concurrency - len(self._jobs)
-            idle = self._idle() if slots > 0 else []
+            idle = self._idle_set
             chosen = self._rng.sample(idle, min(slots, len(idle))) if slots > 0 else []
         return [self._dispatch(cid, now) for cid in chosen]
 
-    def _idle(self) -> List[str]:
-        """Idle clients in registration order (states are always ClientState members)."""
-        idle = ClientState.idle
-        return [cid for cid, c in self._clients.items() if c.state is idle]
+    def _set_state(self, client_id: str, state: ClientState) -> None:
+        """The one place a client's state changes, so the idle index stays in step."""
+        self._clients[client_id].state = state
+        if state is ClientState.idle:
+            self._idle_set.add(client_id)
+        else:
+            self._idle_set.discard(client_id)
 
     def _dispatch(self, client_id: str, now: float) -> Job:
         self._counter += 1
         job = _InFlight(f"j{self._counter:07d}", client_id, self._version, now)
         self._jobs[job.job_id] = job
         self._snapshots[self._version] = self._subset
-        self._clients[client_id].state = ClientState.busy
+        self._set_state(client_id, ClientState.busy)
         self.metrics.jobs_dispatched += 1
         self.metrics.bytes_down += nbytes(self._subset)
         return Job(job.job_id, client_id, job.version, self._subset, now,
@@ -272,14 +288,14 @@ class Coordinator:
         else:
             self._finish(job)
         staleness = self._version - job.version
-        reason = self._check(update, staleness)
+        reason, norm = self._check(update, staleness)
         if late and reason is None and (self.strategy.synchronous or
                                         (self.strategy.needs_base and base is None)):
             reason = RejectReason.too_stale  # its round (or base model) is gone
         guarded: Optional[Tensors] = None
         clipped, detail = False, ""
         if reason is None:
-            guarded, clipped, detail = self._norm_guard(update.delta, job.client_id)
+            guarded, clipped, detail = self._norm_guard(update.delta, job.client_id, norm)
             reason = RejectReason.norm_bound if guarded is None else None
         if reason is not None or guarded is None:
             reason = reason or RejectReason.norm_bound
@@ -327,8 +343,10 @@ class Coordinator:
             self._weights_norm_at = (self._version, aggregate.l2_norm(self._subset))
         return self._weights_norm_at[1]
 
-    def _norm_guard(self, delta: Tensors, client: str) -> Tuple[Optional[Tensors], bool, str]:
-        """(delta to use or None to reject, clipped, detail) under strategy.guard's norm bound.
+    def _norm_guard(self, delta: Tensors, client: str, norm: float
+                    ) -> Tuple[Optional[Tensors], bool, str]:
+        """(delta to use or None to reject, clipped, detail) under strategy.guard's norm bound;
+        `norm` is the delta's L2 norm (`aggregate.l2_norm`, computed once by `_check`).
 
         The reference is the median over clients of each client's last accepted norm: one
         entry per client, so no single client, honest or hostile, sets the bound. An update is
@@ -341,7 +359,6 @@ class Coordinator:
         the reference is ||w*_t|| itself (no honest delta is a multiple of the weights it changes).
         """
         guard = self.config.strategy.guard
-        norm = self._delta_norm(delta)
         if guard.norm_bound is None:
             return delta, False, ""
         weights = self._weights_norm()
@@ -374,20 +391,28 @@ class Coordinator:
         """The norm guard's clipped delta (the tier records the factor for the aggregator)."""
         return aggregate.scale(delta, factor)
 
-    def _check(self, update: Update, staleness: int) -> Optional[RejectReason]:
+    def _check(self, update: Update, staleness: int) -> Tuple[Optional[RejectReason], float]:
+        """(why the update must be dropped or None, its L2 norm; nan before the norm is known).
+
+        One pass over the values: the float64 norm is finite when every value is (a float32
+        square is at most ~1.2e77, so no sum of them overflows float64), so it is both the
+        finiteness check and the norm guard's input; only a non-finite norm (a NaN or Inf, or
+        float64 values past 1e154) looks at the values again.
+        """
         delta = update.delta
         if nbytes(delta) > self._bound:
-            return RejectReason.too_large
+            return RejectReason.too_large, math.nan
         if set(delta) != set(self._spec):
-            return RejectReason.mask_mismatch
+            return RejectReason.mask_mismatch, math.nan
         if any((tuple(t.shape), t.dtype) != self._spec[k] for k, t in delta.items()):
-            return RejectReason.shape_mismatch
-        if not all(bool(torch.isfinite(t).all()) for t in delta.values()):
-            return RejectReason.non_finite
+            return RejectReason.shape_mismatch, math.nan
+        norm = self._delta_norm(delta)
+        if not math.isfinite(norm) and not aggregate.all_finite(delta):
+            return RejectReason.non_finite, norm
         limit = self.config.strategy.max_staleness
         if limit is not None and staleness > limit:
-            return RejectReason.too_stale
-        return None
+            return RejectReason.too_stale, norm
+        return None, norm
 
     def _reject(self, reason: RejectReason, staleness: Optional[int]) -> SubmitResult:
         self.metrics.dropped[reason.value] += 1
@@ -396,9 +421,8 @@ class Coordinator:
     def _finish(self, job: _InFlight) -> None:
         """Take a job out of flight, free its client, drop its snapshot when no job needs it."""
         del self._jobs[job.job_id]
-        rec = self._clients[job.client_id]
-        if rec.state == ClientState.busy:
-            rec.state = ClientState.idle
+        if self._clients[job.client_id].state == ClientState.busy:
+            self._set_state(job.client_id, ClientState.idle)
         self._drop_snapshot_if_unused(job.version)
 
     def _apply(self, new_subset: Optional[Tensors], now: float) -> bool:
@@ -532,6 +556,9 @@ class Coordinator:
         for cid, c in meta["clients"].items():
             coord._clients[cid] = _ClientRecord(int(c["num_samples"]), ClientState(c["state"]),
                                                 int(c["updates"]), c["last_staleness"])
+        coord._idle_set = _IdleSet(list(coord._clients),
+                                   [cid for cid, c in coord._clients.items()
+                                    if c.state is ClientState.idle])
         coord._accepted = set(meta["accepted"])
         rng_version, rng_internal, rng_gauss = meta["rng"]
         coord._rng.setstate((rng_version, tuple(rng_internal), rng_gauss))
@@ -559,3 +586,45 @@ def _prefixed(tensors: Tensors, prefix: str) -> Tensors:
 def _ordered(tensors: Tensors, names: List[str]) -> Tensors:
     """`tensors` in the order of `names` (all of them must be there)."""
     return {n: tensors[n] for n in names}
+
+
+class _IdleSet(Sequence[str]):
+    """The idle clients in registration order, as a sequence `random.sample` can draw from.
+
+    Sampling from it draws exactly what sampling from the list of idle clients in registration
+    order drew (the same length, the same entry at each index), so seeded runs are unchanged;
+    adding or removing a client is a bisect in a list of registration positions, and a draw of
+    k clients reads k entries instead of scanning every client's record.
+    """
+
+    def __init__(self, order: List[str], idle: Optional[List[str]] = None) -> None:
+        self._names = order  # registration position -> client id
+        self._position = {cid: i for i, cid in enumerate(order)}
+        chosen = order if idle is None else idle
+        self._idle: List[int] = sorted(self._position[cid] for cid in chosen)
+
+    def add(self, client_id: str) -> None:
+        pos = self._position[client_id]
+        i = bisect.bisect_left(self._idle, pos)
+        if i == len(self._idle) or self._idle[i] != pos:
+            self._idle.insert(i, pos)
+
+    def discard(self, client_id: str) -> None:
+        pos = self._position[client_id]
+        i = bisect.bisect_left(self._idle, pos)
+        if i < len(self._idle) and self._idle[i] == pos:
+            del self._idle[i]
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, i: Union[int, slice]) -> Union[str, Sequence[str]]:
+        if isinstance(i, slice):
+            return [self._names[p] for p in self._idle[i]]
+        return self._names[self._idle[i]]

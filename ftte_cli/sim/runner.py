@@ -26,10 +26,11 @@ import torch
 from ftte_cli.config.recipe import TrainConfig
 from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig, Job, Update
 from ftte_cli.engine.data.dataset import Dataset
+from ftte_cli.engine.evaluation import PlanEvaluator
 from ftte_cli.engine.metrics import EvalPoint, summarize
 from ftte_cli.engine.strategies import make_strategy
 from ftte_cli.engine.strategies.aggregate import nbytes
-from ftte_cli.engine.train import JobResult, evaluate, train_job
+from ftte_cli.engine.train import JobResult, train_job
 from ftte_cli.errors import RunError
 from ftte_cli.sim.clock import VirtualClock
 from ftte_cli.sim.devices import DeviceModel, compute_seconds, job_seconds
@@ -154,6 +155,7 @@ class _StrategyRun:
             raise RunError(f"{name}: no simulated client can hold full training ({full} B) "
                            "under baseline_memory strict; use lenient")
         self.test = _eval_set(world)
+        self.evaluator = PlanEvaluator(world.model, self.plan, self.test)  # frozen prefix once
         self.train_cpu = 0.0
         self.energy: List[Tuple[float, float]] = []  # (arrival time, joules) per trained job
         self.rng = random.Random(f"availability:{world.seed}:{name}")
@@ -169,7 +171,7 @@ class _StrategyRun:
         return f"c{i:04d}"
 
     def _evaluate(self, params: Tensors) -> Tuple[float, float]:
-        return evaluate(self.world.model, params, self.test)
+        return self.evaluator(params)
 
     def _dispatch(self, now: float) -> None:
         cfg = self.recipe.sim

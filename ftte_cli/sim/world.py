@@ -50,7 +50,7 @@ class World:
     params: Tensors
     fleet: List[DeviceModel]
     dense: Plan
-    ftte: Plan
+    ftte: Plan  # the dense plan when no strategy of the run trains a sparse one
     costs: Dict[str, ComputeCost]  # plan method key ("dense" / "ftte") -> per-sample cost
     budget_bytes: int
     budget_source: str
@@ -129,7 +129,10 @@ def prepare(settings: SimSettings) -> World:
                                data)
     params = model_params(model)
     notes: List[str] = [f"FTTE memory budget {budget} B: {source}", describe_start(start)]
-    ftte = _ftte_plan(model, recipe, data, budget, dense, notes)
+    if any(not STRATEGIES[name].dense for name in settings.strategies):
+        ftte = _ftte_plan(model, recipe, data, budget, dense, notes)
+    else:  # only dense strategies: FTTE's selection (a few CPU seconds) would go unused
+        ftte = replace(dense, budget_bytes=budget)
     flops = layer_flops(model, data.input_shape)
     costs = {"dense": compute_cost(flops, dense), "ftte": compute_cost(flops, ftte)}
     return World(settings, recipe, seed, data, model, params, fleet, dense, ftte, costs, budget,

@@ -32,10 +32,10 @@ from ftte_cli.config.inventory import Device, Inventory, load_inventory
 from ftte_cli.config.recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_dict
 from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig, SubmitResult
 from ftte_cli.engine.data import FederatedData
+from ftte_cli.engine.evaluation import PlanEvaluator
 from ftte_cli.engine.metrics import summarize
 from ftte_cli.engine.plan import Plan, load_plan, plan_to_dict, save_plan
 from ftte_cli.engine.strategies import make_strategy
-from ftte_cli.engine.train import evaluate
 from ftte_cli.errors import ConfigError, RunError
 from ftte_cli.fleet.ssh import SshOptions
 from ftte_cli.rundir.store import new_run_dir
@@ -137,9 +137,11 @@ def _model(recipe: Recipe, fed: FederatedData) -> torch.nn.Module:
     return initial_model(recipe, fed.input_shape, fed.num_classes, fed)
 
 
-def _evaluator(model: torch.nn.Module, fed: FederatedData) -> Callable[[dict], tuple[float, float]]:
-    """Global test accuracy, computed by the server (on its coordinator thread)."""
-    return lambda params: evaluate(model, params, fed.test)
+def _evaluator(model: torch.nn.Module, plan: Plan, fed: FederatedData
+               ) -> Callable[[dict], tuple[float, float]]:
+    """Global test accuracy, computed by the server (on its coordinator thread); the plan's
+    frozen prefix runs once over the test set, not at every evaluation."""
+    return PlanEvaluator(model, plan, fed.test)
 
 
 def _clients(devices: list[Device], all_devices: list[Device],
@@ -172,7 +174,7 @@ def _fresh(opts: TrainOptions) -> _TrainRun:
     fed, choice, params = planned.fed, planned.choice, planned.params
     model = _model(recipe, fed)
     coord = _coordinator(recipe, choice.plan, params, _clients(choice.devices, all_devices, fed),
-                         _evaluator(model, fed))
+                         _evaluator(model, choice.plan, fed))
     rundir = RunDir(opts.run_dir or new_run_dir("runs", "train"))
     save_plan(choice.plan, rundir.path)
     manifest = {
@@ -209,7 +211,7 @@ def _resumed(opts: TrainOptions) -> _TrainRun:
     state = rundir.latest_checkpoint()
     params = _initial_params(recipe, fed)
     coord = _coordinator(recipe, plan, params, _clients(devices, all_devices, fed),
-                         _evaluator(model, fed), state)
+                         _evaluator(model, plan, fed), state)
     elapsed = float(state[1].get("elapsed", 0.0)) if state else 0.0
     manifest["resumes"] = [*manifest.get("resumes", []),
                            {"at": datetime.now(timezone.utc).isoformat(),

@@ -10,7 +10,7 @@ from typing import List
 
 import pytest
 import torch
-from helpers.simkit import TINY
+from helpers.simkit import TINY, make_shards
 from helpers.tinymodel import Tiny
 from typer.testing import CliRunner
 
@@ -33,15 +33,6 @@ from ftte_cli.sim.batched_backend import BatchedBackend
 from ftte_cli.sim.runner import SimSettings, StrategyResult, prepare, run_strategy
 
 runner = CliRunner()
-# Ragged on purpose: an empty shard, one shorter than a batch, exactly one batch, partial last.
-SIZES = (0, 5, 16, 37, 50, 23)
-
-
-def _shards(shape: tuple[int, ...], classes: int, sizes: tuple[int, ...] = SIZES
-            ) -> List[Dataset]:
-    gen = torch.Generator().manual_seed(7)
-    return [Dataset(torch.randn((n, *shape), generator=gen),
-                    torch.randint(0, classes, (n,), generator=gen)) for n in sizes]
 
 
 def _sparse_har_plan(model: torch.nn.Module) -> Plan:
@@ -87,7 +78,7 @@ def test_har_jobs_equal_one_at_a_time_training(cfg: TrainConfig, sparse: bool) -
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="har_cnn", width=0.5), (9, 128), 6)
     plan = _sparse_har_plan(model) if sparse else dense_plan(model, "har_cnn")
-    shards, seeds = _shards((9, 128), 6), [11, 12, 13, 14, 15, 16]
+    shards, seeds = make_shards((9, 128), 6), [11, 12, 13, 14, 15, 16]
     params = {k: v.detach() for k, v in model.named_parameters()}
     got = train_jobs(model, params, plan, extract(params, plan), shards, cfg, seeds,
                      max_group=4)  # two groups: the grouping must not show
@@ -105,7 +96,7 @@ def test_image_models_with_depthwise_and_residual_blocks_match(name: str,
     torch.manual_seed(1)
     model = build_model(ModelConfig(name=name, width=0.25), shape, 4)
     plan = dense_plan(model, name)
-    shards, seeds = _shards(shape, 4, (3, 9, 6)), [1, 2, 3]
+    shards, seeds = make_shards(shape, 4, (3, 9, 6)), [1, 2, 3]
     cfg = TrainConfig(epochs=1, batch_size=4, lr=0.05)
     params = {k: v.detach() for k, v in model.named_parameters()}
     got = train_jobs(model, params, plan, extract(params, plan), shards, cfg, seeds)
@@ -117,7 +108,7 @@ def test_same_inputs_give_the_same_bits() -> None:
     model = build_model(ModelConfig(name="har_cnn", width=0.5), (9, 128), 6)
     plan = dense_plan(model, "har_cnn")
     params = {k: v.detach() for k, v in model.named_parameters()}
-    shards, cfg = _shards((9, 128), 6), TrainConfig(epochs=1, batch_size=16, lr=0.05)
+    shards, cfg = make_shards((9, 128), 6), TrainConfig(epochs=1, batch_size=16, lr=0.05)
     first, second = (train_jobs(model, params, plan, extract(params, plan), shards, cfg,
                                 [5, 6, 7, 8, 9, 10]) for _ in range(2))
     for a, b in zip(first, second):
@@ -131,7 +122,7 @@ def test_a_model_it_cannot_stack_is_refused_with_the_reason(tmp_path: Path) -> N
     plan = dense_plan(model, "tiny")
     params = {k: v.detach() for k, v in model.named_parameters()}
     with pytest.raises(ValueError, match="features/pool/head"):
-        train_jobs(model, params, plan, extract(params, plan), _shards((3, 8), 4, (4,)),
+        train_jobs(model, params, plan, extract(params, plan), make_shards((3, 8), 4, (4,)),
                    TrainConfig(), [1])
     world = prepare(SimSettings(_recipe(tmp_path), strategies=("fedavg",)))
     with pytest.raises(ConfigError, match="--backend batched: train.device cuda"):

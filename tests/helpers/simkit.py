@@ -1,10 +1,14 @@
-"""The tiny simulator recipe: 8 clients, a half-width har_cnn, a few versions."""
+"""The tiny simulator recipe (8 clients, a half-width har_cnn, a few versions) and seeded shards."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import List
+
+import torch
 
 from ftte_cli.config.recipe import Recipe, load_recipe
+from ftte_cli.engine.data.dataset import Dataset
 
 TINY = """
 name: tiny
@@ -23,3 +27,15 @@ def tiny_recipe(tmp_path: Path, budget: str = "1GB", dropout: float = 0.0) -> Re
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY % (budget, dropout))
     return load_recipe(path)
+
+
+# Ragged on purpose: an empty shard, one shorter than a batch, exactly one batch, partial last.
+SIZES = (0, 5, 16, 37, 50, 23)
+
+
+def make_shards(shape: tuple[int, ...], classes: int, sizes: tuple[int, ...] = SIZES
+           ) -> List[Dataset]:
+    """Seeded random client shards of the given sizes (the batched-backend tests' data)."""
+    gen = torch.Generator().manual_seed(7)
+    return [Dataset(torch.randn((n, *shape), generator=gen),
+                    torch.randint(0, classes, (n,), generator=gen)) for n in sizes]

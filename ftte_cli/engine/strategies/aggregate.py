@@ -26,7 +26,9 @@ def weighted_mean(pairs: Sequence[Tuple[Tensors, float]]) -> Tensors:
     for name in pairs[0][0]:
         acc = torch.zeros_like(pairs[0][0][name], dtype=torch.float64)
         for delta, w in pairs:
-            acc.add_(delta[name].to(torch.float64), alpha=w)  # float64 so order effects stay tiny
+            # float64 so order effects stay tiny; add_ casts element by element (no float64
+            # copy of the delta; the same values as converting it first)
+            acc.add_(delta[name], alpha=w)
         out[name] = (acc / total).to(pairs[0][0][name].dtype)
     return out
 
@@ -106,7 +108,7 @@ def buffer_mean(pairs: Sequence[Tuple[Tensors, float]], k: int) -> Tensors:
     for name in pairs[0][0]:
         acc = torch.zeros_like(pairs[0][0][name], dtype=torch.float64)
         for delta, w in pairs:
-            acc.add_(delta[name].to(torch.float64), alpha=w)  # float64 as in weighted_mean
+            acc.add_(delta[name], alpha=w)  # float64 as in weighted_mean
         out[name] = (acc / k).to(pairs[0][0][name].dtype)
     return out
 
