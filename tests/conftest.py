@@ -1,5 +1,6 @@
 """Shared test set-up: one torch thread (2-core CI, several processes), deterministic seeds,
-and the fixtures more than one file uses: the session testbed and a per-test sshd."""
+and the fixtures more than one file uses: the session testbed, a per-test sshd, and the bundle
+tests' recipe and initial parameters."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.bundlekit import CLASSES, SHAPE, har_recipe
 from helpers.sshd import SshServer, running_sshd
 from helpers.testbed import Testbed, start_testbed
 
+from ftte_cli.config.recipe import Recipe
+from ftte_cli.fleet.bundle import initial_params
 from ftte_cli.testbed import lifecycle
 
 torch.set_num_threads(1)
@@ -33,3 +37,15 @@ def sshd(tmp_path: Path) -> Iterator[SshServer]:
     """A real OpenSSH server on a loopback port for one test."""
     with running_sshd(tmp_path / "sshd") as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def recipe() -> Recipe:
+    """har.yaml with a random start, for tests of bundles (a file may define its own `recipe`)."""
+    return har_recipe()
+
+
+@pytest.fixture(scope="module")
+def params(recipe: Recipe) -> dict[str, torch.Tensor]:
+    """The initial model's parameters for `recipe`."""
+    return initial_params(recipe, SHAPE, CLASSES)

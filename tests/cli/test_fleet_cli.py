@@ -1,12 +1,11 @@
-"""CLI level: `ftte inventory` JSON and exit codes, the console script, and the recap's rows as
-table and JSON (the shared fleet options against a real sshd: test_fleet_options_sshd.py)."""
+"""CLI level: `ftte inventory` JSON and exit codes and the recap's rows as table and JSON, in
+process (the console script: test_console_script.py; the shared fleet options against a real
+sshd: test_fleet_options_sshd.py)."""
 
 from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,17 +101,6 @@ def test_inventory_graph_text_and_json() -> None:
     assert tree["name"] == "all"
     jetsons = next(c for c in tree["children"] if c["name"] == "jetsons")
     assert jetsons == {"name": "jetsons", "children": [], "hosts": ["jetson-1", "jetson-2"]}
-
-
-@pytest.mark.slow
-def test_console_script_entry_point() -> None:
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "ftte"), "inventory", "list", "-i", str(LAB),
-         "--format", "json"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "pixel-6" in json.loads(out.stdout)["_meta"]["hostvars"]
 
 
 def test_recap_renders_the_same_rows_as_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:

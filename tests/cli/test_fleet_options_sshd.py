@@ -29,6 +29,8 @@ from ftte_cli.fleet.ssh import Session, run_on_fleet
 from ftte_cli.output import Format, handle_errors
 from ftte_cli.ui.recap import exit_with, render_recap
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 
 
@@ -100,7 +102,6 @@ def fleet_inv(srv: SshServer, tmp_path: Path) -> Path:
     return inv
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("limit", "code"),
     [
@@ -122,7 +123,6 @@ def test_fleet_exit_codes(fleet_inv: Path, limit: str, code: ExitCode) -> None:
     assert all(outcomes[g] == "ok" for g in ("g1", "g2") if g in outcomes)
 
 
-@pytest.mark.slow
 def test_fleet_recap_and_accept_new_host_keys(fleet_inv: Path) -> None:
     res = runner.invoke(probe, ["-i", str(fleet_inv), "-l", "g1,newkey"])
     assert res.exit_code == ExitCode.HOSTKEY_MISMATCH

@@ -14,6 +14,8 @@ from helpers.trainkit import FTTE, env, kill_group, wait_for, write_recipe
 from ftte_cli import api
 from ftte_cli.sweep.compare import compare_runs
 
+pytestmark = pytest.mark.slow
+
 
 def _sweep(folder: Path, *args: str) -> subprocess.Popen[bytes]:
     out = open(folder / "sweep.out", "wb")  # noqa: SIM115 - closed with the process
@@ -27,7 +29,6 @@ def _finished(sweep_dir: Path) -> list[str]:
     return sorted(p.parent.name for p in (sweep_dir / "runs").glob("*/record.json"))
 
 
-@pytest.mark.slow
 def test_fleet_sweep_killed_resumed_and_compared_with_its_simulation(
         tmp_path: Path, testbed: Testbed) -> None:
     recipe = write_recipe(tmp_path, target=0.5, max_versions=12, time_limit=90.0)

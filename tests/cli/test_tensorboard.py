@@ -1,12 +1,10 @@
 """TensorBoard export: the event files of simulate and train-shaped runs read back with
-TensorBoard's own reader, several runs overlaying in one logdir, and the missing extra."""
+TensorBoard's own reader, and several runs overlaying in one logdir (the missing extra:
+test_tensorboard_extra.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -85,20 +83,3 @@ def test_report_exports_a_train_run_with_updates_memory_and_energy(tmp_path: Pat
     assert got["device/pi4/peak_memory_mib"] == [(2, 300.0)]
     assert got["device/pi4/energy_j"] == [(2, 4.0)]
     assert got["accuracy/test"] == [(1, pytest.approx(0.4)), (2, pytest.approx(0.7))]
-
-
-@pytest.mark.slow
-def test_without_the_extra_the_command_stops_first_naming_it(tmp_path: Path) -> None:
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(TINY % ("1GB", 0.0))
-    # The package made unimportable in a child interpreter: what a user without the extra has.
-    code = ("import sys; sys.modules['tensorboard'] = None; from ftte_cli.cli import main; "
-            f"sys.argv = ['ftte', 'simulate', '--recipe', {str(recipe)!r}, '--clients', '2', "
-            f"'--out', {str(tmp_path / 'run')!r}, '--tensorboard', {str(tmp_path / 'tb')!r}]; "
-            "main()")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "COLUMNS": "200"})
-    assert proc.returncode == 2, proc.stderr
-    assert "--tensorboard: needs the tensorboard package: pip install " \
-           "'ftte-cli[tensorboard]'" in proc.stderr
-    assert not (tmp_path / "run").exists() and not (tmp_path / "tb").exists()

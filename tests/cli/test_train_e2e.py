@@ -24,10 +24,11 @@ from helpers.trainkit import (
 from ftte_cli.engine.plan import load_plan
 from ftte_cli.rundir.store import load_checkpoint
 
+pytestmark = pytest.mark.slow
+
 DEVICES = ["d1", "d2", "d3"]
 
 
-@pytest.mark.slow
 def test_train_reaches_target_and_leaves_a_complete_run_dir(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, target=0.75)
     inventory = write_inventory(tmp_path, DEVICES)
@@ -60,7 +61,6 @@ def test_train_reaches_target_and_leaves_a_complete_run_dir(tmp_path: Path) -> N
     assert group_members(agent_pids(run_dir)) == []  # no process of the run is left
 
 
-@pytest.mark.slow
 def test_strict_fedavg_refuses_when_no_device_can_hold_full_training(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path, strategy="fedavg")
     text = recipe.read_text().replace("memory_budget: 40MB", "memory_budget: 10KB")
@@ -74,7 +74,6 @@ def test_strict_fedavg_refuses_when_no_device_can_hold_full_training(tmp_path: P
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("agent*.pid"))
 
 
-@pytest.mark.slow
 def test_cli_errors_are_one_line_json_with_exit_codes(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -96,33 +95,3 @@ def test_cli_errors_are_one_line_json_with_exit_codes(tmp_path: Path) -> None:
     assert code == 1 and "manifest.json" in doc["error"]
     code, doc = ftte("--recipe", str(recipe), "--inventory", str(inventory), "--direct", "x")
     assert code == 2 and "HOST:PORT" in doc["error"]
-
-
-def test_stop_rules() -> None:
-    from ftte_cli.config.recipe import Recipe, StopConfig
-    from ftte_cli.server.snapshot import (
-        AccuracyPoint,
-        DeviceRow,
-        DeviceStatus,
-        RunSnapshot,
-        RunState,
-        StopReason,
-    )
-    from ftte_cli.train.run import stop_rule
-
-    recipe = Recipe(stop=StopConfig(target_accuracy=0.8, max_versions=10, time_limit=60))
-
-    def snap(**kw: object) -> RunSnapshot:
-        base: dict = dict(run_id="r", strategy="ftte", state=RunState.running, elapsed=1.0,
-                          version=1, buffer_fill=0, buffer_size=2, updates_per_min=0.0,
-                          staleness_mean=None, staleness_max=None, accepted=0,
-                          devices=(DeviceRow("a", DeviceStatus.idle),))
-        return RunSnapshot(**{**base, **kw})
-
-    assert stop_rule(snap(), recipe) is None
-    assert stop_rule(snap(accuracy=(AccuracyPoint(1, 1, 0.81),)), recipe) == StopReason.target
-    assert stop_rule(snap(version=10), recipe) == StopReason.max_versions
-    assert stop_rule(snap(elapsed=61.0), recipe) == StopReason.time_limit
-    failed = (DeviceRow("a", DeviceStatus.failed),)
-    assert stop_rule(snap(devices=failed), recipe) == StopReason.no_devices
-    assert stop_rule(snap(stop_reason=StopReason.target), recipe) == StopReason.target

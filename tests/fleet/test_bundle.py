@@ -1,11 +1,10 @@
-"""Bundles and the device runtime: deterministic bytes, tokens kept, self-contained agent."""
+"""Bundles and the device runtime in process: deterministic bytes, tokens kept, shards, sources
+for Python 3.9. The agent trained from a bundle's pyz alone is in test_bundle_agent.py."""
 
 from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import tarfile
 import zipfile
 from dataclasses import replace
@@ -13,15 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from helpers.bundlekit import CLASSES, SHAPE, build, head_plan, local_devices
+from safetensors.torch import load_file
 
 from ftte_cli.config.inventory import Device
-from ftte_cli.config.recipe import InitConfig, Recipe, load_recipe
+from ftte_cli.config.recipe import Recipe
 from ftte_cli.engine.models import build_model
-from ftte_cli.engine.plan import FULL, Plan, build_plan, dense_plan
+from ftte_cli.engine.plan import dense_plan
 from ftte_cli.errors import ConfigError
 from ftte_cli.fleet.bundle import (
-    LocalBundle,
     build_bundles,
     bundle_archive,
     initial_params,
@@ -29,45 +28,6 @@ from ftte_cli.fleet.bundle import (
     read_manifest,
 )
 from ftte_cli.fleet.runtime import build_runtime
-
-REPO = Path(__file__).resolve().parents[2]
-SHAPE, CLASSES = (9, 128), 6
-
-
-@pytest.fixture(scope="module")
-def recipe() -> Recipe:
-    # bundles, not the warm start, are under test here: a random start needs no public data
-    return replace(load_recipe(REPO / "recipes" / "har.yaml"), init=InitConfig())
-
-
-@pytest.fixture(scope="module")
-def params(recipe: Recipe) -> dict[str, torch.Tensor]:
-    return initial_params(recipe, SHAPE, CLASSES)
-
-
-def _head_plan(recipe: Recipe) -> Plan:
-    model = build_model(recipe.model, SHAPE, CLASSES)
-    names = [n for n, _ in model.named_parameters()]
-    return build_plan(model, {n: FULL for n in names[-2:]}, model_name=recipe.model.name,
-                      method="gradnorm")
-
-
-def _local_data(path: Path, n: int = 64) -> Path:
-    gen = torch.Generator().manual_seed(0)
-    save_file({"train_x": torch.randn(n, *SHAPE, generator=gen),
-               "train_y": torch.randint(0, CLASSES, (n,), generator=gen)}, str(path))
-    return path
-
-
-def _devices(tmp: Path, n: int = 2) -> list[Device]:
-    data = _local_data(tmp / "local.safetensors")
-    return [Device(name=f"dev{i}", host="localhost", connection="local", data=str(data))
-            for i in range(n)]
-
-
-def _build(recipe: Recipe, devices: list[Device], plan: Plan, params: dict[str, torch.Tensor],
-           root: Path) -> dict[str, LocalBundle]:
-    return build_bundles(recipe, devices, plan, params=params, root=root)
 
 
 def test_runtime_bytes_are_deterministic_and_hold_only_the_device_path() -> None:
@@ -88,18 +48,18 @@ def test_runtime_bytes_are_deterministic_and_hold_only_the_device_path() -> None
 
 def test_same_inputs_give_identical_bundles_and_tokens_are_kept(
         recipe: Recipe, params: dict[str, torch.Tensor], tmp_path: Path) -> None:
-    devices = _devices(tmp_path)
-    plan = _head_plan(recipe)
-    first = _build(recipe, devices, plan, params, tmp_path / "a")
+    devices = local_devices(tmp_path)
+    plan = head_plan(recipe)
+    first = build(recipe, devices, plan, params, tmp_path / "a")
     token_file = first["dev0"].path / "token"
     assert token_file.stat().st_mode & 0o777 == 0o600
     token = token_file.read_text()
-    again = _build(recipe, devices, plan, initial_params(recipe, SHAPE, CLASSES), tmp_path / "a")
+    again = build(recipe, devices, plan, initial_params(recipe, SHAPE, CLASSES), tmp_path / "a")
     assert {k: v.sha256 for k, v in again.items()} == {k: v.sha256 for k, v in first.items()}
     assert token_file.read_text() == token  # reused, not regenerated
     assert bundle_archive(first["dev0"]) == bundle_archive(again["dev0"])
     # Another root: new tokens, but every other file byte-identical.
-    other = _build(recipe, devices, plan, params, tmp_path / "b")
+    other = build(recipe, devices, plan, params, tmp_path / "b")
     diff = {n for n, d in first["dev0"].files.items() if other["dev0"].files[n] != d}
     assert diff == {"token"}
     assert first["dev0"].files["token"] != first["dev1"].files["token"]  # one token per device
@@ -107,8 +67,8 @@ def test_same_inputs_give_identical_bundles_and_tokens_are_kept(
 
 def test_manifest_lists_every_file_and_a_changed_plan_changes_the_hash(
         recipe: Recipe, params: dict[str, torch.Tensor], tmp_path: Path) -> None:
-    devices = _devices(tmp_path)
-    head = _build(recipe, devices, _head_plan(recipe), params, tmp_path / "r")["dev0"]
+    devices = local_devices(tmp_path)
+    head = build(recipe, devices, head_plan(recipe), params, tmp_path / "r")["dev0"]
     manifest = read_manifest(head.path)
     assert manifest["bundle_sha256"] == head.sha256
     expected = {"ftte-agent.pyz", "recipe.json", "plan.json", "plan.safetensors",
@@ -121,7 +81,7 @@ def test_manifest_lists_every_file_and_a_changed_plan_changes_the_hash(
     model = load_file(str(head.path / "model.safetensors"))
     assert all(torch.equal(model[k], params[k]) for k in params)
     dense = dense_plan(build_model(recipe.model, SHAPE, CLASSES), recipe.model.name)
-    changed = _build(recipe, devices, dense, params, tmp_path / "r")["dev0"]
+    changed = build(recipe, devices, dense, params, tmp_path / "r")["dev0"]
     assert changed.sha256 != head.sha256 and changed.files["token"] == head.files["token"]
     tar = tarfile.open(fileobj=io.BytesIO(bundle_archive(changed)))
     members = {m.name: m for m in tar.getmembers()}
@@ -140,56 +100,12 @@ def test_initial_model_depends_on_the_seed_only(recipe: Recipe) -> None:
 
 def test_load_tokens_matches_bundles_and_names_a_missing_one(
         recipe: Recipe, params: dict[str, torch.Tensor], tmp_path: Path) -> None:
-    built = _build(recipe, _devices(tmp_path), _head_plan(recipe), params, tmp_path / "t")
+    built = build(recipe, local_devices(tmp_path), head_plan(recipe), params, tmp_path / "t")
     tokens = load_tokens("har", ["dev0", "dev1"], tmp_path / "t")
     assert tokens == {k: (b.path / "token").read_text().strip() for k, b in built.items()}
     assert all(len(t) == 64 for t in tokens.values())
     with pytest.raises(ConfigError, match="dev9"):
         load_tokens("har", ["dev9"], tmp_path / "t")
-
-
-# Runs in a fresh interpreter: imports of laptop-only packages are made to fail (numpy stays:
-# torch itself may use it), then the
-# agent's own loader reads the bundle and one real training job runs, all from inside the pyz.
-_ISOLATED = r"""
-import sys
-BLOCKED = {"rich", "typer", "yaml", "paramiko", "aiohttp", "matplotlib", "fabric"}
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError("blocked on the device: " + name)
-        return None
-sys.meta_path.insert(0, Block())
-pyz, bundle = sys.argv[1], sys.argv[2]
-sys.path.insert(0, pyz)
-from pathlib import Path
-from ftte_cli.client.agent import load_bundle
-from ftte_cli.engine import sparse
-from ftte_cli.engine.data import Dataset
-from ftte_cli.engine.train import train_job
-b = load_bundle(Path(bundle))
-subset = sparse.extract(b.frozen, b.plan)
-result = train_job(b.model, b.frozen, b.plan, subset, Dataset(b.train_x, b.train_y, None),
-                   b.train_cfg, seed=b.seed)
-outside = [m for m, mod in sys.modules.items() if m.startswith("ftte_cli")
-           and not (getattr(mod, "__file__", None) or pyz).startswith(pyz)]
-assert not outside, outside
-print(sorted(result.delta) == sorted(subset), result.num_samples)
-"""
-
-
-@pytest.mark.slow
-def test_agent_loads_its_bundle_and_trains_from_the_pyz_alone(
-        recipe: Recipe, params: dict[str, torch.Tensor], tmp_path: Path) -> None:
-    bundle = _build(recipe, _devices(tmp_path, 1), _head_plan(recipe), params, tmp_path / "x")
-    path = bundle["dev0"].path
-    out = subprocess.run([sys.executable, "-c", _ISOLATED, str(path / "ftte-agent.pyz"),
-                          str(path)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["True", "64"]
-    helped = subprocess.run([sys.executable, str(path / "ftte-agent.pyz"), "--help"],
-                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert helped.returncode == 0 and "--bundle" in helped.stdout
 
 
 def test_shards_follow_inventory_order_and_ftte_data_devices_get_none(
@@ -199,7 +115,7 @@ def test_shards_follow_inventory_order_and_ftte_data_devices_get_none(
     small = replace(recipe, data=replace(recipe.data, windows=1200, subjects=6))
     devices = [Device(name=f"d{i}", host="localhost", connection="local") for i in range(3)]
     devices[1] = replace(devices[1], data="/data/har.safetensors")
-    built = build_bundles(small, devices, _head_plan(recipe), root=tmp_path)
+    built = build_bundles(small, devices, head_plan(recipe), root=tmp_path)
     fed = load_federated(small.data, 3, small.seed)
     for i in (0, 2):
         shard = load_file(str(built[f"d{i}"].path / "data.safetensors"))

@@ -37,6 +37,8 @@ from ftte_cli.fleet.deploy import (
 )
 from ftte_cli.fleet.ssh import Outcome, SshOptions, connect
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 SHAPE, CLASSES = (9, 128), 6
 OPTS = SshOptions(connect_timeout=10, command_timeout=120)
@@ -80,7 +82,6 @@ def _outcomes(results: object) -> dict[str, Outcome]:
     return {r.device.name: r.outcome for r in results}  # type: ignore[attr-defined]
 
 
-@pytest.mark.slow
 def test_deploy_twice_then_changed_plan(recipe: Recipe, sshd: SshServer, tmp_path: Path) -> None:
     devices = _fleet(sshd, tmp_path)
     bundles = _bundles(recipe, devices, tmp_path)
@@ -113,7 +114,6 @@ def test_deploy_twice_then_changed_plan(recipe: Recipe, sshd: SshServer, tmp_pat
         assert plan["method"] == "dense"
 
 
-@pytest.mark.slow
 def test_dry_run_copies_nothing(recipe: Recipe, sshd: SshServer, tmp_path: Path) -> None:
     devices = _fleet(sshd, tmp_path)
     results = deploy_fleet(recipe, devices, _plan(recipe), OPTS, dry_run=True,
@@ -127,7 +127,6 @@ def test_dry_run_copies_nothing(recipe: Recipe, sshd: SshServer, tmp_path: Path)
     assert not Path(devices[0].workdir).exists() and Path(devices[1].workdir).exists()
 
 
-@pytest.mark.slow
 def test_device_without_torch_fails_before_copying(recipe: Recipe, sshd: SshServer,
                                                    tmp_path: Path) -> None:
     probe = subprocess.run([NO_TORCH_PYTHON, "-c", "import torch"], capture_output=True)
@@ -154,7 +153,6 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-@pytest.mark.slow
 def test_too_little_disk_fails_before_copying(recipe: Recipe, sshd: SshServer, tmp_path: Path,
                                               tiny_disk: Path) -> None:
     device = replace(_fleet(sshd, tmp_path)[0], workdir=str(tiny_disk / "ftte"))
@@ -164,7 +162,6 @@ def test_too_little_disk_fails_before_copying(recipe: Recipe, sshd: SshServer, t
     assert list(tiny_disk.iterdir()) == []  # not even the work dir was made
 
 
-@pytest.mark.slow
 def test_missing_python_and_small_disk_fail_with_their_reason(
         recipe: Recipe, sshd: SshServer, tmp_path: Path) -> None:
     devices = _fleet(sshd, tmp_path, python="/nonexistent/python3")
@@ -181,7 +178,6 @@ def test_missing_python_and_small_disk_fail_with_their_reason(
         _require(old, devices[0], needed=1)
 
 
-@pytest.mark.slow
 def test_hash_mismatch_on_device_is_refused_and_nothing_swapped(
         recipe: Recipe, sshd: SshServer, tmp_path: Path) -> None:
     device = _fleet(sshd, tmp_path)[0]
@@ -198,7 +194,6 @@ def test_hash_mismatch_on_device_is_refused_and_nothing_swapped(
         assert precheck(session).bundle_sha256 == bundle.sha256
 
 
-@pytest.mark.slow
 def test_damaged_bundle_on_device_is_uploaded_again(recipe: Recipe, sshd: SshServer,
                                                     tmp_path: Path) -> None:
     devices = _fleet(sshd, tmp_path)
@@ -220,7 +215,6 @@ def _deploy_cli(bed: Testbed, recipe: Path, *extra: str) -> tuple[int, dict]:
     return result.exit_code, json.loads(result.stdout)
 
 
-@pytest.mark.slow
 def test_ftte_deploy_on_the_testbed(testbed: Testbed, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # local bundles under tmp_path/.ftte
@@ -247,7 +241,6 @@ def test_ftte_deploy_on_the_testbed(testbed: Testbed, tmp_path: Path,
     assert "already in place" in second["devices"][0]["detail"]
 
 
-@pytest.mark.slow
 def test_ftte_deploy_without_torch_anywhere_says_so_and_copies_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -262,15 +255,6 @@ def test_ftte_deploy_without_torch_anywhere_says_so_and_copies_nothing(
     (row,) = json.loads(result.stdout)["devices"]
     assert row["outcome"] == "failed" and "torch is not importable" in row["detail"]
     assert not workdir.exists()
-
-
-def test_device_scripts_parse_as_python_3_9() -> None:
-    import ast
-
-    from ftte_cli.fleet import deploy, launch
-
-    for script in (deploy._PRECHECK, deploy._INSTALL, launch._LAUNCH, launch._GROUP):
-        ast.parse(script, feature_version=(3, 9))
 
 
 # ---- issue 13, fault 4: a full disk on a device -------------------------------------------------
@@ -290,7 +274,6 @@ def _disk(path: Path, mount: Path) -> tuple[list[str], int]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*")), os.statvfs(mount).f_bavail
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI is root)")
 @pytest.mark.parametrize("where", ["bundles", "workdir"])
 def test_a_full_disk_leaves_the_previous_bundle_and_the_disk_as_they_were(

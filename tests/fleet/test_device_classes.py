@@ -1,18 +1,16 @@
 """Per-device-class settings (inventory `ftte_train`) and device accelerators (`train.device`):
 inventory parsing, each bundle's effective TrainConfig and threads, the plan checked on every
-device at its own batch size, `auto` -> cpu here, `cuda` without CUDA refused clearly."""
+device at its own batch size, `auto` -> cpu here, `cuda` without CUDA refused clearly. The real
+agent applying them is in test_device_classes_agent.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers.trainkit import write_recipe
+from helpers.trainkit import write_class_inventory, write_recipe
 
 from ftte_cli.config.inventory import device_train, load_inventory
 from ftte_cli.config.recipe import load_recipe
@@ -21,28 +19,8 @@ from ftte_cli.errors import ConfigError
 from ftte_cli.fleet.profile import DeviceProfile, MemoryCounted, memory_counted
 
 
-def _inventory(folder: Path, train_vars: str) -> Path:
-    path = folder / "inventory.yaml"
-    path.write_text(f"""all:
-  vars:
-    ansible_connection: local
-    ansible_python_interpreter: {sys.executable}
-  children:
-    zeros:
-      vars:
-        ftte_device_class: pi-zero-2
-        ftte_train: {train_vars}
-      hosts:
-        zero-1: {{ftte_workdir: {folder / 'w' / 'zero-1'}}}
-    pis:
-      hosts:
-        pi4-1: {{ftte_workdir: {folder / 'w' / 'pi4-1'}}}
-""")
-    return path
-
-
 def test_group_ftte_train_overrides_the_recipe_for_its_devices(tmp_path: Path) -> None:
-    inv = load_inventory(_inventory(tmp_path, "{batch_size: 8, epochs: 2, threads: 1}"))
+    inv = load_inventory(write_class_inventory(tmp_path, "{batch_size: 8, epochs: 2, threads: 1}"))
     recipe = load_recipe(write_recipe(tmp_path))
     zero, pi = inv.devices["zero-1"], inv.devices["pi4-1"]
     assert zero.train == {"batch_size": 8, "epochs": 2, "threads": 1}
@@ -59,7 +37,7 @@ def test_group_ftte_train_overrides_the_recipe_for_its_devices(tmp_path: Path) -
 ])
 def test_bad_ftte_train_names_the_group_and_key(tmp_path: Path, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
-        load_inventory(_inventory(tmp_path, value))
+        load_inventory(write_class_inventory(tmp_path, value))
     assert "zeros" in str(info.value)
 
 
@@ -67,7 +45,7 @@ def test_each_bundle_carries_its_devices_training_settings(tmp_path: Path) -> No
     from ftte_cli.engine.plan import dense_plan
     from ftte_cli.fleet.bundle import build_bundles, initial_model
 
-    inv = load_inventory(_inventory(tmp_path, "{batch_size: 8, threads: 1}"))
+    inv = load_inventory(write_class_inventory(tmp_path, "{batch_size: 8, threads: 1}"))
     recipe = load_recipe(write_recipe(tmp_path))
     model = initial_model(recipe, (9, 128), 6)
     bundles = build_bundles(recipe, list(inv.devices.values()), dense_plan(model, "har_cnn"),
@@ -92,8 +70,8 @@ def test_plan_fits_a_device_with_a_larger_batch_at_its_own_batch_size(tmp_path: 
     recipe = load_recipe(tmp_path / "r.yaml")
     fed = load_federated(recipe.data, 2, recipe.seed)
     model = initial_model(recipe, fed.input_shape, fed.num_classes)
-    plain = list(load_inventory(_inventory(tmp_path, "{epochs: 1}")).devices.values())
-    big = list(load_inventory(_inventory(tmp_path, "{batch_size: 48}")).devices.values())
+    plain = list(load_inventory(write_class_inventory(tmp_path, "{epochs: 1}")).devices.values())
+    big = list(load_inventory(write_class_inventory(tmp_path, "{batch_size: 48}")).devices.values())
     base = choose_plan(recipe, model, plain, fed.input_shape, fed.num_classes, fed.proxy, {})
     over = training_memory(model, base.plan, 48, fed.input_shape, 0.0).total
     assert base.plan.micro_batch is None
@@ -113,40 +91,6 @@ def test_auto_trains_on_cpu_here_and_cuda_is_refused_clearly() -> None:
         return
     with pytest.raises(DeviceUnavailable, match="train.device: cuda requested but"):
         resolve_device("cuda")
-
-
-def _agent(tmp_path: Path, train_vars: str) -> subprocess.CompletedProcess[str]:
-    """Run zero-1's real agent (its bundle built from the inventory) against a dead server."""
-    from ftte_cli.engine.plan import dense_plan
-    from ftte_cli.fleet.bundle import build_bundles, initial_model
-
-    inv = load_inventory(_inventory(tmp_path, train_vars))
-    recipe = load_recipe(write_recipe(tmp_path))
-    model = initial_model(recipe, (9, 128), 6)
-    bundles = build_bundles(recipe, list(inv.devices.values()), dense_plan(model, "har_cnn"),
-                            root=tmp_path / ".ftte")
-    folder = bundles["zero-1"].path
-    environ = {k: v for k, v in os.environ.items() if k != "FTTE_AGENT_THREADS"}
-    return subprocess.run([sys.executable, str(folder / "ftte-agent.pyz"), "--bundle",
-                           str(folder), "--server", "http://127.0.0.1:9", "--give-up-after",
-                           "1"], capture_output=True, text=True, timeout=120, env=environ)
-
-
-@pytest.mark.slow
-def test_agent_with_a_cuda_recipe_exits_2_naming_the_setting(tmp_path: Path) -> None:
-    if torch.cuda.is_available():
-        return
-    proc = _agent(tmp_path, "{device: cuda}")
-    assert proc.returncode == 2, proc.stderr
-    assert "train.device: cuda requested but" in proc.stderr
-
-
-@pytest.mark.slow
-def test_agent_takes_threads_and_device_from_its_bundle(tmp_path: Path) -> None:
-    proc = _agent(tmp_path, "{threads: 3, device: auto}")  # not the 2 CPUs here
-    assert proc.returncode == 1, proc.stderr  # gave up on the dead server, as asked
-    assert "3 torch threads, trains on cpu" in proc.stderr or torch.cuda.is_available(), \
-        proc.stderr
 
 
 def test_profile_says_which_memory_is_counted() -> None:
@@ -170,7 +114,8 @@ def test_strict_fedavg_excludes_a_device_whose_own_batch_cannot_hold_full_traini
     recipe = load_recipe(tmp_path / "recipe.yaml")
     fed = load_federated(recipe.data, 2, recipe.seed)
     model = initial_model(recipe, fed.input_shape, fed.num_classes)
-    devices = list(load_inventory(_inventory(tmp_path, "{batch_size: 64}")).devices.values())
+    inventory = write_class_inventory(tmp_path, "{batch_size: 64}")
+    devices = list(load_inventory(inventory).devices.values())
     chosen = choose_plan(recipe, model, devices, fed.input_shape, fed.num_classes, fed.proxy, {})
     assert [d.name for d in chosen.devices] == ["pi4-1"]  # batch 32 fits 2.5 MB, batch 64 not
     assert "zero-1" in chosen.excluded and "full training" in chosen.excluded["zero-1"]

@@ -25,6 +25,8 @@ from ftte_cli.fleet.ssh import Outcome, SshOptions
 from ftte_cli.testbed.sshd import free_port
 from ftte_cli.units import format_size
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="cgroup caps need root (CI is root)")
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "har.yaml"
@@ -50,7 +52,6 @@ def profiled(testbed: Testbed) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.slow
 @needs_root
 def test_profile_reports_each_memory_cap_within_5_percent(testbed: Testbed,
                                                           profiled: dict[str, Any]) -> None:
@@ -68,7 +69,6 @@ def test_profile_reports_each_memory_cap_within_5_percent(testbed: Testbed,
     assert profiles["pi4-2"]["cpu_quota"] == pytest.approx(1.0)
 
 
-@pytest.mark.slow
 def test_profile_record_fields_and_cache(testbed: Testbed,
                                          profiled: dict[str, Any]) -> None:
     assert [d["outcome"] for d in profiled["devices"]] == ["ok"] * 4
@@ -102,7 +102,6 @@ def _baseline(rec: dict[str, Any]) -> int:
     return int(rec["baseline_rss_bytes"])
 
 
-@pytest.mark.slow
 def test_max_age_reuses_fresh_profiles(testbed: Testbed,
                                        profiled: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "fleet.json"
@@ -114,7 +113,6 @@ def test_max_age_reuses_fresh_profiles(testbed: Testbed,
     assert set(bud.load_profiles(out)) == {d.name for d in testbed.state.devices}
 
 
-@pytest.mark.slow
 @needs_root
 def test_benchmark_quarter_cpu_device_is_3x_slower(testbed: Testbed) -> None:
     # One device at a time (--forks 1): the two must not compete for the same cores.
@@ -154,7 +152,6 @@ def _inventory_with(testbed: Testbed, path: Path, extra: dict[str, Any],
     return path
 
 
-@pytest.mark.slow
 def test_unreachable_device_is_reported_and_others_go_on(testbed: Testbed,
                                                         tmp_path: Path) -> None:
     inv = _inventory_with(testbed, tmp_path / "inv.yaml",
@@ -167,7 +164,6 @@ def test_unreachable_device_is_reported_and_others_go_on(testbed: Testbed,
     assert data["profiles"][0]["baseline_note"] == "import torch only (no recipe given)"
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("python3.11") is None and not Path("/usr/bin/python3").exists(),
                     reason="needs a system python without torch")
 def test_device_without_torch_is_profiled_and_says_so(testbed: Testbed,
@@ -181,13 +177,11 @@ def test_device_without_torch_is_profiled_and_says_so(testbed: Testbed,
     assert data["devices"][0]["detail"].startswith("no torch")
 
 
-@pytest.mark.slow
 def test_benchmark_needs_a_recipe(testbed: Testbed) -> None:
     code, data = _profile("-i", str(testbed.inventory), "--benchmark")
     assert code == ExitCode.USAGE and "--recipe" in data["error"]
 
 
-@pytest.mark.slow
 def test_local_device_is_probed_as_a_subprocess(tmp_path: Path) -> None:
     dev = Device(name="laptop", host="localhost", connection="local", python=sys.executable,
                  workdir=str(tmp_path / "work"), mem_cap_mb=4096)
@@ -199,7 +193,6 @@ def test_local_device_is_probed_as_a_subprocess(tmp_path: Path) -> None:
     assert res.value.usable_memory_bytes <= 4096 * 2**20 - res.value.baseline_rss_bytes
 
 
-@pytest.mark.slow
 def test_local_probe_runs_a_real_training_step_of_the_recipes_model(tmp_path: Path) -> None:
     from ftte_cli.config.recipe import load_recipe
 
@@ -217,7 +210,6 @@ def test_local_probe_runs_a_real_training_step_of_the_recipes_model(tmp_path: Pa
 # --- budget (pure) ------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_table_output_from_cache(testbed: Testbed, profiled: dict[str, Any]) -> None:
     res = runner.invoke(app, ["profile", "-i", str(testbed.inventory), "--max-age", "3600"],
                         env={"COLUMNS": "200"})

@@ -25,6 +25,8 @@ from ftte_cli.fleet.ssh import (
     run_on_fleet,
 )
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
@@ -46,7 +48,6 @@ def run_cmd(session: Session) -> str:
     return session.run(str(session.device.vars.get("cmd", "echo ok"))).stdout.strip()
 
 
-@pytest.mark.slow
 def test_session_runs_commands_and_copies_files(srv: SshServer, tmp_path: Path) -> None:
     with connect(device(srv), SshOptions(command_timeout=10)) as s:
         r = s.run("echo out; echo err >&2; exit 0")
@@ -63,7 +64,6 @@ def test_session_runs_commands_and_copies_files(srv: SshServer, tmp_path: Path) 
         assert s.transport is not None and s.transport.is_active()
 
 
-@pytest.mark.slow
 def test_large_stdin_and_output_do_not_deadlock(srv: SshServer) -> None:
     # Bigger than paramiko's 2 MiB channel window both ways: `cat` echoes while we still send.
     blob = base64.b64encode(os.urandom(5 * 1024 * 1024)).decode()
@@ -72,7 +72,6 @@ def test_large_stdin_and_output_do_not_deadlock(srv: SshServer) -> None:
         assert s.run("true", stdin=blob).rc == 0  # exits without reading: no hang
 
 
-@pytest.mark.slow
 def test_silent_port_is_a_timeout_bounded_by_the_connect_timeout(srv: SshServer) -> None:
     with socket.socket() as silent:  # the kernel accepts; nobody ever sends a banner
         silent.bind(("127.0.0.1", 0))
@@ -86,7 +85,6 @@ def test_silent_port_is_a_timeout_bounded_by_the_connect_timeout(srv: SshServer)
     assert res.exit_code() == ExitCode.TIMEOUT
 
 
-@pytest.mark.slow
 def test_other_key_type_known_counts_as_changed(srv: SshServer, tmp_path: Path) -> None:
     rsa = make_key(tmp_path / "rsa_host", kind="rsa")
     kind, b64 = Path(f"{rsa}.pub").read_text().split()[:2]
@@ -99,7 +97,6 @@ def test_other_key_type_known_counts_as_changed(srv: SshServer, tmp_path: Path) 
     assert kh.read_text().count("\n") == 1
 
 
-@pytest.mark.slow
 def test_step_errors_after_connecting_are_failures_not_unreachable(srv: SshServer) -> None:
     def fetch_missing(s: Session) -> None:
         s.get("/nonexistent/file", "/tmp/never")
@@ -111,7 +108,6 @@ def test_step_errors_after_connecting_are_failures_not_unreachable(srv: SshServe
     assert "no-such-host.invalid: name not resolved" in res["dns"].detail
 
 
-@pytest.mark.slow
 def test_background_child_holding_stdout_does_not_block(srv: SshServer) -> None:
     with connect(device(srv), SshOptions(command_timeout=10)) as s:
         start = time.monotonic()
@@ -120,7 +116,6 @@ def test_background_child_holding_stdout_does_not_block(srv: SshServer) -> None:
         assert time.monotonic() - start < 3.0
 
 
-@pytest.mark.slow
 def test_hung_command_times_out_without_blocking(srv: SshServer) -> None:
     with connect(device(srv), SshOptions()) as s:
         start = time.monotonic()
@@ -130,7 +125,6 @@ def test_hung_command_times_out_without_blocking(srv: SshServer) -> None:
         assert s.run("echo still usable").stdout == "still usable\n"
 
 
-@pytest.mark.slow
 def test_fleet_run_gives_each_device_its_own_outcome(srv: SshServer, tmp_path: Path) -> None:
     wrong_key = make_key(tmp_path / "id_wrong")
     changed = tmp_path / "known_hosts_changed"  # a different key recorded for the same port
@@ -173,7 +167,6 @@ def test_fleet_run_gives_each_device_its_own_outcome(srv: SshServer, tmp_path: P
     assert max(res[n].elapsed for n in ("good1", "good2", "failing", "wrongkey")) < timeout
 
 
-@pytest.mark.slow
 def test_unknown_host_key_rejected_then_accepted_and_recorded(
     srv: SshServer, tmp_path: Path
 ) -> None:
@@ -195,7 +188,6 @@ def test_unknown_host_key_rejected_then_accepted_and_recorded(
     assert kh.read_text().count("\n") == 1  # recorded once
 
 
-@pytest.mark.slow
 def test_accept_new_never_accepts_a_changed_key(srv: SshServer, tmp_path: Path) -> None:
     other = make_key(tmp_path / "other")
     kind, b64 = Path(f"{other}.pub").read_text().split()[:2]
@@ -208,7 +200,6 @@ def test_accept_new_never_accepts_a_changed_key(srv: SshServer, tmp_path: Path) 
     assert kh.read_text() == f"[127.0.0.1]:{srv.port} {kind} {b64}\n"  # not overwritten
 
 
-@pytest.mark.slow
 def test_cli_known_hosts_option_overrides_the_device(srv: SshServer, tmp_path: Path) -> None:
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
@@ -216,7 +207,6 @@ def test_cli_known_hosts_option_overrides_the_device(srv: SshServer, tmp_path: P
     assert res["good"].outcome == Outcome.hostkey_mismatch
 
 
-@pytest.mark.slow
 def test_missing_and_encrypted_key_files_are_auth_failures(
     srv: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -243,7 +233,6 @@ def test_missing_and_encrypted_key_files_are_auth_failures(
     assert "environment variable H4_UNSET_PASS is not set" in res["unset"].detail
 
 
-@pytest.mark.slow
 def test_proxy_jump_one_hop(srv: SshServer, tmp_path: Path) -> None:
     target = start_sshd(tmp_path / "target", authorized=[srv.client_key])
     try:
@@ -259,7 +248,6 @@ def test_proxy_jump_one_hop(srv: SshServer, tmp_path: Path) -> None:
         target.stop()
 
 
-@pytest.mark.slow
 def test_local_devices_run_commands_copy_files_and_time_out(tmp_path: Path) -> None:
     dev = Device(name="me", host="localhost", connection="local")
     with connect(dev, SshOptions()) as s:
@@ -279,7 +267,6 @@ def test_local_devices_run_commands_copy_files_and_time_out(tmp_path: Path) -> N
         assert (tmp_path / "c").read_text() == "data"
 
 
-@pytest.mark.slow
 def test_local_background_child_and_unread_stdin_do_not_block() -> None:
     with connect(Device(name="me", host="localhost", connection="local"), SshOptions()) as s:
         start = time.monotonic()

@@ -16,6 +16,8 @@ from ftte_cli.fleet.ssh import SshOptions, connect
 from ftte_cli.testbed import lifecycle, netns
 from ftte_cli.testbed import state as st
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="namespaces and cgroups need root (CI is root)")
 runner = CliRunner()
@@ -36,7 +38,6 @@ def _live(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-@pytest.mark.slow
 def test_inventory_and_known_hosts_reach_every_device(testbed: Testbed) -> None:
     devices = testbed.devices()
     assert len(devices) == 4
@@ -48,7 +49,6 @@ def test_inventory_and_known_hosts_reach_every_device(testbed: Testbed) -> None:
         assert rc == 0 and out.strip() == f"hello-{os.getuid()}"
 
 
-@pytest.mark.slow
 @needs_root
 def test_each_device_has_its_own_namespace_and_address(testbed: Testbed) -> None:
     for dev in testbed.state.devices:
@@ -59,7 +59,6 @@ def test_each_device_has_its_own_namespace_and_address(testbed: Testbed) -> None
         assert addresses == {dev.address}, dev.name
 
 
-@pytest.mark.slow
 @needs_root
 def test_memory_cap_binds_processes_started_over_ssh(testbed: Testbed) -> None:
     small = testbed.by_class("pi-zero-2")
@@ -73,7 +72,6 @@ def test_memory_cap_binds_processes_started_over_ssh(testbed: Testbed) -> None:
     assert rc == 0 and "ok" in out
 
 
-@pytest.mark.slow
 @needs_root
 def test_cpu_quota_is_set_on_the_sessions_cgroup(testbed: Testbed) -> None:
     small = testbed.by_class("pi-zero-2")
@@ -83,7 +81,6 @@ def test_cpu_quota_is_set_on_the_sessions_cgroup(testbed: Testbed) -> None:
     assert rc == 0 and int(out.strip()) == 25_000
 
 
-@pytest.mark.slow
 def test_status_json_lists_every_device_alive(testbed: Testbed) -> None:
     res = runner.invoke(app, ["testbed", "status", "--dir", str(testbed.dir), "--format", "json"])
     assert res.exit_code == 0, res.output
@@ -93,14 +90,12 @@ def test_status_json_lists_every_device_alive(testbed: Testbed) -> None:
     assert data["isolated"] == ROOT
 
 
-@pytest.mark.slow
 def test_second_up_in_same_dir_is_refused(testbed: Testbed) -> None:
     res = runner.invoke(app, ["testbed", "up", "--devices", "1", "--dir", str(testbed.dir)])
     assert res.exit_code == ExitCode.USAGE
     assert "already up" in res.output
 
 
-@pytest.mark.slow
 @needs_root
 def test_down_leaves_no_process_cgroup_or_namespace(tmp_path: Path) -> None:
     res = runner.invoke(app, ["testbed", "up", "--devices", "2", "--mix", "pi-zero-2,phone",
@@ -131,7 +126,6 @@ def test_down_leaves_no_process_cgroup_or_namespace(tmp_path: Path) -> None:
     assert again.exit_code == 0 and json.loads(again.stdout)["leftovers"] == []
 
 
-@pytest.mark.slow
 def test_loopback_fallback_without_isolation(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lifecycle, "can_isolate", lambda: (False, "forced for the test"))

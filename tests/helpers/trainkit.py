@@ -53,6 +53,27 @@ def write_inventory(folder: Path, names: list[str]) -> Path:
     return path
 
 
+def write_class_inventory(folder: Path, train_vars: str) -> Path:
+    """Two local groups: `zeros` (pi-zero-2, its `ftte_train` set to `train_vars`) and `pis`."""
+    path = folder / "inventory.yaml"
+    path.write_text(f"""all:
+  vars:
+    ansible_connection: local
+    ansible_python_interpreter: {sys.executable}
+  children:
+    zeros:
+      vars:
+        ftte_device_class: pi-zero-2
+        ftte_train: {train_vars}
+      hosts:
+        zero-1: {{ftte_workdir: {folder / 'w' / 'zero-1'}}}
+    pis:
+      hosts:
+        pi4-1: {{ftte_workdir: {folder / 'w' / 'pi4-1'}}}
+""")
+    return path
+
+
 def env() -> dict[str, str]:
     """Environment for `ftte train` subprocesses: one torch thread per agent."""
     return {**os.environ, "FTTE_AGENT_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from helpers.loopback import bundle_tokens, make_server, start_agent, tiny_run
 
-from ftte_cli.client.agent import Bundle, default_threads, load_bundle
 from ftte_cli.server.runner import ServerThread
 from ftte_cli.server.snapshot import DeviceStatus, StopReason
+
+pytestmark = pytest.mark.slow
 
 
 def _wait(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -29,7 +30,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.slow
 def test_agents_train_and_exit_cleanly_when_the_run_ends(tmp_path: Path) -> None:
     names = ["a", "b"]
     _, _, _, bundles, coord = tiny_run(tmp_path, names)
@@ -56,7 +56,6 @@ def test_agents_train_and_exit_cleanly_when_the_run_ends(tmp_path: Path) -> None
     assert all(d.status == DeviceStatus.done for d in server.snapshot().devices)
 
 
-@pytest.mark.slow
 def test_agent_waits_for_the_server_and_reregisters_after_restart(tmp_path: Path) -> None:
     _, _, _, bundles, coord = tiny_run(tmp_path, ["a"], buffer_size=1)
     port = _free_port()
@@ -82,7 +81,6 @@ def test_agent_waits_for_the_server_and_reregisters_after_restart(tmp_path: Path
             proc.kill()
 
 
-@pytest.mark.slow
 def test_agent_with_wrong_token_exits_5(tmp_path: Path) -> None:
     _, _, _, bundles, coord = tiny_run(tmp_path, ["a"])
     events: list[dict] = []
@@ -93,28 +91,9 @@ def test_agent_with_wrong_token_exits_5(tmp_path: Path) -> None:
     assert [e["reason"] for e in events if "reason" in e] == ["wrong_token"]
 
 
-@pytest.mark.slow
 def test_bad_bundle_exits_2(tmp_path: Path) -> None:
     _, _, _, bundles, _ = tiny_run(tmp_path, ["a"])
     (bundles["a"] / "plan.json").write_text("{not json")
     proc = start_agent(bundles["a"], "http://127.0.0.1:9")
     assert proc.wait(timeout=60) == 2
     assert "plan.json" in (bundles["a"] / "agent.log").read_text()
-
-
-def test_load_bundle_and_threads(tmp_path: Path) -> None:
-    _, plan, fed, bundles, _ = tiny_run(tmp_path, ["a", "b"])
-    b: Bundle = load_bundle(bundles["b"])
-    assert b.device == "b" and b.plan.masks == plan.masks
-    assert b.train_x.shape == fed.clients[1].train.x.shape
-    assert 1 <= default_threads() <= (len(__import__("os").sched_getaffinity(0)))
-
-
-@pytest.mark.parametrize("quota", ["50000 100000", "max 100000"])
-def test_cpu_quota_parsing(tmp_path: Path, quota: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ftte_cli.client import agent
-
-    (tmp_path / "cpu.max").write_text(quota + "\n")
-    monkeypatch.setattr(agent, "_own_cgroups", lambda: [tmp_path])
-    assert agent.cpu_quota() == (0.5 if quota.startswith("5") else None)
-    assert agent.default_threads() >= 1
