@@ -131,6 +131,7 @@ def prepare(settings: SimSettings) -> World:
     notes: List[str] = [f"FTTE memory budget {budget} B: {source}", describe_start(start)]
     ftte = _ftte_plan(model, recipe, data, budget, dense, notes)
     flops = layer_flops(model, data.input_shape)
-    costs = {"dense": compute_cost(flops, dense), "ftte": compute_cost(flops, ftte)}
+    batch = recipe.train.batch_size  # a micro-batched plan's passes are slower per sample
+    costs = {"dense": compute_cost(flops, dense, batch), "ftte": compute_cost(flops, ftte, batch)}
     return World(settings, recipe, seed, data, model, params, fleet, dense, ftte, costs, budget,
                  source, notes, start)
