@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/choose_defaults.py [--recipe recipes/har.yaml] [--width 1]
         [--clients 40] [--stragglers 0.9] [--budget-fraction 0.2 | --fleet-budget]
-        [--validation windows|subjects] [--versions 150] [--seeds 1,2] [--options a,b]
+        [--validation windows|subjects] [--versions 150 | --horizon SECONDS] [--seeds 1,2]
+        [--options a,b]
 
 Each option is one FTTE simulation on the same world. The global test split (unseen subjects) is
 never looked at, so a default chosen here is not tuned on the test set. Validation:
@@ -12,7 +13,9 @@ never looked at, so a default chosen here is not tuned on the test set. Validati
   federation, their clients with them, and all their windows are the validation set: accuracy on
   people the federation never saw, as the test split measures, from training subjects only.
 Printed: validation accuracy at the end, its best and the mean of the last five evaluations,
-per option, mean over seeds, with the difference to the current default.
+per option, mean over seeds, with the difference to the current default. `--horizon` judges at a
+fixed virtual time instead of a version count: an option whose versions take longer (a
+micro-batched plan's slower passes) gets fewer of them, as on a real fleet.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ftte_cli.config.recipe import Recipe, ServerOptimizerConfig, load_recipe  # noqa: E402
+from ftte_cli.engine import selection  # noqa: E402
 from ftte_cli.engine.data import Dataset  # noqa: E402
 from ftte_cli.sim.runner import SimSettings, World, prepare, run_strategy  # noqa: E402
 
+TOLERANCE = "micro_batch_tolerance"  # an option key that sets selection's, not the strategy's
 OPTIONS: Dict[str, Dict[str, object]] = {
     "default (normalizer weights, no server optimiser)": {},
     "normalizer buffer (1/K)": {"normalizer": "buffer"},
@@ -39,6 +44,8 @@ OPTIONS: Dict[str, Dict[str, object]] = {
     "server lr 0.5": {"server_lr": 0.5},
     "server momentum 0.9, lr 0.1": {"server_optimizer": ServerOptimizerConfig("momentum", lr=0.1)},
     "server adam, lr 0.01": {"server_optimizer": ServerOptimizerConfig("adam", lr=0.01)},
+    # the plan, not the strategy: selection's micro-batch tolerance (0: the highest-value plan)
+    "micro-batch tolerance 0 (highest-value plan)": {TOLERANCE: 0.0},
 }
 VALIDATION_CAP = 1200  # validation windows per evaluation (a seeded subset): evaluations stay cheap
 
@@ -81,14 +88,32 @@ def validate_on(world: World, how: str) -> None:
 def run(recipe: Recipe, args: argparse.Namespace, seed: int, change: Dict[str, object]
         ) -> Tuple[float, float, float]:
     """(final, best, mean of the last 5) validation accuracy of FTTE with `change` applied."""
+    change = dict(change)
+    tolerance = change.pop(TOLERANCE, selection.MICRO_BATCH_TOLERANCE)
+    assert isinstance(tolerance, float)
+    stop = (replace(recipe.stop, max_versions=args.versions, eval_every=4) if args.horizon is None
+            else replace(recipe.stop, max_versions=10**6, time_limit=args.horizon, eval_every=4))
     recipe = replace(recipe, strategy=replace(recipe.strategy, **change),  # type: ignore[arg-type]
-                     stop=replace(recipe.stop, max_versions=args.versions, eval_every=4))
+                     stop=stop)
     fraction = None if args.fleet_budget else args.budget_fraction
-    world = prepare(SimSettings(recipe=recipe, clients=args.clients, stragglers=args.stragglers,
-                                seed=seed, budget_fraction=fraction, strategies=("ftte",),
-                                stop_at_target=False, eval_samples=None))
+    default, selection.MICRO_BATCH_TOLERANCE = selection.MICRO_BATCH_TOLERANCE, tolerance
+    try:
+        world = prepare(SimSettings(recipe=recipe, clients=args.clients,
+                                    stragglers=args.stragglers, seed=seed,
+                                    budget_fraction=fraction, strategies=("ftte",),
+                                    stop_at_target=False, eval_samples=None))
+    finally:
+        selection.MICRO_BATCH_TOLERANCE = default
     validate_on(world, args.validation)
-    evals = run_strategy(world, "ftte").metrics.evals
+    plan = world.ftte
+    share = plan.trainable_params / plan.total_params
+    print(f"  seed {seed}: plan {share:.1%}, micro-batch {plan.micro_batch}, "
+          f"{plan.estimated_bytes} B, x{world.costs['ftte'].pass_slowdown:.2f} per sample",
+          file=sys.stderr)
+    result = run_strategy(world, "ftte").metrics
+    evals = result.evals
+    marks = ", ".join(f"{e.time:.0f}s v{e.version} {e.accuracy:.3f}" for e in evals[3::4])
+    print(f"  seed {seed}: {len(result.version_times)} versions; {marks}", file=sys.stderr)
     last = [e.accuracy for e in evals[-5:]]
     return evals[-1].accuracy, max(e.accuracy for e in evals), statistics.fmean(last)
 
@@ -105,6 +130,8 @@ def main() -> None:
                         help="FTTE's budget from the simulated fleet, as `ftte simulate` has it")
     parser.add_argument("--validation", choices=("windows", "subjects"), default="subjects")
     parser.add_argument("--versions", type=int, default=150)
+    parser.add_argument("--horizon", type=float, default=None,
+                        help="virtual seconds to judge at (instead of --versions)")
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--options", default="",
                         help="comma-separated option numbers (0 = default) to run; default all")
@@ -124,11 +151,13 @@ def main() -> None:
         print(f"  measured: {name}: final {final:.3f}, best {best:.3f}, last 5 {last5:.3f}",
               file=sys.stderr)
     budget = "fleet" if args.fleet_budget else f"{args.budget_fraction:.0%}"
+    length = (f"{args.versions} versions" if args.horizon is None
+              else f"{args.horizon:.0f} virtual s")
     where = {"subjects": "held-out training subjects",
              "windows": "the training subjects' held-out windows"}[args.validation]
     print(f"validation accuracy ({where}), FTTE, "
           f"{args.clients} clients, {args.stragglers:.0%} stragglers, budget {budget}, "
-          f"{args.versions} versions, width {recipe.model.width}, seeds {args.seeds}")
+          f"{length}, width {recipe.model.width}, seeds {args.seeds}")
     base = rows[0][3]
     print(f"{'option':52s} {'final':>6s} {'best':>6s} {'last 5':>6s} {'vs first':>9s}")
     for name, final, best, last5 in rows:

@@ -29,12 +29,15 @@ has its compute slowed by a factor drawn from U(lo, hi) (communication is not sl
 
 Job time = latency + bytes_down / bandwidth + compute + bytes_up / bandwidth, where compute is
 samples x epochs x (forward of every layer + backward of the layers from the earliest trained one,
-with weight gradients only for the trained fraction), see `engine/flops.training_flops`.
+with weight gradients only for the trained fraction), see `engine/flops.training_flops`. A plan
+that runs each step in micro-batches (passes of fewer samples than the batch) is charged its
+measured slowdown per sample (`pass_slowdown`, `PASS_SLOWDOWN`); a plan without is charged x1.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -117,6 +120,35 @@ class DeviceModel:
         return self.slowdown > 1.0
 
 
+# Seconds per sample of a training step run in passes of n samples, relative to one pass of 32:
+# benchmarks/microbatch_cost.py (har_cnn width 3, batch 32, 1 torch thread, whole model trained;
+# two runs, 1.08/1.09, 1.35/1.40, 1.86/1.97, 3.13/3.15, 2.38/2.36). Small passes leave too
+# little work per kernel call; a pass of 1 sample takes a cheaper path than 2 in torch's
+# conv1d, so it is measured faster. Sizes of 32 and more count as 1.0 (no gain is charged).
+PASS_SLOWDOWN: Dict[int, float] = {32: 1.0, 16: 1.08, 8: 1.38, 4: 1.9, 2: 3.1, 1: 2.4}
+
+
+def _relative_sample_time(n: int) -> float:
+    """PASS_SLOWDOWN at n samples per pass, linear in log2(n) between the measured sizes."""
+    sizes = sorted(PASS_SLOWDOWN)
+    if n >= sizes[-1]:
+        return PASS_SLOWDOWN[sizes[-1]]
+    if n in PASS_SLOWDOWN:
+        return PASS_SLOWDOWN[n]
+    hi = next(s for s in sizes if s > n)
+    lo = max(s for s in sizes if s < n)
+    t = (math.log2(n) - math.log2(lo)) / (math.log2(hi) - math.log2(lo))
+    return PASS_SLOWDOWN[lo] + t * (PASS_SLOWDOWN[hi] - PASS_SLOWDOWN[lo])
+
+
+def pass_slowdown(pass_size: int, batch_size: int) -> float:
+    """Factor on a step's compute time when a batch of `batch_size` runs in passes of
+    `pass_size` samples, against one pass over the whole batch (1.0 when that is what runs)."""
+    if pass_size >= batch_size:
+        return 1.0
+    return _relative_sample_time(max(1, pass_size)) / _relative_sample_time(batch_size)
+
+
 @dataclass(frozen=True)
 class ComputeCost:
     """Per-sample cost of a job under one plan, from the model's layer FLOPs."""
@@ -124,6 +156,7 @@ class ComputeCost:
     forward_flops: int  # one sample's forward
     train_flops: int  # forward + partial backward under the plan
     full_train_flops: int  # forward + full backward (dense plan)
+    pass_slowdown: float = 1.0  # the plan's micro-batching: time per sample against whole batches
 
     @property
     def backward_share(self) -> float:
@@ -148,12 +181,15 @@ def trained_fractions(plan: Plan) -> Dict[str, float]:
     return out
 
 
-def compute_cost(layer_flops: Dict[str, int], plan: Plan) -> ComputeCost:
-    """Per-sample FLOPs of a job under `plan` (layer_flops from engine/flops.layer_flops)."""
+def compute_cost(layer_flops: Dict[str, int], plan: Plan,
+                 batch_size: Optional[int] = None) -> ComputeCost:
+    """Per-sample FLOPs of a job under `plan` (layer_flops from engine/flops.layer_flops); with
+    `batch_size`, the plan's micro-batch is charged its `pass_slowdown`."""
     dense = {name: 1.0 for name in layer_flops}
+    slow = 1.0 if batch_size is None else pass_slowdown(plan.pass_size(batch_size), batch_size)
     return ComputeCost(forward_flops(layer_flops),
                        training_flops(layer_flops, trained_fractions(plan)),
-                       training_flops(layer_flops, dense))
+                       training_flops(layer_flops, dense), slow)
 
 
 def compute_seconds(device: DeviceModel, cost: ComputeCost, samples: int) -> float:
@@ -163,7 +199,8 @@ def compute_seconds(device: DeviceModel, cost: ComputeCost, samples: int) -> flo
     else:
         fwd = device.sec_per_sample_fwd or 0.0
         per_sample = fwd + (device.sec_per_sample_bwd or 0.0) * cost.backward_share
-    return per_sample * samples * device.slowdown
+    # x 1.0 is exact: a plan without micro-batching keeps bit-identical times
+    return per_sample * cost.pass_slowdown * samples * device.slowdown
 
 
 def job_seconds(device: DeviceModel, cost: ComputeCost, samples: int, bytes_down: int,

@@ -134,6 +134,7 @@ def prepare(settings: SimSettings) -> World:
     else:  # only dense strategies: FTTE's selection (a few CPU seconds) would go unused
         ftte = replace(dense, budget_bytes=budget)
     flops = layer_flops(model, data.input_shape)
-    costs = {"dense": compute_cost(flops, dense), "ftte": compute_cost(flops, ftte)}
+    batch = recipe.train.batch_size  # a micro-batched plan's passes are slower per sample
+    costs = {"dense": compute_cost(flops, dense, batch), "ftte": compute_cost(flops, ftte, batch)}
     return World(settings, recipe, seed, data, model, params, fleet, dense, ftte, costs, budget,
                  source, notes, start)
