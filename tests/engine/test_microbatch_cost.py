@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.simkit import tiny_recipe
 
-from ftte_cli.config.recipe import load_recipe
 from ftte_cli.engine.plan import FULL, build_plan
 from ftte_cli.sim.devices import (
     PASS_SLOWDOWN,
@@ -20,18 +20,6 @@ from ftte_cli.sim.devices import (
     pass_slowdown,
 )
 from ftte_cli.sim.runner import SimSettings, prepare
-
-TINY = """
-name: tiny
-seed: 3
-data: {dataset: synthetic_har, windows: 900, subjects: 8, partition: iid}
-model: {name: har_cnn, width: 0.5}
-train: {epochs: 1, batch_size: 16, lr: 0.05}
-strategy: {buffer_size: 2, max_concurrency: 4}
-plan: {memory_budget: null, proxy_steps: 2}
-stop: {target_accuracy: 0.99, max_versions: 6, time_limit: 10000, eval_every: 2}
-sim: {clients: 8, stragglers: 0.5}
-"""
 
 
 def _model() -> torch.nn.Module:
@@ -82,9 +70,7 @@ def test_plans_without_micro_batching_keep_bit_identical_times() -> None:
 
 def test_simulated_world_charges_its_micro_batched_plan(tmp_path: Path) -> None:
     # 60% of full training: micro-batches hold every parameter (as in test_sim's tiny world)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
-    recipe = load_recipe(path)
+    recipe = tiny_recipe(tmp_path, budget="null")
     world = prepare(SimSettings(recipe=recipe, budget_fraction=0.6, stop_at_target=False))
     micro = world.ftte.micro_batch
     assert micro is not None and micro < recipe.train.batch_size

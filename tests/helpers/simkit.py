@@ -34,7 +34,7 @@ SIZES = (0, 5, 16, 37, 50, 23)
 
 
 def make_shards(shape: tuple[int, ...], classes: int, sizes: tuple[int, ...] = SIZES
-           ) -> List[Dataset]:
+                ) -> List[Dataset]:
     """Seeded random client shards of the given sizes (the batched-backend tests' data)."""
     gen = torch.Generator().manual_seed(7)
     return [Dataset(torch.randn((n, *shape), generator=gen),
