@@ -5,7 +5,7 @@ never changes: the blocks before the earliest trainable layer (`models.frozen_pr
 same weights in every version. `PlanEvaluator(model, plan, data)` is `train.evaluate(model,
 params, data)` that keeps those blocks' output for every evaluation batch and runs only the rest
 of the model at each call. Same batches, same kernels, same shapes: the result equals
-`evaluate`'s bit for bit (tests/test_coordinator_speed.py).
+`evaluate`'s bit for bit (tests/engine/test_coordinator_speed.py).
 
 The cache is keyed on the storage of the prefix's tensors (a frozen tensor of a new version is a
 view of the same storage; the coordinator never changes parameters in place) and holds them, so
