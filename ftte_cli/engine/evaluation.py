@@ -28,7 +28,7 @@ try:
 except ImportError:  # torch < 2.0
     from torch.nn.utils.stateless import functional_call  # type: ignore[no-redef,assignment]
 
-from ftte_cli.engine.models import frozen_prefix
+from ftte_cli.engine.models import feature_block, frozen_prefix
 from ftte_cli.engine.plan import Plan
 from ftte_cli.engine.train import EVAL_BATCH, evaluate
 
@@ -50,8 +50,8 @@ class PlanEvaluator:
         self.data = data
         self.batch_size = batch_size
         self.first = frozen_prefix(model, plan.trainable_names())
-        self.prefix_names = [n for n in plan.masks if _block(n) is not None
-                             and (_block(n) or 0) < self.first]
+        self.prefix_names = [n for n in plan.masks
+                             if (b := feature_block(n)) is not None and b < self.first]
         self._key: Optional[Key] = None
         self._held: List[Tensor] = []  # the prefix tensors of the cached key, kept alive
         self._outputs: List[Tensor] = []  # features[:first] of each evaluation batch
@@ -103,14 +103,6 @@ class PlanEvaluator:
         self.model.train(was_training)
         self._key, self._held = key, held
         return True
-
-
-def _block(name: str) -> Optional[int]:
-    """i for a parameter of features[i], else None."""
-    parts = name.split(".")
-    if parts[0] == "features" and len(parts) > 2 and parts[1].isdigit():
-        return int(parts[1])
-    return None
 
 
 def _prefix_numel(model: nn.Module, first: int, one: Tensor, params: Mapping[str, Tensor]

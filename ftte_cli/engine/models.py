@@ -236,6 +236,13 @@ _PER_SAMPLE = (nn.Conv1d, nn.Conv2d, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.Identit
                ConvBlock1d, ConvBlock2d, InvertedResidual)
 
 
+def feature_block(name: str) -> Optional[int]:
+    """i for a layer or parameter of `features[i]` ("features.3.conv.weight"), else None."""
+    parts = name.split(".")
+    return int(parts[1]) if parts[0] == "features" and len(parts) > 1 and parts[1].isdigit() \
+        else None
+
+
 def frozen_prefix(model: nn.Module, trainable: Iterable[str]) -> int:
     """How many leading blocks of `model.features` hold no trainable parameter and are all
     per-sample: the prefix a client may run without autograd, in micro-batches (0: none)."""
@@ -244,10 +251,10 @@ def frozen_prefix(model: nn.Module, trainable: Iterable[str]) -> int:
         return 0
     count = len(features)
     for name in trainable:
-        parts = name.split(".")
-        if parts[0] == "features" and len(parts) > 2 and parts[1].isdigit():
-            count = min(count, int(parts[1]))
-        elif parts[0] == "features":
+        block = feature_block(name)
+        if block is not None:
+            count = min(count, block)
+        elif name.split(".")[0] == "features":
             return 0
     for i in range(count):
         if not all(isinstance(m, _PER_SAMPLE) for m in features[i].modules()):

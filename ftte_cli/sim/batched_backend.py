@@ -40,7 +40,7 @@ from ftte_cli.config.recipe import TrainConfig
 from ftte_cli.engine.batched import MAX_GROUP, prefix_outputs, train_jobs, unsupported
 from ftte_cli.engine.coordinator import Job
 from ftte_cli.engine.flops import layer_flops
-from ftte_cli.engine.models import frozen_prefix
+from ftte_cli.engine.models import feature_block, frozen_prefix
 from ftte_cli.engine.train import JobResult, resolve_device, train_job
 from ftte_cli.errors import ConfigError
 
@@ -128,8 +128,8 @@ class BatchedBackend:
             world = self.world
             first = frozen_prefix(world.model, plan.trainable_names())
             flops = layer_flops(world.model, world.data.input_shape)
-            trained = sum(f for name, f in flops.items() if _block(name) is None
-                          or (_block(name) or 0) >= first)
+            trained = sum(f for name, f in flops.items()
+                          if (b := feature_block(name)) is None or b >= first)
             self.stacks[key] = trained <= STACK_MAX_FLOPS
         return self.stacks[key]
 
@@ -168,9 +168,3 @@ class BatchedBackend:
         self.prefixed_bytes = 0
         self.world = None
 
-
-def _block(layer: str) -> Optional[int]:
-    """i for a layer of features[i] ("features.3.conv"), else None."""
-    parts = layer.split(".")
-    return int(parts[1]) if parts[0] == "features" and len(parts) > 1 and parts[1].isdigit() \
-        else None
