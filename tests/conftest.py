@@ -1,6 +1,6 @@
 """Shared test set-up: one torch thread (2-core CI, several processes), deterministic seeds,
-and the fixtures more than one file uses: the session testbed, a per-test sshd, and the bundle
-tests' recipe and initial parameters."""
+and the fixtures more than one file uses: the session testbed, a per-test and a per-module
+sshd, a private HOME, and the bundle tests' recipe and initial parameters."""
 
 from __future__ import annotations
 
@@ -37,6 +37,23 @@ def sshd(tmp_path: Path) -> Iterator[SshServer]:
     """A real OpenSSH server on a loopback port for one test."""
     with running_sshd(tmp_path / "sshd") as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """A real OpenSSH server on a loopback port, shared by one test module's tests."""
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private, empty HOME (an empty ~/.ssh): no known_hosts, ssh config or fabric.yaml of the
+    machine's. Files that need it in every test use `pytest.mark.usefixtures("home")`."""
+    path = tmp_path / "home"
+    (path / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(path))
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -24,15 +24,11 @@ REPO = Path(__file__).resolve().parents[2]
 LAB = REPO / "inventory" / "lab.yaml"
 runner = CliRunner()
 
+pytestmark = pytest.mark.usefixtures("home")  # a private HOME: tests/conftest.py
+
 
 def ftte(*args: str) -> Any:
     return runner.invoke(ftte_app, list(args))
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "home" / ".ssh").mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
 
 def test_inventory_list_json_is_shaped_like_ansible_inventory() -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import typer
-from helpers.sshd import SshServer, free_port, make_key, running_sshd
+from helpers.sshd import SshServer, free_port, make_key
 from typer.testing import CliRunner
 
 from ftte_cli.commands.options import (
@@ -29,15 +28,9 @@ from ftte_cli.fleet.ssh import Session, run_on_fleet
 from ftte_cli.output import Format, handle_errors
 from ftte_cli.ui.recap import exit_with, render_recap
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("home")]
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "home" / ".ssh").mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
 
 probe = typer.Typer()
@@ -65,12 +58,6 @@ def run(
         results = run_on_fleet(devices, step, opts)
     render_recap(results, fmt)
     exit_with(results)
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
 
 
 @pytest.fixture

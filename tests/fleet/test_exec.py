@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.sshd import SshServer, free_port, make_key, running_sshd
+from helpers.sshd import SshServer, free_port, make_key
 from typer.testing import CliRunner
 
 from ftte_cli import api
@@ -19,25 +18,14 @@ from ftte_cli.cli import app
 from ftte_cli.errors import ExitCode
 from ftte_cli.fleet.adhoc import CommandOutput, remote_command
 
-pytestmark = pytest.mark.slow  # every test here spawns processes, sshd or the testbed
+# every test here spawns processes, sshd or the testbed; each gets a private HOME (conftest.py)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("home")]
 
 runner = CliRunner()
 
 
 def ftte_exec(inv: Path, *args: str) -> Any:
     return runner.invoke(app, ["exec", "-i", str(inv), *args])
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "home" / ".ssh").mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
 
 
 @pytest.fixture

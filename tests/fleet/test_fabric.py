@@ -4,13 +4,12 @@ sshd: commands on every device, ftte's host-key rules, jump host, timeouts, loca
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import fabric
 import paramiko
 import pytest
-from helpers.sshd import SshServer, running_sshd, start_sshd
+from helpers.sshd import SshServer, start_sshd
 from helpers.testbed import Testbed
 from invoke.exceptions import CommandTimedOut
 
@@ -19,18 +18,7 @@ from ftte_cli.errors import ConfigError
 from ftte_cli.fleet.fabric_group import DeviceConnection
 from ftte_cli.fleet.ssh import HostKeyUnknown, Outcome, SshOptions, classify
 
-
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An empty home: no ~/.ssh/known_hosts, ssh config or fabric.yaml of the machine's."""
-    (tmp_path / "home" / ".ssh").mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
+pytestmark = pytest.mark.usefixtures("home")  # a private HOME: tests/conftest.py
 
 
 def inventory(tmp_path: Path, srv: SshServer, hosts: str, known_hosts: Path) -> Path:

@@ -13,14 +13,7 @@ from ftte_cli.errors import ConfigError, ExitCode
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private HOME, so ~/.ssh/config is the test's own (or absent)."""
-    h = tmp_path / "home"
-    (h / ".ssh").mkdir(parents=True)
-    monkeypatch.setenv("HOME", str(h))
-    return h
+pytestmark = pytest.mark.usefixtures("home")  # a private HOME: tests/conftest.py
 
 
 def inv_file(tmp_path: Path, text: str, name: str = "inv.yaml") -> Path:

@@ -7,11 +7,10 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.sshd import SshServer, free_port, make_key, running_sshd, start_sshd
+from helpers.sshd import SshServer, free_port, make_key, start_sshd
 
 from ftte_cli.config.inventory import Device
 from ftte_cli.errors import ExitCode
@@ -26,12 +25,6 @@ from ftte_cli.fleet.ssh import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
 
 
 def device(srv: SshServer, name: str = "good", **kw: object) -> Device:
