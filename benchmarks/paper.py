@@ -22,11 +22,16 @@ target, accuracy at the horizon and memory; FTTE/FedAvg ratios and FTTE minus Fe
 with the paper's goals at 90% stragglers marked met or missed. A missed goal is printed as
 missed; nothing here is tuned to the goals. `accuracy.png` plots accuracy against virtual time,
 one curve per strategy, for each setting's first seed.
+
+Each finished world is cached under OUT/worlds, keyed by the package source, this script, the
+recipe and the world: a rerun of the same grid on the same code resumes where it stopped
+(`--fresh` ignores the cache).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -151,6 +156,41 @@ def _run(world: World, name: str, budget: Budget, memory: Dict[str, Optional[int
                plan.estimated_bytes or 0, memory[key], plan.trainable_params / plan.total_params,
                [(e.time, e.accuracy) for e in evals], world.start.accuracy,
                time.perf_counter() - start)
+
+
+def code_digest(recipe_path: str) -> str:
+    """What a world's results depend on: the package source, this script and the recipe."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "ftte_cli").rglob("*.py")) + [Path(__file__).resolve(),
+                                                              Path(recipe_path)]:
+        h.update(str(path.relative_to(root) if path.is_relative_to(root) else path).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+Work = Tuple[str, int, float, int, Tuple[Budget, ...], str, str]  # ..., cache dir, code digest
+
+
+def cached_setting(args: Work) -> List[Run]:
+    """`setting`, or its runs from the cache when the same code, recipe and world ran before:
+    the full grid takes hours, so an interrupted run resumes where it stopped."""
+    recipe_path, clients, stragglers, seed, budgets, cache_dir, digest = args
+    key = hashlib.sha256(json.dumps([digest, clients, stragglers, seed, budgets]).encode())
+    path = Path(cache_dir) / f"{clients}-{stragglers:g}-{seed}-{key.hexdigest()[:16]}.json"
+    if cache_dir and path.is_file():
+        runs = [Run(**{**r, "curve": [tuple(p) for p in r["curve"]]})
+                for r in json.loads(path.read_text())]
+        print(f"  cached: {clients} clients, {stragglers:.0%} stragglers, seed {seed} ({path})",
+              file=sys.stderr, flush=True)
+        return runs
+    runs = setting((recipe_path, clients, stragglers, seed, budgets))
+    if cache_dir:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([asdict(r) for r in runs]))
+        tmp.replace(path)  # a killed run never leaves half a record behind
+    return runs
 
 
 def setting(args: Tuple[str, int, float, int, Tuple[Budget, ...]]) -> List[Run]:
@@ -314,6 +354,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="worlds simulated at once")
     parser.add_argument("--out", default="runs/paper")
     parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument("--fresh", action="store_true",
+                        help="ignore worlds cached under OUT/worlds by an earlier run")
     parser.add_argument("--quick", action="store_true",
                         help="CI size: 20 clients, 90%% stragglers, one seed, 20%% budget")
     args = parser.parse_args()
@@ -323,15 +365,21 @@ def main() -> None:
     if args.quick:
         recipe = _quick(recipe, Path(args.out))
     budgets = tuple(args.budgets.split(","))
-    work = [(str(recipe.source), int(c), float(p), int(s), budgets)
-            for c in args.clients.split(",") for p in args.stragglers.split(",")
-            for s in args.seeds.split(",")]
+    cache = "" if args.fresh else str(Path(args.out) / "worlds")
+    digest = code_digest(str(recipe.source))
+    work: List[Work] = [(str(recipe.source), int(c), float(p), int(s), budgets, cache, digest)
+                        for c in args.clients.split(",") for p in args.stragglers.split(",")
+                        for s in args.seeds.split(",")]
     print(f"paper comparison: {args.recipe}, {len(work)} worlds, FTTE budgets {budgets}, "
           f"horizon {recipe.stop.time_limit:.0f} s virtual or {recipe.stop.max_versions} "
           f"versions, {args.jobs} at once", file=sys.stderr)
     start = time.perf_counter()
+    runs: List[Run] = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        runs = [r for batch in pool.map(setting, work) for r in batch]
+        for i, batch in enumerate(pool.map(cached_setting, work), 1):
+            runs += batch
+            print(f"[{i}/{len(work)} worlds, {time.perf_counter() - start:.0f} s]",
+                  file=sys.stderr, flush=True)
     doc = summarize(runs)
     doc.update(recipe=args.recipe, command=" ".join(sys.argv), wall_s=time.perf_counter() - start,
                date=time.strftime("%Y-%m-%d"), target=recipe.stop.target_accuracy,
