@@ -38,6 +38,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections import OrderedDict, deque
@@ -132,6 +133,8 @@ def _worker_main(conn: Connection, others: List[Connection], world: Any, threads
     """Entry point of a forked worker."""
     for c in others:  # the driver's ends of every pipe: closed, so EOF means the driver is gone
         c.close()
+    # Ctrl-C reaches the whole process group: the driver handles it and stops the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)  # the driver's count: same reduction order, same bits
     _Worker(conn, world).loop()
 
