@@ -1,11 +1,13 @@
-"""The same simulation in-process and on Ray with 1 and 2 workers: wall time, peak memory, and
-the per-job overhead Ray adds.
+"""The same simulation in-process, on 2 forked worker processes (`--backend processes`) and on
+Ray with 1 and 2 workers: wall time, peak memory, and the per-job overhead each backend adds.
 
     .venv/bin/python benchmarks/scale.py [--clients 100] [--versions 12] [--format table|json]
 
-Each mode runs in its own child process (a local Ray with 2 CPUs for the Ray modes) while this
-process samples the resident memory of the child's whole process tree (driver, Ray's raylet /
-GCS / object store, the actors) every 0.2 s: "peak memory" is the largest such sum. The child
+Each mode runs in its own child process (a local Ray with 2 CPUs for the Ray modes; they are
+left out when Ray is not installed) while this process samples the memory of the child's whole
+process tree (driver, forked workers, Ray's raylet / GCS / object store, the actors) every
+0.2 s: "peak memory" is the largest RSS sum, "peak PSS" the largest PSS sum (forked workers
+share their parent's pages; PSS counts a shared page once over the tree). The child
 also times 24 jobs trained one at a time, alternately in-process and through the backend (submit,
 then wait): the difference of the medians is Ray's overhead per job (placing w*, the actor
 call, moving the delta back).
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from proctree import tree_rss  # benchmarks/proctree.py (scripts run from this folder)
+from proctree import tree_memory  # benchmarks/proctree.py (scripts run from this folder)
 
 RECIPE = """
 name: scale
@@ -38,12 +40,14 @@ plan: {{memory_budget: 2MB, proxy_steps: 2}}
 stop: {{target_accuracy: 0.99, max_versions: {versions}, time_limit: 1000000, eval_every: 4}}
 sim: {{clients: {clients}, stragglers: 0.3, dropout_rate: 0.0, return_after: 5}}
 """
-MODES = {"in-process": 0, "ray, 1 worker": 1, "ray, 2 workers": 2}
+MODES = {"in-process": 0, "processes, 2": -2, "ray, 1 worker": 1, "ray, 2 workers": 2}
+RAY_MODES = ("ray, 1 worker", "ray, 2 workers")
 OVERHEAD_JOBS = 24
 
 
 def child(recipe_path: str, workers: int) -> Dict[str, Any]:
-    """Run the simulation (and the overhead probe) in this process; return the figures."""
+    """Run the simulation (and the overhead probe) in this process; return the figures.
+    `workers`: 0 in-process, > 0 Ray actors, < 0 forked worker processes."""
     import torch
 
     from ftte_cli.config.recipe import load_recipe
@@ -58,7 +62,11 @@ def child(recipe_path: str, workers: int) -> Dict[str, Any]:
     world = prepare(settings)
     prepared = time.perf_counter()
     backend: Any = InProcessBackend()
-    if workers:
+    if workers < 0:
+        from ftte_cli.sim.process_backend import ProcessBackend
+
+        backend = ProcessBackend(-workers)
+    elif workers:
         import ray
 
         from ftte_cli.sim.ray_backend import RayBackend
@@ -95,11 +103,12 @@ def run_mode(recipe_path: Path, workers: int) -> Dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", str(recipe_path), "--workers", str(workers)]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    peak = [0]
+    peak = [0, 0]  # RSS sum, PSS sum
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss(proc.pid))
+            rss, pss = tree_memory(proc.pid)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -109,7 +118,8 @@ def run_mode(recipe_path: Path, workers: int) -> Dict[str, Any]:
     if proc.returncode != 0:
         raise SystemExit(f"scale: mode with {workers} workers failed (exit {proc.returncode})")
     doc = json.loads(out.strip().splitlines()[-1])
-    return {**doc, "wall_s": time.perf_counter() - start, "peak_rss": peak[0]}
+    return {**doc, "wall_s": time.perf_counter() - start, "peak_rss": peak[0],
+            "peak_pss": peak[1]}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -129,7 +139,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         path = Path(tmp) / "scale.yaml"
         path.write_text(RECIPE.format(clients=args.clients, versions=args.versions,
                                       windows=max(120 * args.clients, 1000)))
-        rows = {name: run_mode(path, w) for name, w in MODES.items()}
+        rows = {name: run_mode(path, w) for name, w in MODES.items()
+                if name not in RAY_MODES or _has_ray()}
     base = rows["in-process"]["metrics_sha256"]
     for r in rows.values():
         r["equal_to_in_process"] = r["metrics_sha256"] == base
@@ -140,18 +151,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0 if all(r["equal_to_in_process"] for r in rows.values()) else 1
 
 
+def _has_ray() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
 def _table(rows: Dict[str, Dict[str, Any]], clients: int) -> None:
     from ftte_cli.units import format_size
 
-    first = next(iter(rows.values()))
+    first = base = next(iter(rows.values()))
     print(f"ftte on {clients} clients, {first['versions']} versions, {first['jobs']} jobs "
-          f"(har_cnn, sparse plan); local Ray with 2 CPUs")
+          f"(har_cnn, sparse plan); local Ray with 2 CPUs; 2 forked worker processes")
     head = ["", *rows]
     lines = [
         ("wall, whole process (s)", [f"{r['wall_s']:.1f}" for r in rows.values()]),
         ("  start backend (s)", [f"{r['start_backend_s']:.1f}" for r in rows.values()]),
         ("  simulation (s)", [f"{r['run_s']:.1f}" for r in rows.values()]),
+        ("simulation / in-process", [f"{r['run_s'] / base['run_s']:.2f}" for r in rows.values()]),
         ("peak memory, all processes", [format_size(r["peak_rss"]) for r in rows.values()]),
+        ("peak PSS, all processes", [format_size(r["peak_pss"]) for r in rows.values()]),
         ("CPU in train_job (s)", [f"{r['train_cpu_s']:.1f}" for r in rows.values()]),
         ("one job, in-process (ms)", [f"{r['job_local_ms']:.1f}" for r in rows.values()]),
         ("one job, via backend (ms)", [f"{r['job_backend_ms']:.1f}" for r in rows.values()]),

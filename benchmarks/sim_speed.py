@@ -1,8 +1,9 @@
-"""`ftte simulate` (in-process and batched backends) against a plain per-client torch loop on the
-same FedAvg work: wall time, CPU time and peak memory, side by side with ratios, from one run.
+"""`ftte simulate` (in-process, batched and processes backends) against a plain per-client torch
+loop on the same FedAvg work: wall time, CPU time and peak memory, side by side with ratios, from
+one run.
 
     .venv/bin/python benchmarks/sim_speed.py [--sizes 20x3,100x5,500x5] [--threads 1]
-                                             [--no-recipe] [--format table|json]
+                                             [--workers N] [--no-recipe] [--format table|json]
 
 The work, for each CLIENTSxROUNDS: FedAvg on har_cnn with ftte's own synthetic HAR shards
 (recipes/har.yaml's data, split over CLIENTS), every client trains one epoch at batch 16 and
@@ -10,17 +11,23 @@ lr 0.05 in every round, the server averages by n_i and evaluates the same 1,000 
 after every round. The three sides:
 - loop: the plainest loop a user would write on the same shards (nn.Module, torch.optim.SGD,
   load_state_dict per client, one client after the other);
-- ftte inprocess / ftte batched: the real command, `python -m ftte_cli simulate --strategies
-  fedavg --until limit --backend ...` (imports, set-up, run directory and plots included).
-Each side runs in its own child process; this process samples the resident memory of the
-child's whole process tree every 0.1 s ("peak MiB") and reads the child's CPU time from the
-kernel when it exits. On a shared machine wall time depends on the load; CPU time much less, so
-both are shown. Final accuracies are close, not equal (same data, initial model and steps; the
-loop's shuffles use its own seeds): 0.495 / 0.493 at 100x5, 0.629 / 0.690 after 20x3's three
+- ftte inprocess / batched / processes: the real command, `python -m ftte_cli simulate
+  --strategies fedavg --until limit --backend ...` (imports, set-up, run directory and plots
+  included); processes with `--workers` (default: the CPUs this process may use).
+Each side runs in its own child process; this process samples the memory of the child's whole
+process tree every 0.1 s and reads the child's CPU time from the kernel when it exits. Memory is
+shown twice: the peak of the RSS sum over the tree ("RSS", what the issue's Flower figures
+measure; pages a forked worker shares with its parent count once per process) and the peak of
+the PSS sum ("PSS": shared pages split among their processes, the tree's real footprint). The
+goals compare RSS, the measure Flower's figures use and the larger of the two for ftte. On a
+shared machine wall time depends on the load; CPU time much less, so both are shown. Final
+accuracies are close, not equal (same data, initial model and steps; the loop's shuffles use
+its own seeds): 0.495 / 0.493 at 100x5, 0.629 / 0.690 after 20x3's three
 rounds (measured, issue 14).
 
 Then, unless --no-recipe: recipes/har.yaml itself (strategy ftte) with 100 clients for its 300
-versions, in-process against batched (issue goal: under 2 minutes on 2 cores).
+versions on each of --recipe-backends (default inprocess,processes; issue goal: under 2 minutes
+on 2 cores).
 
 Flower: see benchmarks/sim_speed_flower.py (needs its own environment with flwr installed).
 """
@@ -39,28 +46,29 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from proctree import tree_rss  # benchmarks/proctree.py (scripts run from this folder)
+from proctree import tree_memory  # benchmarks/proctree.py (scripts run from this folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 HAR = ROOT / "recipes" / "har.yaml"
-SIDES = ("loop", "ftte inprocess", "ftte batched")
+SIDES = ("loop", "ftte inprocess", "ftte batched", "ftte processes")
 EVAL_SAMPLES = 1000
 
 
 def measure(cmd: List[str], last_line: bool = False) -> Dict[str, Any]:
-    """Run `cmd`; wall seconds, CPU seconds (user + sys, children included), peak tree RSS,
-    and its stdout parsed as JSON (only its last line with `last_line`)."""
+    """Run `cmd`; wall seconds, CPU seconds (user + sys, children included), peak tree RSS and
+    PSS sums, and its stdout parsed as JSON (only its last line with `last_line`)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    peak = [0]
+    peak = [0, 0]  # RSS sum, PSS sum
     done = threading.Event()
 
     def sample() -> None:
         # not proc.poll(): it reaps the child, and wait4 below then finds none (a race that
-        # crashed a run); tree_rss of an exited pid is 0
+        # crashed a run); tree_memory of an exited pid is 0
         while not done.wait(0.1):
-            peak[0] = max(peak[0], tree_rss(proc.pid))
+            rss, pss = tree_memory(proc.pid)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -76,7 +84,7 @@ def measure(cmd: List[str], last_line: bool = False) -> Dict[str, Any]:
     text = out.strip().splitlines()[-1] if last_line and out.strip() else out
     doc = json.loads(text) if text.strip() else {}
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_mib": peak[0] / 2**20,
-            "doc": doc}
+            "peak_pss_mib": peak[1] / 2**20, "doc": doc}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,10 +157,11 @@ def fedavg_recipe(folder: Path, rounds: int) -> Path:
 
 
 def simulate_cmd(recipe: Path, clients: int, strategy: str, backend: str, threads: int,
-                 out: Path) -> List[str]:
+                 out: Path, workers: Optional[int] = None) -> List[str]:
+    pool = ["--workers", str(workers)] if backend == "processes" and workers else []
     return [sys.executable, "-m", "ftte_cli", "simulate", "--recipe", str(recipe),
             "--clients", str(clients), "--strategies", strategy, "--until", "limit",
-            "--backend", backend, "--threads", str(threads), "--eval-samples",
+            "--backend", backend, *pool, "--threads", str(threads), "--eval-samples",
             str(EVAL_SAMPLES), "--format", "json", "--out", str(out)]
 
 
@@ -160,15 +169,16 @@ def _strategy(doc: Dict[str, Any]) -> Dict[str, Any]:
     return doc["strategies"][0] if doc.get("strategies") else {}
 
 
-def run_size(tmp: Path, clients: int, rounds: int, threads: int) -> Dict[str, Any]:
+def run_size(tmp: Path, clients: int, rounds: int, threads: int, workers: Optional[int]
+             ) -> Dict[str, Any]:
     recipe = fedavg_recipe(tmp, rounds)
     rows: Dict[str, Dict[str, Any]] = {}
     rows["loop"] = measure([sys.executable, __file__, "--loop-child", f"{clients}x{rounds}",
                             "--threads", str(threads)])
     rows["loop"]["final_accuracy"] = rows["loop"]["doc"]["final_accuracy"]
-    for backend in ("inprocess", "batched"):
+    for backend in ("inprocess", "batched", "processes"):
         out = tmp / f"run-{clients}x{rounds}-{backend}"
-        m = measure(simulate_cmd(recipe, clients, "fedavg", backend, threads, out))
+        m = measure(simulate_cmd(recipe, clients, "fedavg", backend, threads, out, workers))
         s = _strategy(m["doc"])
         m["final_accuracy"] = s.get("final_accuracy")
         m["versions"] = s.get("versions")
@@ -178,11 +188,13 @@ def run_size(tmp: Path, clients: int, rounds: int, threads: int) -> Dict[str, An
     return {"clients": clients, "rounds": rounds, "sides": rows}
 
 
-def run_recipe(tmp: Path, threads: int) -> Dict[str, Any]:
-    """recipes/har.yaml (ftte, 300 versions) with 100 clients, both backends."""
+def run_recipe(tmp: Path, threads: int, workers: Optional[int], backends: List[str]
+               ) -> Dict[str, Any]:
+    """recipes/har.yaml (ftte, 300 versions) with 100 clients on each of `backends`."""
     rows = {}
-    for backend in ("inprocess", "batched"):
-        m = measure(simulate_cmd(HAR, 100, "ftte", backend, threads, tmp / f"har-{backend}"))
+    for backend in backends:
+        m = measure(simulate_cmd(HAR, 100, "ftte", backend, threads, tmp / f"har-{backend}",
+                                 workers))
         s = _strategy(m.pop("doc"))
         rows[f"ftte {backend}"] = {**m, "versions": s.get("versions"),
                                    "final_accuracy": s.get("final_accuracy")}
@@ -209,13 +221,15 @@ def table_rows(doc: Dict[str, Any]) -> List[Tuple[str, ...]]:
         cells = [f"{size['clients']} x {size['rounds']}"]
         for name in SIDES:
             s = sides[name]
-            cells.append(f"{s['wall_s']:.1f} s, {s['cpu_s']:.1f} s CPU, {s['peak_mib']:.0f} MiB, "
+            cells.append(f"{s['wall_s']:.1f} s, {s['cpu_s']:.1f} s CPU, {s['peak_mib']:.0f} MiB "
+                         f"RSS, {s['peak_pss_mib']:.0f} MiB PSS, "
                          f"acc {_fmt(s['final_accuracy'], '.3f')}")
         for name in SIDES[1:]:
             s = sides[name]
             cells.append(f"{_fmt(_ratio(s['wall_s'], loop['wall_s']), '.2f')} wall, "
                          f"{_fmt(_ratio(s['cpu_s'], loop['cpu_s']), '.2f')} CPU, "
-                         f"{_fmt(_ratio(s['peak_mib'], loop['peak_mib']), '.2f')} mem")
+                         f"{_fmt(_ratio(s['peak_mib'], loop['peak_mib']), '.2f')} RSS, "
+                         f"{_fmt(_ratio(s['peak_pss_mib'], loop['peak_pss_mib']), '.2f')} PSS")
         rows.append(tuple(cells))
     return rows
 
@@ -225,9 +239,10 @@ def print_table(doc: Dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console()
-    t = Table(title=f"FedAvg on har_cnn, synthetic HAR, {doc['threads']} torch thread(s): "
-                    "wall, CPU (user+sys), peak RSS of the process tree, final accuracy")
-    for col in ("clients x rounds", *SIDES, "inprocess / loop", "batched / loop"):
+    t = Table(title=f"FedAvg on har_cnn, synthetic HAR, {doc['threads']} torch thread(s), "
+                    f"{doc['workers']} worker processes, {doc['cpus']} usable CPUs: wall, CPU "
+                    "(user+sys), peak RSS and PSS sums of the process tree, final accuracy")
+    for col in ("clients x rounds", *SIDES, *(f"{n[5:]} / loop" for n in SIDES[1:])):
         t.add_column(col)
     for row in table_rows(doc):
         t.add_row(*row)
@@ -235,15 +250,19 @@ def print_table(doc: Dict[str, Any]) -> None:
     rec = doc.get("recipe")
     if rec:
         t2 = Table(title="recipes/har.yaml (ftte), 100 clients, until 300 versions")
-        for col in ("backend", "wall", "CPU", "peak", "versions", "final acc"):
+        for col in ("backend", "wall", "CPU", "peak RSS", "peak PSS", "versions", "final acc"):
             t2.add_column(col)
         for name, s in rec.items():
             t2.add_row(name, f"{s['wall_s']:.1f} s", f"{s['cpu_s']:.1f} s",
-                       f"{s['peak_mib']:.0f} MiB", str(s["versions"]),
-                       _fmt(s["final_accuracy"], ".3f"))
-        a, b = rec["ftte inprocess"], rec["ftte batched"]
-        t2.add_row("batched / inprocess", f"{b['wall_s'] / a['wall_s']:.2f}",
-                   f"{b['cpu_s'] / a['cpu_s']:.2f}", f"{b['peak_mib'] / a['peak_mib']:.2f}", "", "")
+                       f"{s['peak_mib']:.0f} MiB", f"{s['peak_pss_mib']:.0f} MiB",
+                       str(s["versions"]), _fmt(s["final_accuracy"], ".3f"))
+        a = rec.get("ftte inprocess")
+        for name, b in rec.items():
+            if a is None or b is a:
+                continue
+            t2.add_row(f"{name[5:]} / inprocess", f"{b['wall_s'] / a['wall_s']:.2f}",
+                       f"{b['cpu_s'] / a['cpu_s']:.2f}", f"{b['peak_mib'] / a['peak_mib']:.2f}",
+                       f"{b['peak_pss_mib'] / a['peak_pss_mib']:.2f}", "", "")
         console.print(t2)
     console.print(f"load average at the end: {doc['load_average']}", highlight=False)
 
@@ -257,7 +276,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--sizes", default="20x3,100x5,500x5", help="CLIENTSxROUNDS, comma-separated")
     p.add_argument("--threads", type=int, default=1, help="torch threads on every side")
+    p.add_argument("--workers", type=int, help="--workers of the processes backend "
+                   "(default: its own, the usable CPUs)")
     p.add_argument("--no-recipe", action="store_true", help="skip the har.yaml 300-version run")
+    p.add_argument("--recipe-backends", default="inprocess,processes",
+                   help="backends of the har.yaml run, comma-separated")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--loop-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -267,9 +290,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        sizes = [run_size(tmp, *_size(s), args.threads) for s in args.sizes.split(",") if s]
-        recipe = None if args.no_recipe else run_recipe(tmp, args.threads)
-    doc = {"threads": args.threads, "sizes": sizes, "recipe": recipe,
+        sizes = [run_size(tmp, *_size(s), args.threads, args.workers)
+                 for s in args.sizes.split(",") if s]
+        recipe = None if args.no_recipe else run_recipe(
+            tmp, args.threads, args.workers, [b for b in args.recipe_backends.split(",") if b])
+    doc = {"threads": args.threads, "workers": args.workers or len(os.sched_getaffinity(0)),
+           "cpus": len(os.sched_getaffinity(0)), "sizes": sizes, "recipe": recipe,
            "load_average": os.getloadavg()}
     if args.format == "json":
         print(json.dumps(doc, indent=2))

@@ -297,15 +297,20 @@ def simulate(recipe: Union[PathLike, Recipe], *, strategies: tuple[str, ...] = (
     return result
 
 
-def sim_backend(name: str = "inprocess",
-                address: Optional[str] = None) -> AbstractContextManager[None]:
+def sim_backend(name: str = "inprocess", address: Optional[str] = None,
+                workers: Optional[int] = None) -> AbstractContextManager[None]:
     """A context within which `simulate` trains client jobs on backend `name`: inprocess,
-    batched, or ray (`address`: a Ray cluster, default a local one). Checked now, before any
-    work: an unknown name, `address` without ray, or a missing Ray is a ConfigError."""
-    if name not in ("inprocess", "batched", "ray"):
-        raise ConfigError(f"--backend: expected inprocess, batched or ray, got {name!r}")
+    batched, processes (`workers` forked processes, default one per usable CPU), or ray
+    (`address`: a Ray cluster, default a local one). Checked now, before any work: an unknown
+    name, `address` without ray, `workers` without processes, or a missing Ray is a
+    ConfigError."""
+    if name not in ("inprocess", "batched", "processes", "ray"):
+        raise ConfigError(f"--backend: expected inprocess, batched, processes or ray, "
+                          f"got {name!r}")
     if name != "ray" and address is not None:
         raise ConfigError("--address: only with --backend ray")
+    if name != "processes" and workers is not None:
+        raise ConfigError("--workers: only with --backend processes")
     if name == "inprocess":
         return nullcontext()
     from ftte_cli.sim.runner import using_backend
@@ -314,6 +319,11 @@ def sim_backend(name: str = "inprocess",
         from ftte_cli.sim.batched_backend import BatchedBackend
 
         return using_backend(BatchedBackend)
+    if name == "processes":
+        from ftte_cli.sim.process_backend import ProcessBackend
+
+        ProcessBackend(workers)  # a bad worker count fails now, before the data loads
+        return using_backend(lambda: ProcessBackend(workers))
     from ftte_cli.sim.ray_backend import RayBackend, import_ray
 
     import_ray()  # a missing Ray is a usage error now, not after loading the data

@@ -73,10 +73,14 @@ def simulate(
     backend: Annotated[str, typer.Option(
         help="Where client jobs train: inprocess; batched (jobs of one model version "
              "train as one batched computation in this process; results equal in-process "
-             "ones up to float rounding); or ray (needs pip install 'ftte-cli\\[ray]'; "
-             "results equal in-process ones).")] = "inprocess",
+             "ones up to float rounding); processes (jobs train in --workers forked "
+             "processes on this machine; results equal in-process ones); or ray (needs pip "
+             "install 'ftte-cli\\[ray]'; results equal in-process ones).")] = "inprocess",
     address: Annotated[Optional[str], typer.Option(
         help="Ray cluster: auto or HOST:PORT (default: start a local Ray).")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        min=1, help="Worker processes for --backend processes (default: one per usable CPU)."
+    )] = None,
     threads: Annotated[int, typer.Option(
         min=1, help="torch threads for local training (1 is fastest for many tiny jobs).")] = 1,
     tensorboard: TensorboardOpt = None,
@@ -93,7 +97,7 @@ def simulate(
         rec = load_recipe(recipe)
         if tensorboard is not None:
             api.require_tensorboard()  # before the run, not after it
-        jobs_on = api.sim_backend(backend, address)
+        jobs_on = api.sim_backend(backend, address, workers)
         folder = out if out is not None else new_run_dir(Path("runs"), "sim")
         folder.mkdir(parents=True, exist_ok=True)
         show = fmt == Format.table and sys.stderr.isatty()
