@@ -111,7 +111,8 @@ def build_coordinator(devices: int, seed: int, concurrency: int, buffer_size: in
                        evaluate=PlanEvaluator(model, plan, test))
 
 
-def serve(devices: int, seed: int, concurrency: int, buffer_size: int) -> None:
+def serve(devices: int, seed: int, concurrency: int, buffer_size: int,
+          max_in_flight: int = 0) -> None:
     """Child process: serve a run for `devices` devices; print the URL, then the final counts."""
     from ftte_cli.server.protocol import ServerConfig, update_bound
     from ftte_cli.server.runner import ServerThread
@@ -120,7 +121,8 @@ def serve(devices: int, seed: int, concurrency: int, buffer_size: int) -> None:
     names = device_names(devices)
     tokens = {n: token_for(n, seed) for n in names}
     config = ServerConfig(run_id="loadtest", tokens=tokens, plan_sha256="0" * 64,
-                          update_max_bytes=update_bound(coord.subset), start_grace=60.0)
+                          update_max_bytes=update_bound(coord.subset), start_grace=60.0,
+                          **({"max_updates_in_flight": max_in_flight} if max_in_flight else {}))
     probe = _ServerProbe()
     gc.callbacks.append(probe.on_gc)
     server = _Measured(probe, coord, config, strategy="ftte", buffer_size=buffer_size)
@@ -337,6 +339,8 @@ class _Device:
     def left(self) -> float:
         return self.plan.stop_at - time.time()
 
+    retry_after = "1"  # the last Retry-After the server sent
+
     async def request(self, endpoint: str, method: str, path: str, data: bytes = b"",
                       content_type: str = "application/json") -> tuple:
         """(status, body); latency recorded per endpoint; errors counted, not raised."""
@@ -347,11 +351,15 @@ class _Device:
                                             data=data or None) as resp:
                 body = await resp.read()
                 status = resp.status
+                if status == 503:
+                    self.retry_after = resp.headers.get("Retry-After", "1")
         except (OSError, asyncio.TimeoutError, Exception) as err:  # counted as errors
             self.stats["errors"][f"{endpoint}: {type(err).__name__}"] += 1
             return 0, b""
         label = endpoint if endpoint != "task" else ("task (job)" if status == 200
                                                      else "task (none)")
+        if endpoint == "update" and status == 503:
+            label = "update (503)"  # answered at once; the resend is another request
         self.stats["latency"][label].append(time.perf_counter() - start)
         self.stats["status"][f"{endpoint} {status}"] += 1
         return status, body
@@ -401,8 +409,18 @@ class _Device:
         meta = {"job_id": job.job_id, "version": str(job.version), "num_samples": "100",
                 "grad_variance": repr(0.5 + self.rng.random()), "peak_memory": "1000000"}
         body = self.bodies.body(meta)
-        status, reply = await self.request("update", "POST", "/update", body,
-                                           self.wire.TENSOR_TYPE)
+        first = time.perf_counter()
+        while True:
+            status, reply = await self.request("update", "POST", "/update", body,
+                                               self.wire.TENSOR_TYPE)
+            if status != 503 or self.left() < 1.0:
+                break
+            # The server is busy: resend this same update after Retry-After (plus jitter, so
+            # the deferred devices do not come back at once), as the agent retries it.
+            self.stats["deferred"] += 1
+            await asyncio.sleep(float(self.retry_after) + self.rng.random() * 0.5)
+        if status in (200, 422):
+            self.stats["latency"]["update (end to end)"].append(time.perf_counter() - first)
         if status in (200, 422):
             doc = json.loads(reply)
             self.stats["accepted" if doc.get("accepted") else "refused"] += 1
@@ -459,7 +477,7 @@ async def _clients(plan: ClientPlan) -> Dict[str, Any]:
     template = serialize.tensors_to_bytes(delta, {})
     stats: Dict[str, Any] = {"latency": defaultdict(list), "status": defaultdict(int),
                              "errors": defaultdict(int), "refused_by": defaultdict(int),
-                             "accepted": 0, "refused": 0, "registered": 0,
+                             "accepted": 0, "refused": 0, "registered": 0, "deferred": 0,
                              "per_device": {n: 0 for n in plan.names}}
     conn = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=plan.long_poll_s + 30.0)
@@ -512,6 +530,7 @@ class LoadResult:
     cpu: Dict[str, float]  # CPU seconds over the devices' run: server, clients; load average
     client_lag: Dict[str, float]  # the client processes' own event-loop lag
     offered: Dict[str, float]  # requests per second the devices sent, per endpoint
+    deferred: int = 0  # updates answered 503 + Retry-After and sent again (not lost)
     label: str = "now"  # which server code ran ("main" for a --baseline run)
 
     @property
@@ -523,8 +542,9 @@ class LoadResult:
 def _merge(parts: List[Dict[str, Any]]) -> Dict[str, Any]:
     out: Dict[str, Any] = {"latency": defaultdict(list), "errors": defaultdict(int),
                            "refused_by": defaultdict(int), "accepted": 0, "registered": 0,
-                           "per_device": [], "cpu_s": 0.0, "lags": []}
+                           "per_device": [], "cpu_s": 0.0, "lags": [], "deferred": 0}
     for p in parts:
+        out["deferred"] += p["deferred"]
         out["cpu_s"] += p["cpu_s"]
         out["lags"].extend(p["lags"])
         out["per_device"].extend(p["per_device"].values())
@@ -549,7 +569,8 @@ def _percentiles(values: List[float]) -> Dict[str, float]:
 def load_test(devices: int = 1000, duration: float = 90.0, procs: int = 2, seed: int = 0,
               concurrency: int = 200, buffer_size: int = 10, train_s: tuple = (0.5, 2.0),
               heartbeat_s: float = 1.0, long_poll_s: float = 10.0,
-              server_root: Optional[str] = None, label: str = "now") -> LoadResult:
+              server_root: Optional[str] = None, label: str = "now",
+              max_in_flight: int = 0) -> LoadResult:
     """Start the server child, run the devices for `duration` seconds, gather the figures.
 
     `server_root`: a checkout whose ftte_cli the server child imports (a --baseline run of
@@ -558,7 +579,13 @@ def load_test(devices: int = 1000, duration: float = 90.0, procs: int = 2, seed:
            "--concurrency", str(concurrency), "--buffer-size", str(buffer_size)]
     if server_root is not None:
         cmd += ["--server-root", server_root]
-    child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if max_in_flight:
+        cmd += ["--max-in-flight", str(max_in_flight)]
+    # Its own session: where the kernel shares CPU between sessions (autogroup, as on the
+    # development machine) the server then competes as one party, not inside the devices'
+    # share; in a real fleet the devices are not on the server's machine at all.
+    child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)
     try:
         assert child.stdin is not None and child.stdout is not None
         hello = json.loads(child.stdout.readline() or "{}")
@@ -609,7 +636,7 @@ def load_test(devices: int = 1000, duration: float = 90.0, procs: int = 2, seed:
              "load_avg_1m": round(load1, 2)},
         client_lag=_percentiles(merged["lags"]),
         offered={k: round(len(v) / duration, 1) for k, v in sorted(merged["latency"].items())},
-        label=label,
+        deferred=merged["deferred"], label=label,
     )
 
 
@@ -666,7 +693,7 @@ def render(res: LoadResult, fmt: str) -> None:
     print(f"accepted updates: {res.accepted_coordinator} at the coordinator, "
           f"{res.accepted_client} told accepted -> lost {res.lost}; "
           f"{res.accepted_per_s:.1f} accepted/s; refused {res.refused or 0}; "
-          f"errors {res.errors or 0}")
+          f"errors {res.errors or 0}; deferred (503 + Retry-After, sent again) {res.deferred}")
     print(f"server RSS: start {format_size(res.rss_start)}, registered "
           f"{format_size(res.rss_registered)}, end {format_size(res.rss_end)}, peak "
           f"{format_size(res.rss_peak)}; per device {format_size(res.per_device_bytes)} "
@@ -804,6 +831,9 @@ def _median_row(runs: List[LoadResult]) -> Dict[str, float]:
     return {"accepted_per_s": med(lambda r: r.accepted_per_s),
             "update_p50_ms": med(lambda r: r.latency.get("update", {}).get("p50_ms", 0.0)),
             "update_p99_ms": med(lambda r: r.latency.get("update", {}).get("p99_ms", 0.0)),
+            "e2e_p99_ms": med(lambda r: r.latency.get("update (end to end)", {}).get(
+                "p99_ms", r.latency.get("update", {}).get("p99_ms", 0.0))),
+            "deferred": med(lambda r: r.deferred),
             "worst_p99_ms": med(_worst_p99), "lost": med(lambda r: r.lost),
             "rss_end_mib": med(lambda r: r.rss_end / 2**20),
             "loop_lag_p99_ms": med(lambda r: r.loop_lag["p99_ms"]),
@@ -813,20 +843,23 @@ def _median_row(runs: List[LoadResult]) -> Dict[str, float]:
 
 
 def _worst_p99(res: LoadResult) -> float:
-    """The highest client p99 over the endpoints (not 'task (none)': it is the long-poll wait)."""
-    return max((row["p99_ms"] for name, row in res.latency.items() if name != "task (none)"),
-               default=0.0)
+    """The highest client p99 over the requests (not 'task (none)', the long-poll wait, nor an
+    update's end to end time, which spans its resends)."""
+    return max((row["p99_ms"] for name, row in res.latency.items()
+                if name not in ("task (none)", "update (end to end)")), default=0.0)
 
 
 def render_side_by_side(runs: List[LoadResult]) -> None:
     """Every run, then the median per server code (main vs now), one line each."""
-    print(f"{'run':<8}{'accepted/s':>11}{'update p50':>12}{'update p99':>12}{'worst p99':>11}"
+    print(f"{'run':<8}{'accepted/s':>11}{'update p50':>12}{'update p99':>12}{'e2e p99':>11}"
+          f"{'deferred':>9}{'worst p99':>11}"
           f"{'lost':>6}{'RSS end':>9}{'loop lag p99':>14}{'server CPU':>12}{'per update':>12}")
     labels = list(dict.fromkeys(r.label for r in runs))
 
     def line(name: str, row: Dict[str, float]) -> None:
         print(f"{name:<8}{row['accepted_per_s']:>11.1f}{row['update_p50_ms']:>10.1f}ms"
-              f"{row['update_p99_ms']:>10.1f}ms{row['worst_p99_ms']:>9.1f}ms{row['lost']:>6.0f}"
+              f"{row['update_p99_ms']:>10.1f}ms{row['e2e_p99_ms']:>9.1f}ms{row['deferred']:>9.0f}"
+              f"{row['worst_p99_ms']:>9.1f}ms{row['lost']:>6.0f}"
               f"{row['rss_end_mib']:>6.0f}MiB{row['loop_lag_p99_ms']:>12.1f}ms"
               f"{row['server_cpu_s']:>11.1f}s{row['server_cpu_ms_per_update']:>10.2f}ms")
 
@@ -860,13 +893,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="also serve with the ftte_cli of this checkout (e.g. main's), "
                         "alternating runs with this tree's, same devices")
     p.add_argument("--repeat", type=int, default=1, help="runs of each server (medians)")
+    p.add_argument("--max-in-flight", type=int, default=0,
+                   help="this tree's server answers 503 + Retry-After past this many updates "
+                        "in flight (ServerConfig.max_updates_in_flight; 0: no bound)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--server-root", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
         if args.server_root:  # before anything imports ftte_cli
             sys.path.insert(0, args.server_root)
-        serve(args.devices, args.seed, args.concurrency, args.buffer_size)
+        serve(args.devices, args.seed, args.concurrency, args.buffer_size, args.max_in_flight)
         return 0
     if not 1 <= args.devices <= 5000 or not 5 <= args.duration <= 300:
         p.error("--devices must be 1..5000 and --duration 5..300 s")
@@ -881,7 +917,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     servers = ([("main", str(Path(args.baseline).resolve()))] if args.baseline else []) \
         + [("now", None)]
     runs = [load_test(args.devices, args.duration, args.procs, args.seed, args.concurrency,
-                      args.buffer_size, server_root=root, label=label)
+                      args.buffer_size, server_root=root, label=label,
+                      max_in_flight=0 if root else args.max_in_flight)
             for _ in range(max(args.repeat, 1)) for label, root in servers]
     res = runs[-1]
     if args.format == "json":

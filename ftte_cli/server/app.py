@@ -132,6 +132,8 @@ class FtteServer:
         # Updates waiting for the coordinator thread, drained in batches (see _submit_update).
         self._submits: deque[tuple[Update, float, asyncio.Future[Any]]] = deque()
         self._draining = False
+        self._updates_in_flight = 0  # handlers between body read and reply (loop thread only)
+        self.updates_deferred = 0  # updates answered 503 + Retry-After (the agent resends them)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._monitor: Optional[asyncio.Task[None]] = None
         self._started = False
@@ -561,6 +563,21 @@ class FtteServer:
     async def _update(self, request: web.Request) -> web.Response:
         device = self._auth(request)
         self._check_running(device)
+        bound = self.config.max_updates_in_flight
+        if bound and self._updates_in_flight >= bound:
+            # Busy: the device retries this update later instead of waiting behind the others
+            # (a closed loop of a thousand devices otherwise just lengthens every queue).
+            self.updates_deferred += 1
+            self._touch(device)  # it is alive, just early
+            return web.Response(status=503, text="busy: retry later",
+                                headers={"Retry-After": str(self.config.retry_after_s)})
+        self._updates_in_flight += 1
+        try:
+            return await self._apply_update(request, device)
+        finally:
+            self._updates_in_flight -= 1
+
+    async def _apply_update(self, request: web.Request, device: str) -> web.Response:
         # An offline device may still deliver the job it was issued (stalled, then resumed):
         # that late update goes to the coordinator's staleness rule, not back with a 409.
         online = self._touch(device) in ONLINE
