@@ -1,6 +1,7 @@
 """Load test of the ftte server: N simulated devices speak the real protocol over loopback.
 
     .venv/bin/python benchmarks/loadtest.py [--devices 1000] [--duration 90] [--procs 2]
+                                            [--baseline DIR] [--repeat N] [--max-in-flight N]
                                             [--format table|json]
 
 The server (`FtteServer` + `ServerThread`, the same code `ftte train` runs) lives in a child
@@ -17,6 +18,13 @@ and "nothing yet", whose latency includes the long-poll wait), server RSS before
 after every device registered and at the end, RSS per registered device, and the lost-update
 check: the coordinator's accepted count must equal the number of "accepted" replies the devices
 received.
+
+Where a request's time goes: per endpoint the time from the device's send to the server handler's
+start, an update's handler time by phase (UPDATE_PHASES), GC pauses, event-loop lag of the server
+and of the device processes, and the CPU seconds each side used. The devices are a closed loop
+(each waits for its reply): what they offer drops as the server slows. `--baseline DIR` serves
+the same devices with another checkout's ftte_cli (e.g. main's) too, runs alternated, and prints
+them side by side with medians over `--repeat` runs and ratios.
 """
 
 from __future__ import annotations

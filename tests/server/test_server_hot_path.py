@@ -11,6 +11,8 @@ import gc
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +171,47 @@ def test_probe_splits_an_update_into_phases_that_add_up() -> None:
     assert abs(sum(v[0] for v in spent.values()) - 0.031) < 1e-12
     assert spent["coordinator queue"][0] == pytest.approx(0.008)
     assert spent["back on loop"][0] == pytest.approx(0.019)
+
+
+def test_busy_server_defers_an_update_with_retry_after_and_the_resend_is_applied() -> None:
+    names = DEVICES[:2]
+    coord = make_coordinator(names, buffer_size=1, concurrency=2)
+    server = make_server(coord, {d: TOKENS[d] for d in names}, [], start_devices=2,
+                         max_updates_in_flight=1, retry_after_s=2)
+    with ServerThread(server) as st:
+        a, b = (Http(st.url, d, TOKENS[d]) for d in names)
+        a.register()
+        b.register()
+        (_, job_a), (_, job_b) = a.task(wait=5), b.task(wait=5)
+        assert job_a is not None and job_b is not None
+        delta_a = {k: torch.full_like(v, 0.01) for k, v in job_a.subset.items()}
+        delta_b = {k: torch.full_like(v, 0.02) for k, v in job_b.subset.items()}
+        gate, held = threading.Event(), threading.Event()
+        blocker = threading.Thread(target=st.server.call,
+                                   args=(lambda c: (held.set(), gate.wait(30)),))
+        blocker.start()
+        assert held.wait(10)
+        first: dict[str, Any] = {}
+        sender = threading.Thread(target=lambda: first.update(r=a.update(job_a, delta_a)))
+        sender.start()
+        deadline = time.monotonic() + 20
+        while not server._submits and time.monotonic() < deadline:
+            time.sleep(0.01)
+        msg = wire.UpdateMessage(job_b.job_id, job_b.version, 40, 0.1, 1000, delta_b)
+        req = urllib.request.Request(st.url + wire.API + "/update", method="POST",
+                                     data=wire.encode_update(msg),
+                                     headers={**wire.auth_headers("d1", TOKENS["d1"]),
+                                              "Content-Type": wire.TENSOR_TYPE})
+        with pytest.raises(urllib.error.HTTPError) as busy:
+            urllib.request.urlopen(req, timeout=30)
+        assert busy.value.code == 503 and busy.value.headers["Retry-After"] == "2"
+        busy.value.close()
+        assert coord.metrics.accepted == 0  # nothing applied while the coordinator was held
+        gate.set()
+        sender.join(30)
+        blocker.join(30)
+        assert first["r"][0] == 200 and first["r"][1]["accepted"] is True
+        status, body = b.update(job_b, delta_b)  # the resend: the same job, now applied
+        assert status == 200 and body["accepted"] is True
+        assert coord.metrics.accepted == 2 and server.updates_deferred == 1
+        assert st.server.snapshot().accepted == 2
