@@ -53,6 +53,9 @@ HOST = "127.0.0.1"
 MODEL_INPUT = (9, 128)
 NUM_CLASSES = 6
 REGISTERED_AT = 3.5  # seconds after the start: every device registered, none polling yet
+# Seconds after the start past which updates count as steady state: every device registers in
+# the first 2 s and gets its first job at once, so the first wave of uploads lands together.
+STEADY_AFTER = 10.0
 SENT_HEADER = "X-Loadtest-Sent"  # the device's wall clock when it sent the request (same host)
 # The phases of an update's time in the server, in order (see _ServerProbe.update_phase).
 UPDATE_PHASES = ("read body + auth", "decode", "to hand-off", "coordinator queue",
@@ -369,6 +372,8 @@ class _Device:
         if endpoint == "update" and status == 503:
             label = "update (503)"  # answered at once; the resend is another request
         self.stats["latency"][label].append(time.perf_counter() - start)
+        if label == "update":  # when, for the steady-state figure (the first wave excluded)
+            self.stats["update_at"].append(time.time() - self.plan.start_at)
         self.stats["status"][f"{endpoint} {status}"] += 1
         return status, body
 
@@ -486,6 +491,7 @@ async def _clients(plan: ClientPlan) -> Dict[str, Any]:
     stats: Dict[str, Any] = {"latency": defaultdict(list), "status": defaultdict(int),
                              "errors": defaultdict(int), "refused_by": defaultdict(int),
                              "accepted": 0, "refused": 0, "registered": 0, "deferred": 0,
+                             "update_at": [],
                              "per_device": {n: 0 for n in plan.names}}
     conn = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=plan.long_poll_s + 30.0)
@@ -539,6 +545,7 @@ class LoadResult:
     client_lag: Dict[str, float]  # the client processes' own event-loop lag
     offered: Dict[str, float]  # requests per second the devices sent, per endpoint
     deferred: int = 0  # updates answered 503 + Retry-After and sent again (not lost)
+    steady_update: Optional[Dict[str, float]] = None  # update latency from STEADY_AFTER s on
     label: str = "now"  # which server code ran ("main" for a --baseline run)
 
     @property
@@ -550,8 +557,11 @@ class LoadResult:
 def _merge(parts: List[Dict[str, Any]]) -> Dict[str, Any]:
     out: Dict[str, Any] = {"latency": defaultdict(list), "errors": defaultdict(int),
                            "refused_by": defaultdict(int), "accepted": 0, "registered": 0,
-                           "per_device": [], "cpu_s": 0.0, "lags": [], "deferred": 0}
+                           "per_device": [], "cpu_s": 0.0, "lags": [], "deferred": 0,
+                           "steady": []}
     for p in parts:
+        out["steady"].extend(lat for at, lat in zip(p["update_at"], p["latency"].get("update", []))
+                             if at >= STEADY_AFTER)
         out["deferred"] += p["deferred"]
         out["cpu_s"] += p["cpu_s"]
         out["lags"].extend(p["lags"])
@@ -644,7 +654,7 @@ def load_test(devices: int = 1000, duration: float = 90.0, procs: int = 2, seed:
              "load_avg_1m": round(load1, 2)},
         client_lag=_percentiles(merged["lags"]),
         offered={k: round(len(v) / duration, 1) for k, v in sorted(merged["latency"].items())},
-        deferred=merged["deferred"], label=label,
+        deferred=merged["deferred"], label=label, steady_update=_percentiles(merged["steady"]),
     )
 
 
@@ -823,6 +833,9 @@ def render_breakdown(res: LoadResult) -> None:
     print("p50/p99: statistics.quantiles (inclusive) over every request of the run, client "
           "side from send to reply read; 'queued' is the device's send to the server "
           "handler's start (sockets, HTTP parsing, the server loop's backlog)")
+    st = res.steady_update or {"count": 0, "p50_ms": 0.0, "p99_ms": 0.0}
+    print(f"update latency from {STEADY_AFTER:g} s on (the first wave of uploads excluded): "
+          f"{st['count']} requests, p50 {st['p50_ms']:.1f} ms, p99 {st['p99_ms']:.1f} ms")
     print(f"  {'endpoint':<14}{'queued p50':>12}{'queued p99':>12}   (ms)")
     for name, row in res.queued.items():
         print(f"  {name:<14}{row['p50_ms']:>12.2f}{row['p99_ms']:>12.2f}")
@@ -841,6 +854,7 @@ def _median_row(runs: List[LoadResult]) -> Dict[str, float]:
             "update_p99_ms": med(lambda r: r.latency.get("update", {}).get("p99_ms", 0.0)),
             "e2e_p99_ms": med(lambda r: r.latency.get("update (end to end)", {}).get(
                 "p99_ms", r.latency.get("update", {}).get("p99_ms", 0.0))),
+            "steady_p99_ms": med(lambda r: (r.steady_update or {}).get("p99_ms", 0.0)),
             "deferred": med(lambda r: r.deferred),
             "worst_p99_ms": med(_worst_p99), "lost": med(lambda r: r.lost),
             "rss_end_mib": med(lambda r: r.rss_end / 2**20),
@@ -859,14 +873,16 @@ def _worst_p99(res: LoadResult) -> float:
 
 def render_side_by_side(runs: List[LoadResult]) -> None:
     """Every run, then the median per server code (main vs now), one line each."""
-    print(f"{'run':<8}{'accepted/s':>11}{'update p50':>12}{'update p99':>12}{'e2e p99':>11}"
+    print(f"{'run':<8}{'accepted/s':>11}{'update p50':>12}{'update p99':>12}{'steady p99':>12}"
+          f"{'e2e p99':>11}"
           f"{'deferred':>9}{'worst p99':>11}"
           f"{'lost':>6}{'RSS end':>9}{'loop lag p99':>14}{'server CPU':>12}{'per update':>12}")
     labels = list(dict.fromkeys(r.label for r in runs))
 
     def line(name: str, row: Dict[str, float]) -> None:
         print(f"{name:<8}{row['accepted_per_s']:>11.1f}{row['update_p50_ms']:>10.1f}ms"
-              f"{row['update_p99_ms']:>10.1f}ms{row['e2e_p99_ms']:>9.1f}ms{row['deferred']:>9.0f}"
+              f"{row['update_p99_ms']:>10.1f}ms{row['steady_p99_ms']:>10.1f}ms"
+              f"{row['e2e_p99_ms']:>9.1f}ms{row['deferred']:>9.0f}"
               f"{row['worst_p99_ms']:>9.1f}ms{row['lost']:>6.0f}"
               f"{row['rss_end_mib']:>6.0f}MiB{row['loop_lag_p99_ms']:>12.1f}ms"
               f"{row['server_cpu_s']:>11.1f}s{row['server_cpu_ms_per_update']:>10.2f}ms")
