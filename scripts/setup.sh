@@ -31,6 +31,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
   .venv/bin/pip install -q torch==2.13.0
-  .venv/bin/pip install -q -e '.[dev,sklearn,ray,tensorboard]'
+  .venv/bin/pip install -q -e '.[dev,sklearn,ray,tensorboard,fast]'
   touch "$stamp"
 fi

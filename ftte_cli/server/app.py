@@ -49,7 +49,7 @@ VersionHook = Callable[[Coordinator, float, SubmitResult], None]
 # neither offline nor stragglers; they hold no job while paused.
 ONLINE = (DeviceStatus.idle, DeviceStatus.training, DeviceStatus.paused)
 ISSUED_PER_DEVICE = 8  # job ids remembered per device for wrong_device checks
-DECODE_OFF_LOOP_BYTES = 256 * 1024  # larger update bodies are parsed on a worker thread
+DECODE_OFF_LOOP_BYTES = 256 * 1024  # larger bodies are parsed (or encoded) on a worker thread
 
 
 @dataclass
@@ -129,6 +129,11 @@ class FtteServer:
         self._stop_reason: Optional[StopReason] = None
         self._announced = False
         self._waiters: dict[str, asyncio.Event] = {}
+        # Updates waiting for the coordinator thread, drained in batches (see _submit_update).
+        self._submits: deque[tuple[Update, float, asyncio.Future[Any]]] = deque()
+        self._draining = False
+        self._updates_in_flight = 0  # handlers between body read and reply (loop thread only)
+        self.updates_deferred = 0  # updates answered 503 + Retry-After (the agent resends them)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._monitor: Optional[asyncio.Task[None]] = None
         self._started = False
@@ -336,8 +341,10 @@ class FtteServer:
             self._started = True
             self.event("dispatch_started", detail=f"{joined} devices registered")
 
-    def _submit(self, update: Update, now: float) -> Optional[SubmitResult]:
-        """Submit on the coordinator thread; None when the run ended meanwhile (nothing applied)."""
+    def _submit(self, update: Update,
+                now: float) -> Optional[tuple[SubmitResult, list[str]]]:
+        """Submit on the coordinator thread: the verdict and the devices that got a job from the
+        freed slot; None when the run ended meanwhile (nothing applied)."""
         if self.done:
             return None
         result = self.coordinator.submit(update, now)
@@ -346,11 +353,47 @@ class FtteServer:
             if self._on_version is not None:
                 self._on_version(self.coordinator, now, result)
             self._apply_stop_rules()
+        got: list[str] = []
         if not self.done:
-            self._dispatch(now)
+            got = self._dispatch(now)
         else:
             self._sync_coordinator_view()
-        return result
+        return result, got
+
+    async def _submit_update(self, update: Update,
+                             now: float) -> Optional[tuple[SubmitResult, list[str]]]:
+        """`_submit` on the coordinator thread, through a queue drained in batches.
+
+        One executor job per update cost more GIL hand-offs and futures than the coordinator's
+        own work on it (benchmarks/loadtest.py's profile): under load one drain applies every
+        queued update in arrival order and answers them with one call back to the loop.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        with self._lock:
+            self._submits.append((update, now, fut))
+            start, self._draining = not self._draining, True
+        if start:
+            self._executor.submit(self._drain_submits, loop)
+        return await fut
+
+    def _drain_submits(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Coordinator thread: submit every queued update, then settle their futures."""
+        while True:
+            with self._lock:
+                batch = list(self._submits)
+                self._submits.clear()
+                if not batch:
+                    self._draining = False
+                    return
+            settled: list[tuple[asyncio.Future[Any], Any, Optional[BaseException]]] = []
+            for update, now, fut in batch:
+                try:
+                    settled.append((fut, self._submit(update, now), None))
+                except Exception as err:  # the handler answers 500, as run_in_executor did
+                    settled.append((fut, None, err))
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_settle, settled)
 
     def _apply_stop_rules(self) -> None:
         """Target accuracy and max versions end the run at the version that met them."""
@@ -506,9 +549,13 @@ class FtteServer:
         return job
 
     async def _job_body(self, device: str, job: _Pending) -> bytes:
-        """Encode a fetched job on the default thread pool (not the loop, not the coordinator)."""
-        loop = asyncio.get_running_loop()
-        body = await loop.run_in_executor(None, wire.encode_job, job.message)
+        """Encode a fetched job: small ones on the loop (a thread hop costs more than encoding
+        them), large ones on the default thread pool (not the loop, not the coordinator)."""
+        if wire.tensor_bytes(job.message.subset) < DECODE_OFF_LOOP_BYTES:
+            body = wire.encode_job(job.message)
+        else:
+            loop = asyncio.get_running_loop()
+            body = await loop.run_in_executor(None, wire.encode_job, job.message)
         with self._lock:
             self._devices[device].bytes_down += len(body)
         return body
@@ -516,6 +563,21 @@ class FtteServer:
     async def _update(self, request: web.Request) -> web.Response:
         device = self._auth(request)
         self._check_running(device)
+        bound = self.config.max_updates_in_flight
+        if bound and self._updates_in_flight >= bound:
+            # Busy: the device retries this update later instead of waiting behind the others
+            # (a closed loop of a thousand devices otherwise just lengthens every queue).
+            self.updates_deferred += 1
+            self._touch(device)  # it is alive, just early
+            return web.Response(status=503, text="busy: retry later",
+                                headers={"Retry-After": str(self.config.retry_after_s)})
+        self._updates_in_flight += 1
+        try:
+            return await self._apply_update(request, device)
+        finally:
+            self._updates_in_flight -= 1
+
+    async def _apply_update(self, request: web.Request, device: str) -> web.Response:
         # An offline device may still deliver the job it was issued (stalled, then resumed):
         # that late update goes to the coordinator's staleness rule, not back with a 409.
         online = self._touch(device) in ONLINE
@@ -541,14 +603,17 @@ class FtteServer:
         update = Update(job_id=msg.job_id, client_id=device, version=msg.version,
                         delta=msg.delta, num_samples=msg.num_samples,
                         grad_variance=msg.grad_variance, peak_memory=msg.peak_memory)
-        result = await self._in_worker(self._submit, update, self.now())
-        if result is None:  # the run ended while this update waited for the coordinator
+        submitted = await self._submit_update(update, self.now())
+        if submitted is None:  # the run ended while this update waited for the coordinator
             self._check_running(device)
             raise web.HTTPServiceUnavailable(text="update not applied")
+        result, got = submitted
         self._record(device, msg, result)
         if result.advanced and self.done:
             self._announce_end()
-        self._wake(list(self._pending))
+        # Only the devices given a job now: waking every device with a queued job cost
+        # O(queued jobs) per update (the monitor still wakes those every second, a safety net).
+        self._wake(got)
         reason = None if result.reason is None else RejectReason(result.reason).value
         return self._update_reply(result.accepted, reason, result.version,
                                   staleness=result.staleness, late=result.late)
@@ -679,6 +744,17 @@ class FtteServer:
         self._dispatch(now)
 
 
+
+
+def _settle(settled: list[tuple[asyncio.Future[Any], Any, Optional[BaseException]]]) -> None:
+    """Event loop: hand each drained update's verdict (or error) to its waiting handler."""
+    for fut, result, err in settled:
+        if fut.cancelled():  # the device hung up; the update was applied all the same
+            continue
+        if err is not None:
+            fut.set_exception(err)
+        else:
+            fut.set_result(result)
 
 
 def _energy_fields(msg: wire.UpdateMessage) -> dict[str, Any]:

@@ -44,6 +44,12 @@ class ServerConfig:
     start_devices: Optional[int] = None  # first dispatch once this many registered (None: all)
     start_grace: float = 20.0  # ... or this long after the first one registered
     event_log_lines: int = 200
+    # Updates being handled at once (body read to reply) past which a new one is answered
+    # 503 + Retry-After instead of queueing behind them; 0: no bound (the default: under a
+    # closed loop of devices the resends cost more end-to-end time than the queue they avoid,
+    # docs/SCALING.md). The agent resends the same update after its back-off: nothing is lost.
+    max_updates_in_flight: int = 0
+    retry_after_s: int = 1  # the Retry-After of that 503 (whole seconds, as HTTP says)
 
     @property
     def client_max_size(self) -> int:

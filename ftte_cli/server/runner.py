@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import resource
 import sys
@@ -41,6 +42,39 @@ def raise_fd_limit(wanted: int = FD_WANTED) -> int:
     return soft
 
 
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed (the `fast` extra): the same asyncio API with less
+    CPU per request in socket and HTTP handling; the standard loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+# Collect the young generation every GC_YOUNG allocations, not Python's default 700: a
+# thousand devices keep ~100,000 request objects (tasks, futures, parsers) alive at any time,
+# which at 700 were swept again and again and promoted before they died by reference count.
+GC_YOUNG = 20_000
+
+
+def _tune_gc() -> tuple[int, int, int]:
+    """Keep the objects that exist once the server is up out of every later collection, and
+    collect the young ones less often; returns the thresholds to restore.
+
+    torch, the model, the coordinator and the app are ~180,000 tracked objects that live as
+    long as the run; without this each full collection walks them all (~200 ms on a busy core,
+    measured by benchmarks/loadtest.py), stalling the event loop and the coordinator thread
+    alike: at 1,000 devices collections were most of the server's CPU and of its p99 latency.
+    Cyclic garbage is still collected, in larger batches.
+    """
+    old = gc.get_threshold()
+    gc.collect()  # garbage from setup is freed now, not frozen
+    gc.freeze()
+    gc.set_threshold(max(old[0], GC_YOUNG), old[1], old[2])
+    return old
+
+
 class ServerThread:
     """Runs `server.make_app()` on host:port (0 = ephemeral) in a daemon thread."""
 
@@ -48,11 +82,12 @@ class ServerThread:
         self.server = server
         self.host = host
         self.port = port
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_event_loop()
         self._runner: Optional[web.AppRunner] = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="ftte-server",
                                         daemon=True)
         self._stopped = False
+        self._gc_threshold: Optional[tuple[int, int, int]] = None
 
     @property
     def url(self) -> str:
@@ -71,6 +106,7 @@ class ServerThread:
             self._stop_loop()
             raise RunError(f"server: cannot listen on {self.host}:{self.port}: "
                            f"{err.strerror}") from None
+        self._gc_threshold = _tune_gc()
         log.info("server listening on %s", self.url)
         return self
 
@@ -97,6 +133,9 @@ class ServerThread:
                 log.warning("server cleanup: %s", err)
         self._stop_loop()
         self.server.close()
+        if self._gc_threshold is not None:  # what the run held may be collected again
+            gc.unfreeze()
+            gc.set_threshold(*self._gc_threshold)
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
