@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import pytest
-from helpers.simkit import tiny_recipe
+from helpers.simkit import backend_recipe_text, tiny_recipe
 from typer.testing import CliRunner
 
 from ftte_cli import api
@@ -25,19 +25,8 @@ from ftte_cli.errors import ConfigError, RunError
 from ftte_cli.sim.process_backend import ProcessBackend
 from ftte_cli.sim.runner import SimSettings, StrategyResult, World, prepare, run_strategy
 
-# 30 clients, a sparse FTTE plan (the budget binds), FedBuff and FedAvg; dropout on, so lost jobs
-# (never submitted) interleave with trained ones; a few versions only.
-RECIPE = """
-name: procs
-seed: 5
-data: {dataset: synthetic_har, windows: 1200, subjects: 10, partition: iid}
-model: {name: har_cnn, width: 0.5}
-train: {epochs: 1, batch_size: 16, lr: 0.05}
-strategy: {buffer_size: 3, max_concurrency: 8}
-plan: {memory_budget: 600KB, proxy_steps: 2}
-stop: {target_accuracy: 0.99, max_versions: 5, time_limit: 100000, eval_every: 1}
-sim: {clients: 30, stragglers: 0.3, dropout_rate: 0.1, return_after: 5}
-"""
+# 30 clients; FTTE, FedBuff and FedAvg (helpers.simkit.BACKEND: sparse plan, dropout on).
+RECIPE = backend_recipe_text("procs", clients=30, windows=1200)
 STRATEGIES = ("ftte", "fedbuff", "fedavg")
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.simkit import backend_recipe_text
 from typer.testing import CliRunner
 
 from ftte_cli.cli import app
@@ -18,19 +19,8 @@ from ftte_cli.sim.runner import SimSettings, StrategyResult, prepare, run_strate
 ray = pytest.importorskip("ray")
 from ftte_cli.sim.ray_backend import RayBackend, import_ray  # noqa: E402
 
-# 50 clients, a sparse FTTE plan (budget well under full training) and FedBuff; dropout on so
-# lost jobs (never sent to Ray) interleave with trained ones; a few versions only.
-RECIPE = """
-name: ray50
-seed: 5
-data: {dataset: synthetic_har, windows: 1500, subjects: 10, partition: iid}
-model: {name: har_cnn, width: 0.5}
-train: {epochs: 1, batch_size: 16, lr: 0.05}
-strategy: {buffer_size: 3, max_concurrency: 8}
-plan: {memory_budget: 600KB, proxy_steps: 2}
-stop: {target_accuracy: 0.99, max_versions: 5, time_limit: 100000, eval_every: 1}
-sim: {clients: 50, stragglers: 0.3, dropout_rate: 0.1, return_after: 5}
-"""
+# 50 clients (helpers.simkit.BACKEND: a sparse FTTE plan, dropout on, a few versions).
+RECIPE = backend_recipe_text("ray50", clients=50, windows=1500)
 
 
 @pytest.fixture(scope="module")

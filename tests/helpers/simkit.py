@@ -29,6 +29,26 @@ def tiny_recipe(tmp_path: Path, budget: str = "1GB", dropout: float = 0.0) -> Re
     return load_recipe(path)
 
 
+# A sparse FTTE plan (600 KB, well under full training), dropout on so lost jobs (never submitted)
+# interleave with trained ones, a few versions: the backend-equality tests' world.
+BACKEND = """
+name: {name}
+seed: 5
+data: {{dataset: synthetic_har, windows: {windows}, subjects: 10, partition: iid}}
+model: {{name: har_cnn, width: 0.5}}
+train: {{epochs: 1, batch_size: 16, lr: 0.05}}
+strategy: {{buffer_size: 3, max_concurrency: 8}}
+plan: {{memory_budget: 600KB, proxy_steps: 2}}
+stop: {{target_accuracy: 0.99, max_versions: 5, time_limit: 100000, eval_every: 1}}
+sim: {{clients: {clients}, stragglers: 0.3, dropout_rate: 0.1, return_after: 5}}
+"""
+
+
+def backend_recipe_text(name: str, clients: int, windows: int) -> str:
+    """The backend-equality recipe for `clients` simulated clients over `windows` windows."""
+    return BACKEND.format(name=name, clients=clients, windows=windows)
+
+
 # Ragged on purpose: an empty shard, one shorter than a batch, exactly one batch, partial last.
 SIZES = (0, 5, 16, 37, 50, 23)
 
