@@ -95,14 +95,11 @@ class Strategy(ABC):
     dense: ClassVar[bool] = False  # True: clients train the full model (a dense plan)
     synchronous: ClassVar[bool] = False  # True: whole rounds, dispatched only when none in flight
     needs_base: ClassVar[bool] = False  # True: ingest reads arrival.base (w*_{t_i})
-    # the server step's half-life in versions when the recipe leaves it out (0: constant)
-    default_lr_halflife: ClassVar[float] = 0.0
 
     def __init__(self, cfg: StrategyConfig) -> None:
         self.cfg = cfg
-        halflife = (self.default_lr_halflife if cfg.server_lr_halflife is None
-                    else cfg.server_lr_halflife)
-        self.optimizer = ServerOptimizer(cfg.server_optimizer, cfg.server_lr, halflife)
+        self.optimizer = ServerOptimizer(cfg.server_optimizer, cfg.server_lr,
+                                         cfg.server_lr_halflife)
 
     @property
     def concurrency(self) -> int:
