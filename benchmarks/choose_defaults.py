@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/choose_defaults.py [--recipe recipes/har.yaml] [--width 1]
         [--clients 40] [--stragglers 0.9] [--budget-fraction 0.2 | --fleet-budget]
         [--validation windows|subjects] [--versions 150 | --horizon SECONDS] [--seeds 1,2]
-        [--options a,b]
+        [--options a,b] [--curves out.json]
 
 Each option is one FTTE simulation on the same world. The global test split (unseen subjects) is
 never looked at, so a default chosen here is not tuned on the test set. Validation:
@@ -12,7 +12,8 @@ never looked at, so a default chosen here is not tuned on the test set. Validati
 - `subjects`: a third of the training subjects (every third in sorted order) leave the
   federation, their clients with them, and all their windows are the validation set: accuracy on
   people the federation never saw, as the test split measures, from training subjects only.
-Printed: validation accuracy at the end, its best and the mean of the last five evaluations,
+Besides FTTE's options, two references decompose a gap: FTTE's aggregation on the dense plan,
+and FedBuff as published (same world, same validation). Printed: validation accuracy at the end, its best and the mean of the last five evaluations,
 per option, mean over seeds, with the difference to the current default. `--horizon` judges at a
 fixed virtual time instead of a version count: an option whose versions take longer (a
 micro-batched plan's slower passes) gets fewer of them, as on a real fleet.
