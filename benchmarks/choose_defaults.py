@@ -13,8 +13,9 @@ never looked at, so a default chosen here is not tuned on the test set. Validati
   federation, their clients with them, and all their windows are the validation set: accuracy on
   people the federation never saw, as the test split measures, from training subjects only.
 Besides FTTE's options, two references decompose a gap: FTTE's aggregation on the dense plan,
-and FedBuff as published (same world, same validation). Printed: validation accuracy at the end, its best and the mean of the last five evaluations,
-per option, mean over seeds, with the difference to the current default. `--horizon` judges at a
+and FedBuff as published (same world, same validation). Printed: validation accuracy at the
+end, its best and the mean of the last five evaluations, per option, mean over seeds, with the
+difference to the first option run. `--horizon` judges at a
 fixed virtual time instead of a version count: an option whose versions take longer (a
 micro-batched plan's slower passes) gets fewer of them, as on a real fleet.
 """
