@@ -226,7 +226,7 @@ class StrategyConfig:
     normalizer: Optional[str] = None
     server_optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
     # the server step halves every `server_lr_halflife` versions (eta_t = eta * 0.5^(t / h)), for
-    # every strategy as server_lr is; 0: constant (FTTE: no better at h 200, synthetic_har.md)
+    # every strategy as server_lr is; 0: constant (FTTE: no better at h 100, 200; synthetic_har.md)
     server_lr_halflife: float = 0.0
     fedbuff_staleness: StalenessConfig = field(default_factory=StalenessConfig)  # s(tau)
     fedbuff_sample_weights: bool = False  # FedBuff: also weight by n_i / n_mean
