@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/choose_defaults.py [--recipe recipes/har.yaml] [--width 1]
         [--clients 40] [--stragglers 0.9] [--budget-fraction 0.2 | --fleet-budget]
         [--validation windows|subjects] [--versions 150 | --horizon SECONDS] [--seeds 1,2]
-        [--options a,b]
+        [--options a,b] [--curves out.json]
 
 Each option is one FTTE simulation on the same world. The global test split (unseen subjects) is
 never looked at, so a default chosen here is not tuned on the test set. Validation:
@@ -12,8 +12,10 @@ never looked at, so a default chosen here is not tuned on the test set. Validati
 - `subjects`: a third of the training subjects (every third in sorted order) leave the
   federation, their clients with them, and all their windows are the validation set: accuracy on
   people the federation never saw, as the test split measures, from training subjects only.
-Printed: validation accuracy at the end, its best and the mean of the last five evaluations,
-per option, mean over seeds, with the difference to the current default. `--horizon` judges at a
+Besides FTTE's options, two references decompose a gap: FTTE's aggregation on the dense plan,
+and FedBuff as published (same world, same validation). Printed: validation accuracy at the
+end, its best and the mean of the last five evaluations, per option, mean over seeds, with the
+difference to the first option run. `--horizon` judges at a
 fixed virtual time instead of a version count: an option whose versions take longer (a
 micro-batched plan's slower passes) gets fewer of them, as on a real fleet.
 """
@@ -21,6 +23,7 @@ micro-batched plan's slower passes) gets fewer of them, as on a real fleet.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from dataclasses import replace
@@ -37,6 +40,8 @@ from ftte_cli.engine.data import Dataset  # noqa: E402
 from ftte_cli.sim.runner import SimSettings, World, prepare, run_strategy  # noqa: E402
 
 TOLERANCE = "micro_batch_tolerance"  # an option key that sets selection's, not the strategy's
+RUN_AS = "run_as"  # an option key: run another strategy (a reference), not FTTE
+DENSE_PLAN = "dense_plan"  # an option key: FTTE's aggregation on the dense plan (no budget)
 OPTIONS: Dict[str, Dict[str, object]] = {
     "default (normalizer weights, no server optimiser)": {},
     "normalizer buffer (1/K)": {"normalizer": "buffer"},
@@ -46,6 +51,12 @@ OPTIONS: Dict[str, Dict[str, object]] = {
     "server adam, lr 0.01": {"server_optimizer": ServerOptimizerConfig("adam", lr=0.01)},
     # the plan, not the strategy: selection's micro-batch tolerance (0: the highest-value plan)
     "micro-batch tolerance 0 (highest-value plan)": {TOLERANCE: 0.0},
+    "server lr half-life 100 versions": {"server_lr_halflife": 100.0},
+    "server lr half-life 200 versions": {"server_lr_halflife": 200.0},
+    "server lr constant (half-life 0)": {"server_lr_halflife": 0.0},
+    # references for decomposing a gap (issue 10): the plan's share against the aggregation's
+    "FTTE aggregation on the dense plan": {DENSE_PLAN: True},
+    "FedBuff (dense, published; reference)": {RUN_AS: "fedbuff"},
 }
 VALIDATION_CAP = 1200  # validation windows per evaluation (a seeded subset): evaluations stay cheap
 
@@ -85,11 +96,16 @@ def validate_on(world: World, how: str) -> None:
     world.fleet = [world.fleet[i] for i in keep]
 
 
+CURVES: Dict[str, List[Tuple[float, int, float]]] = {}  # "option / seed" -> (s, version, acc)
+
+
 def run(recipe: Recipe, args: argparse.Namespace, seed: int, change: Dict[str, object]
         ) -> Tuple[float, float, float]:
     """(final, best, mean of the last 5) validation accuracy of FTTE with `change` applied."""
     change = dict(change)
     tolerance = change.pop(TOLERANCE, selection.MICRO_BATCH_TOLERANCE)
+    name = str(change.pop(RUN_AS, "ftte"))
+    dense = bool(change.pop(DENSE_PLAN, False))
     assert isinstance(tolerance, float)
     stop = (replace(recipe.stop, max_versions=args.versions, eval_every=4) if args.horizon is None
             else replace(recipe.stop, max_versions=10**6, time_limit=args.horizon, eval_every=4))
@@ -105,13 +121,17 @@ def run(recipe: Recipe, args: argparse.Namespace, seed: int, change: Dict[str, o
     finally:
         selection.MICRO_BATCH_TOLERANCE = default
     validate_on(world, args.validation)
-    plan = world.ftte
+    if dense:  # the same world, every client trains the whole model with FTTE's aggregation
+        world.ftte, world.costs["ftte"] = world.dense, world.costs["dense"]
+    plan = world.dense if name != "ftte" else world.ftte
     share = plan.trainable_params / plan.total_params
     print(f"  seed {seed}: plan {share:.1%}, micro-batch {plan.micro_batch}, "
           f"{plan.estimated_bytes} B, x{world.costs['ftte'].pass_slowdown:.2f} per sample",
           file=sys.stderr)
-    result = run_strategy(world, "ftte").metrics
+    result = run_strategy(world, name).metrics
     evals = result.evals
+    label = f"{name}{' dense plan' if dense else ''} {change} tolerance {tolerance} / seed {seed}"
+    CURVES[label] = [(e.time, e.version, e.accuracy) for e in evals]
     marks = ", ".join(f"{e.time:.0f}s v{e.version} {e.accuracy:.3f}" for e in evals[3::4])
     print(f"  seed {seed}: {len(result.version_times)} versions; {marks}", file=sys.stderr)
     last = [e.accuracy for e in evals[-5:]]
@@ -133,6 +153,8 @@ def main() -> None:
     parser.add_argument("--horizon", type=float, default=None,
                         help="virtual seconds to judge at (instead of --versions)")
     parser.add_argument("--seeds", default="1,2")
+    parser.add_argument("--curves", default=None,
+                        help="write every evaluation (time, version, accuracy) per run as JSON")
     parser.add_argument("--options", default="",
                         help="comma-separated option numbers (0 = default) to run; default all")
     args = parser.parse_args()
@@ -150,6 +172,8 @@ def main() -> None:
         rows.append((name, final, best, last5))
         print(f"  measured: {name}: final {final:.3f}, best {best:.3f}, last 5 {last5:.3f}",
               file=sys.stderr)
+    if args.curves:
+        Path(args.curves).write_text(json.dumps(CURVES, indent=1))
     budget = "fleet" if args.fleet_budget else f"{args.budget_fraction:.0%}"
     length = (f"{args.versions} versions" if args.horizon is None
               else f"{args.horizon:.0f} virtual s")

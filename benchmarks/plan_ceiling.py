@@ -1,7 +1,8 @@
 """The FTTE plan's central ceiling against dense training, on training subjects only (issue 10).
 
     .venv/bin/python benchmarks/plan_ceiling.py [--recipe recipes/har.yaml] [--seed 3]
-        [--clients 40] [--epochs 4] [--folds 3] [--format table|json]
+        [--clients 40] [--epochs 4] [--folds 3] [--late] [--optimisers sgd,adam]
+        [--format table|json]
 
 Builds the world `ftte simulate` builds (same warm start, same fleet budget, same plan), pools
 every client's windows and trains centrally: the plan's trainable subset (the same sparse
@@ -11,7 +12,9 @@ fold of the training subjects (every `folds`-th in sorted order, rotated), so th
 accuracy on people the training never saw, as the test split measures, without looking at the
 test subjects. Printed: per optimiser and epoch, the mean over folds, plan and dense side by
 side, and the ratio plan / dense. If the plan's ceiling is close to dense training's, the plan's
-capacity is not what holds FTTE back; its federated training is.
+capacity is not what holds FTTE back; its federated training is. `--late` adds the other way to
+spend the budget: the last feature block whole and the head, the early layers frozen (its
+estimated training memory is printed next to the budget).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ftte_cli.config.recipe import load_recipe  # noqa: E402
 from ftte_cli.engine import sparse  # noqa: E402
 from ftte_cli.engine.data import Dataset  # noqa: E402
-from ftte_cli.engine.plan import Plan  # noqa: E402
+from ftte_cli.engine.memory import training_memory  # noqa: E402
+from ftte_cli.engine.plan import FULL, Plan, build_plan  # noqa: E402
 from ftte_cli.engine.train import evaluate  # noqa: E402
 from ftte_cli.sim.runner import SimSettings, World, prepare  # noqa: E402
 
@@ -52,6 +56,16 @@ def folds(world: World, k: int) -> List[Tuple[Dataset, Dataset]]:
         held = torch.isin(groups, torch.tensor(subjects[f::k]))
         out.append((Dataset(x[~held], y[~held]), Dataset(x[held], y[held])))
     return out
+
+
+def late_plan(world: World) -> Plan:
+    """The last `features.<i>` block whole and the head trainable, everything earlier frozen."""
+    names = list(world.params)
+    blocks = sorted({int(n.split(".")[1]) for n in names if n.startswith("features.")})
+    last = f"features.{blocks[-1]}."
+    head = [n for n in names if not n.startswith("features.")]
+    masks = {n: FULL for n in names if n.startswith(last) or n in head}
+    return build_plan(world.model, masks, model_name=world.ftte.model)
 
 
 def central(world: World, plan: Plan, optimiser: str, lr: float, epochs: int, batch: int,
@@ -86,6 +100,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--late", action="store_true",
+                        help="also the last feature block + head (early layers frozen)")
+    parser.add_argument("--optimisers", default="sgd,adam")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -95,8 +112,17 @@ def main() -> None:
     lr, batch = recipe.train.lr, recipe.train.batch_size
     splits = folds(world, args.folds)
     rows: Dict[str, List[float]] = {}
-    for opt, opt_lr in (("sgd", lr), ("adam", ADAM_LR)):
-        for name, plan in (("plan", world.ftte), ("dense", world.dense)):
+    plans = [("plan", world.ftte), ("dense", world.dense)]
+    if args.late:
+        late = late_plan(world)
+        est = training_memory(world.model, late, batch, world.data.input_shape,
+                              recipe.train.momentum).total
+        print(f"  late plan: {late.trainable_params / late.total_params:.1%} trainable, "
+              f"{est} B estimated against the budget {world.budget_bytes} B", file=sys.stderr)
+        plans.append(("late", late))
+    optimisers = [o for o in (("sgd", lr), ("adam", ADAM_LR)) if o[0] in args.optimisers]
+    for opt, opt_lr in optimisers:
+        for name, plan in plans:
             runs = [central(world, plan, opt, opt_lr, args.epochs, batch, tr, va)
                     for tr, va in splits]
             rows[f"{name} {opt}"] = [statistics.fmean(r[e] for r in runs)
@@ -111,11 +137,17 @@ def main() -> None:
         return
     print(f"central ceiling on held-out training subjects ({args.folds} folds), seed "
           f"{world.seed}, plan {', '.join(plan.units or [])}, micro-batch {plan.micro_batch}")
-    print(f"{'optimiser':10s} {'epoch':>5s} {'plan':>6s} {'dense':>6s} {'plan/dense':>10s}")
-    for opt in ("sgd", "adam"):
+    extra = " late/dense" if args.late else ""
+    print(f"{'optimiser':10s} {'epoch':>5s} {'plan':>6s} {'dense':>6s} {'plan/dense':>10s}"
+          + (f" {'late':>6s}{extra}" if args.late else ""))
+    for opt, _ in optimisers:
         for e in range(args.epochs):
             p, d = rows[f"plan {opt}"][e], rows[f"dense {opt}"][e]
-            print(f"{opt:10s} {e + 1:5d} {p:6.3f} {d:6.3f} {p / d:10.3f}")
+            line = f"{opt:10s} {e + 1:5d} {p:6.3f} {d:6.3f} {p / d:10.3f}"
+            if args.late:
+                q = rows[f"late {opt}"][e]
+                line += f" {q:6.3f} {q / d:10.3f}"
+            print(line)
 
 
 if __name__ == "__main__":

@@ -225,6 +225,9 @@ class StrategyConfig:
     # weights: divide by sum(alpha_i) (FTTE); buffer: by K (FedBuff); None: the strategy's own
     normalizer: Optional[str] = None
     server_optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
+    # the server step halves every `server_lr_halflife` versions (eta_t = eta * 0.5^(t / h)), for
+    # every strategy as server_lr is; 0: constant (FTTE: no better at h 100, 200; synthetic_har.md)
+    server_lr_halflife: float = 0.0
     fedbuff_staleness: StalenessConfig = field(default_factory=StalenessConfig)  # s(tau)
     fedbuff_sample_weights: bool = False  # FedBuff: also weight by n_i / n_mean
     fedasync_alpha: float = 0.6
@@ -244,6 +247,8 @@ class StrategyConfig:
                "must be >= 0")
         _check(self.variance_beta >= 0, where, "variance_beta", "must be >= 0")
         _check(self.server_lr > 0, where, "server_lr", "must be > 0")
+        _check(self.server_lr_halflife >= 0, where, "server_lr_halflife",
+               "must be >= 0 (0: no decay)")
         _check(self.normalizer is None or self.normalizer in NORMALIZERS, where, "normalizer",
                f"must be one of {', '.join(NORMALIZERS)}")
         _check(0 < self.fedasync_alpha <= 1, where, "fedasync_alpha", "must be in (0, 1]")

@@ -98,7 +98,8 @@ class Strategy(ABC):
 
     def __init__(self, cfg: StrategyConfig) -> None:
         self.cfg = cfg
-        self.optimizer = ServerOptimizer(cfg.server_optimizer, cfg.server_lr)
+        self.optimizer = ServerOptimizer(cfg.server_optimizer, cfg.server_lr,
+                                         cfg.server_lr_halflife)
 
     @property
     def concurrency(self) -> int:

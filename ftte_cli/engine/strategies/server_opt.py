@@ -6,7 +6,8 @@ alpha_t (x_new - x)). The plain step is w_{t+1} = w_t + eta_g d_t; FedAvgM keeps
 buffer and FedAdam (Reddi et al. 2021, "Adaptive Federated Optimization", no bias correction)
 scales each coordinate by its running second moment. Formulas are pure functions over tensor
 dicts, tested against hand-computed numbers; `ServerOptimizer` only holds their state between
-versions (checkpointed with the coordinator).
+versions (checkpointed with the coordinator). A half-life h > 0 decays the step of each of them:
+the step from version t to t + 1 uses lr * 0.5^(t / h) (`decayed_lr`).
 """
 
 from __future__ import annotations
@@ -46,36 +47,47 @@ def adam_step(current: Tensors, grad: Tensors, m: Optional[Tensors], v: Optional
     return new_w, new_m, new_v
 
 
-class ServerOptimizer:
-    """Applies the recipe's server optimiser and keeps its state (none: stateless)."""
+def decayed_lr(lr: float, step: int, halflife: float) -> float:
+    """lr * 0.5^(step / halflife) for the step from version `step` (0 first); lr when h is 0."""
+    if halflife <= 0:
+        return lr
+    return lr * 0.5 ** (step / halflife)
 
-    def __init__(self, cfg: ServerOptimizerConfig, server_lr: float) -> None:
+
+class ServerOptimizer:
+    """Applies the recipe's server optimiser and keeps its state (none, constant: stateless)."""
+
+    def __init__(self, cfg: ServerOptimizerConfig, server_lr: float,
+                 halflife: float = 0.0) -> None:
         self.cfg = cfg
         self.lr = cfg.step_size(server_lr)
+        self.halflife = halflife  # versions; 0: a constant step
         self.steps = 0
         self._slots: Dict[str, Tensors] = {}  # "m" (momentum / first moment), "v" (second)
 
     @property
     def plain(self) -> bool:
-        """True for the plain step (no state, w + eta_g * d)."""
-        return self.cfg.kind == "none"
+        """True for the plain constant step (no state, w + eta_g * d)."""
+        return self.cfg.kind == "none" and self.halflife <= 0
 
     def step(self, current: Tensors, grad: Tensors) -> Tensors:
         """w_{t+1} from w_t and the pseudo-gradient d_t (a new dict)."""
+        lr = decayed_lr(self.lr, self.steps, self.halflife)
         self.steps += 1
         if self.cfg.kind == "momentum":
-            new, self._slots["m"] = momentum_step(current, grad, self._slots.get("m"), self.lr,
+            new, self._slots["m"] = momentum_step(current, grad, self._slots.get("m"), lr,
                                                   self.cfg.momentum)
             return new
         if self.cfg.kind == "adam":
             new, self._slots["m"], self._slots["v"] = adam_step(
-                current, grad, self._slots.get("m"), self._slots.get("v"), self.lr,
+                current, grad, self._slots.get("m"), self._slots.get("v"), lr,
                 self.cfg.beta1, self.cfg.beta2, self.cfg.tau)
             return new
-        return aggregate.server_step(current, grad, self.lr)
+        return aggregate.server_step(current, grad, lr)
 
     def state(self) -> Tuple[Tensors, Dict[str, Any]]:
-        """Tensors `<slot>/<name>` and meta; empty for the plain step (checkpoints unchanged)."""
+        """Tensors `<slot>/<name>` and meta (the step count, which a decay needs); empty for the
+        plain constant step (checkpoints unchanged)."""
         if self.plain:
             return {}, {}
         tensors = {f"{slot}/{n}": t for slot, ts in self._slots.items() for n, t in ts.items()}
