@@ -156,23 +156,46 @@ def _people(subjects: int, pop: Population, gen: torch.Generator) -> _People:
     )
 
 
-def _gait(y: Tensor, who: Tensor, people: _People, pop: Population,
-          gen: torch.Generator) -> Tuple[Tensor, Tensor]:
-    """Body acceleration and rotation rate in the torso frame, (N, 3, T) each."""
+@dataclass(frozen=True)
+class _Draws:
+    """Every per-window random number `generate` uses, drawn up front in one fixed order so the
+    windows can then be computed a chunk at a time with the same result."""
+
+    freq: Tensor  # (N,) step-frequency jitter
+    amp: Tensor  # (N,) amplitude jitter
+    phase: Tensor  # (N,) gait phase
+    sway: Tensor  # (N, 6, T) slow motion of a static posture (unit scale)
+    frame: Tensor  # (N, 3, 3) torso -> sensor frame
+    noise: Tensor  # (N, 9, T) sensor noise (unit scale)
+
+
+def _draws(y: Tensor, who: Tensor, people: _People, gen: torch.Generator) -> _Draws:
     n = y.shape[0]
+    freq = torch.randn((n,), generator=gen)
+    amp = torch.randn((n,), generator=gen)
+    phase = torch.rand((n,), generator=gen)
+    sway = _drift((n, 6, WINDOW), gen)
+    lean = _pitch(people.pitch[who, y] + 0.06 * torch.randn((n,), generator=gen))
+    frame = people.mount[who] @ _random_rotation(n, 0.05, gen) @ lean
+    noise = torch.randn((n, 9, WINDOW), generator=gen)
+    return _Draws(freq, amp, phase, sway, frame, noise)
+
+
+def _gait(y: Tensor, who: Tensor, people: _People, pop: Population, d: _Draws,
+          sl: slice) -> Tuple[Tensor, Tensor]:
+    """Body acceleration and rotation rate in the torso frame, (n, 3, T) each, for windows sl."""
+    y, who = y[sl], who[sl]
     t = torch.arange(WINDOW, dtype=torch.float32) / RATE_HZ  # (T,)
-    dyn = (y < DYNAMIC).float()[:, None]  # (N, 1)
+    dyn = (y < DYNAMIC).float()[:, None]  # (n, 1)
     a_idx = y.clamp(max=DYNAMIC - 1)
-    freq = (people.step_hz[who] * people.freq[who, a_idx]
-            * (1 + 0.04 * torch.randn((n,), generator=gen)))
-    amp = (people.amp[who] * people.amp_factor[who, a_idx]
-           * (1 + 0.1 * torch.randn((n,), generator=gen)))
-    phase = 4 * math.pi * torch.rand((n,), generator=gen)  # a full stride: two steps
-    theta = 2 * math.pi * freq[:, None] * t + phase[:, None]  # (N, T) step phase
-    harm = people.harmonics[who, a_idx]  # (N, 4, 2)
+    freq = people.step_hz[who] * people.freq[who, a_idx] * (1 + 0.04 * d.freq[sl])
+    amp = people.amp[who] * people.amp_factor[who, a_idx] * (1 + 0.1 * d.amp[sl])
+    phase = 4 * math.pi * d.phase[sl]  # a full stride: two steps
+    theta = 2 * math.pi * freq[:, None] * t + phase[:, None]  # (n, T) step phase
+    harm = people.harmonics[who, a_idx]  # (n, 4, 2)
     k = torch.arange(1, 8, 2, dtype=torch.float32)[None, :, None]  # (1, 4, 1) odd harmonics
-    wave = harm[..., 0:1] * torch.sin(k * theta[:, None, :] + harm[..., 1:2])  # (N, 4, T)
-    vertical = wave.sum(1)  # (N, T)
+    wave = harm[..., 0:1] * torch.sin(k * theta[:, None, :] + harm[..., 1:2])  # (n, 4, T)
+    vertical = wave.sum(1)  # (n, T)
     forward = 0.5 * torch.sin(theta + 1.2) + 0.2 * torch.sin(3 * theta + 0.5)
     lateral = 0.35 * torch.sin(0.5 * theta)  # sway at the stride (two steps) frequency
     acc = torch.stack([vertical, forward, lateral], 1) * (amp[:, None] * dyn)[:, None, :]
@@ -180,16 +203,22 @@ def _gait(y: Tensor, who: Tensor, people: _People, pop: Population,
                         1.2 * torch.sin(theta + 2.0) + 0.3 * wave[:, 1],  # pitch with each step
                         0.4 * torch.sin(0.5 * theta - 0.8)], 1)  # yaw with the stride
     gyro = gyro * (2 * amp[:, None] * dyn)[:, None, :]
-    sway = pop.sway * (1 - dyn)[:, None, :] * _drift((n, 6, WINDOW), gen)  # static: small sway
+    sway = pop.sway * (1 - dyn)[:, None, :] * d.sway[sl]  # static: small sway
     return acc + sway[:, :3], gyro + sway[:, 3:]
 
 
 def _drift(shape: Tuple[int, int, int], gen: torch.Generator) -> Tensor:
     """Slow random motion (a smoothed random walk, unit scale), (N, C, T)."""
-    steps = torch.randn(shape, generator=gen)
+    steps = torch.randn(shape, generator=gen).view(-1, 1, shape[2])
     kernel = torch.ones(1, 1, 15) / 15
-    smooth = torch.nn.functional.conv1d(steps.view(-1, 1, shape[2]), kernel, padding=7)
-    return smooth.view(shape) * 4.0
+    # in slices of rows: one conv over every row unfolds all of them at once (15 copies, ~0.5 GB
+    # at 10,000 windows); each row's result is the same either way
+    for rows in steps.split(CHUNK * shape[1]):
+        rows.copy_(torch.nn.functional.conv1d(rows, kernel, padding=7))
+    return steps.view(shape) * 4.0
+
+
+CHUNK = 1024  # windows computed at once: bounds the transients (~40 KiB per window) to ~45 MiB
 
 
 def generate(windows: int, subjects: int, seed: int, population: str = "field"
@@ -204,17 +233,19 @@ def generate(windows: int, subjects: int, seed: int, population: str = "field"
     y = torch.arange(windows) % len(ACTIVITIES)
     y = y[torch.randperm(windows, generator=gen)]
     who = torch.randint(0, subjects, (windows,), generator=gen)
-
-    acc, gyro = _gait(y, who, people, pop, gen)  # (N, 3, T) torso frame
-    lean = _pitch(people.pitch[who, y] + 0.06 * torch.randn((windows,), generator=gen))
-    frame = people.mount[who] @ _random_rotation(windows, 0.05, gen) @ lean  # torso -> sensor
-    gravity = torch.tensor([1.0, 0.0, 0.0]).expand(windows, 3)  # (N, 3) upright, in g
-    gain, offset = people.gain[who][:, :, None], people.offset[who][:, :, None]  # (N, 6, 1)
-    body_acc = (frame @ acc) * gain[:, :3]  # (N, 3, T)
-    body_gyro = (frame @ gyro) * gain[:, 3:] + offset[:, 3:]
-    total_acc = body_acc + (frame @ gravity[:, :, None]) * gain[:, :3] + offset[:, :3]
-    x = torch.cat([body_acc, body_gyro, total_acc], 1)  # (N, 9, T)
-    x = x + people.noise[who][:, None, None] * torch.randn(x.shape, generator=gen)
+    d = _draws(y, who, people, gen)
+    gravity = torch.tensor([1.0, 0.0, 0.0])[:, None]  # (3, 1) upright, in g
+    x = d.noise  # overwritten a chunk at a time: the noise is its last term
+    for start in range(0, windows, CHUNK):
+        sl = slice(start, start + CHUNK)
+        acc, gyro = _gait(y, who, people, pop, d, sl)  # (n, 3, T) torso frame
+        frame, w = d.frame[sl], who[sl]
+        gain, offset = people.gain[w][:, :, None], people.offset[w][:, :, None]  # (n, 6, 1)
+        body_acc = (frame @ acc) * gain[:, :3]  # (n, 3, T)
+        body_gyro = (frame @ gyro) * gain[:, 3:] + offset[:, 3:]
+        total_acc = body_acc + (frame @ gravity) * gain[:, :3] + offset[:, :3]
+        clean = torch.cat([body_acc, body_gyro, total_acc], 1)  # (n, 9, T)
+        x[sl] = clean + people.noise[w][:, None, None] * x[sl]
     return x.float().contiguous(), y.long(), who.long()
 
 
