@@ -29,7 +29,15 @@ Then, unless --no-recipe: recipes/har.yaml itself (strategy ftte) with 100 clien
 versions on each of --recipe-backends (default inprocess,processes; issue goal: under 2 minutes
 on 2 cores).
 
-Flower: see benchmarks/sim_speed_flower.py (needs its own environment with flwr installed).
+Flower: `--flower-python PY` adds Flower's side to every size, measured the same way in the same
+run: PY is an interpreter of an environment of its own with flwr[simulation] and torch (Flower pins
+typer and rich below ftte's, so it is never an ftte dependency), running
+benchmarks/sim_speed_flower.py's child. A third table then gives ftte/Flower wall and memory, and
+the issue's goals are printed met or missed:
+
+    python -m venv /tmp/flwr && /tmp/flwr/bin/pip install 'flwr[simulation]==1.42.0' \
+        torch==2.13.0 numpy pyyaml safetensors
+    .venv/bin/python benchmarks/sim_speed.py --flower-python /tmp/flwr/bin/python
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HAR = ROOT / "recipes" / "har.yaml"
 SIDES = ("loop", "ftte inprocess", "ftte batched", "ftte processes")
 EVAL_SAMPLES = 1000
+GOALS = {"loop_wall": 0.5, "flower_wall": 0.25, "flower_memory": 0.25}  # issue 14, ftte / other
 
 
 def measure(cmd: List[str], last_line: bool = False) -> Dict[str, Any]:
@@ -169,10 +178,15 @@ def _strategy(doc: Dict[str, Any]) -> Dict[str, Any]:
     return doc["strategies"][0] if doc.get("strategies") else {}
 
 
-def run_size(tmp: Path, clients: int, rounds: int, threads: int, workers: Optional[int]
-             ) -> Dict[str, Any]:
+def run_size(tmp: Path, clients: int, rounds: int, threads: int, workers: Optional[int],
+             flower_python: Optional[str] = None) -> Dict[str, Any]:
     recipe = fedavg_recipe(tmp, rounds)
     rows: Dict[str, Dict[str, Any]] = {}
+    if flower_python:
+        rows["flower"] = measure([flower_python, str(ROOT / "benchmarks" / "sim_speed_flower.py"),
+                                  "--child", f"{clients}x{rounds}", "--threads", str(threads)],
+                                 last_line=True)
+        rows["flower"]["final_accuracy"] = rows["flower"]["doc"].get("final_accuracy")
     rows["loop"] = measure([sys.executable, __file__, "--loop-child", f"{clients}x{rounds}",
                             "--threads", str(threads)])
     rows["loop"]["final_accuracy"] = rows["loop"]["doc"]["final_accuracy"]
@@ -234,6 +248,53 @@ def table_rows(doc: Dict[str, Any]) -> List[Tuple[str, ...]]:
     return rows
 
 
+def goal_lines(doc: Dict[str, Any]) -> List[str]:
+    """The issue's goals per size, on the fastest ftte backend: met or missed."""
+    lines = []
+    for size in doc["sizes"]:
+        sides = size["sides"]
+        name = min(SIDES[1:], key=lambda n: sides[n]["wall_s"])
+        best, loop, flower = sides[name], sides["loop"], sides.get("flower")
+        checks = [("wall vs loop", _ratio(best["wall_s"], loop["wall_s"]), GOALS["loop_wall"])]
+        if flower:
+            checks += [("wall vs Flower", _ratio(best["wall_s"], flower["wall_s"]),
+                        GOALS["flower_wall"]),
+                       ("memory (RSS) vs Flower", _ratio(best["peak_mib"], flower["peak_mib"]),
+                        GOALS["flower_memory"])]
+        parts = [f"{label} {_fmt(v, '.2f')} (goal <= {goal}: "
+                 f"{'-' if v is None else 'met' if v <= goal else 'missed'})"
+                 for label, v, goal in checks]
+        lines.append(f"{size['clients']} x {size['rounds']}, fastest ftte side {name[5:]}: "
+                     + "; ".join(parts))
+    return lines
+
+
+def flower_table(doc: Dict[str, Any]) -> Any:
+    """ftte's sides against Flower, per size (None when Flower was not measured)."""
+    from rich.table import Table
+
+    if not any("flower" in size["sides"] for size in doc["sizes"]):
+        return None
+    t = Table(title="Flower 1.x run_simulation (its own environment) and ftte / Flower")
+    for col in ("clients x rounds", "flower", *(f"{n[5:]} / flower" for n in SIDES[1:])):
+        t.add_column(col)
+    for size in doc["sizes"]:
+        sides = size["sides"]
+        f = sides.get("flower")
+        if not f:
+            continue
+        cells = [f"{size['clients']} x {size['rounds']}",
+                 f"{f['wall_s']:.1f} s, {f['cpu_s']:.1f} s CPU, {f['peak_mib']:.0f} MiB RSS, "
+                 f"{f['peak_pss_mib']:.0f} MiB PSS, acc {_fmt(f['final_accuracy'], '.3f')}"]
+        for name in SIDES[1:]:
+            s = sides[name]
+            cells.append(f"{_fmt(_ratio(s['wall_s'], f['wall_s']), '.2f')} wall, "
+                         f"{_fmt(_ratio(s['peak_mib'], f['peak_mib']), '.2f')} RSS, "
+                         f"{_fmt(_ratio(s['peak_pss_mib'], f['peak_pss_mib']), '.2f')} PSS")
+        t.add_row(*cells)
+    return t
+
+
 def print_table(doc: Dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -247,6 +308,11 @@ def print_table(doc: Dict[str, Any]) -> None:
     for row in table_rows(doc):
         t.add_row(*row)
     console.print(t)
+    flower = flower_table(doc)
+    if flower is not None:
+        console.print(flower)
+    for line in goal_lines(doc):
+        console.print(line, highlight=False)
     rec = doc.get("recipe")
     if rec:
         t2 = Table(title="recipes/har.yaml (ftte), 100 clients, until 300 versions")
@@ -281,6 +347,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--no-recipe", action="store_true", help="skip the har.yaml 300-version run")
     p.add_argument("--recipe-backends", default="inprocess,processes",
                    help="backends of the har.yaml run, comma-separated")
+    p.add_argument("--flower-python", help="an interpreter with flwr[simulation] and torch: "
+                   "adds Flower's side (see the module docstring)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--loop-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -290,13 +358,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        sizes = [run_size(tmp, *_size(s), args.threads, args.workers)
+        sizes = [run_size(tmp, *_size(s), args.threads, args.workers, args.flower_python)
                  for s in args.sizes.split(",") if s]
         recipe = None if args.no_recipe else run_recipe(
             tmp, args.threads, args.workers, [b for b in args.recipe_backends.split(",") if b])
     doc = {"threads": args.threads, "workers": args.workers or len(os.sched_getaffinity(0)),
            "cpus": len(os.sched_getaffinity(0)), "sizes": sizes, "recipe": recipe,
            "load_average": os.getloadavg()}
+    doc["goals"] = goal_lines(doc)
     if args.format == "json":
         print(json.dumps(doc, indent=2))
     else:
