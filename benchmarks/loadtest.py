@@ -83,6 +83,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """`cpu_seconds` of a process and of its live children (the server's evaluation worker:
+    its CPU is the server's, moved to another process)."""
+    kids = [int(k) for task in Path(f"/proc/{pid}/task").iterdir()
+            for k in (task / "children").read_text().split()]
+    return cpu_seconds(pid) + sum(cpu_seconds(k) for k in kids if Path(f"/proc/{k}").exists())
+
+
 def _proc_status(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -129,6 +137,12 @@ def serve(devices: int, seed: int, concurrency: int, buffer_size: int,
     from ftte_cli.server.runner import ServerThread
 
     coord = build_coordinator(devices, seed, concurrency, buffer_size)
+    try:  # evaluation in a worker process, as the real server does (a --baseline may lack it)
+        from ftte_cli.server.evalworker import EvalWorker
+    except ImportError:
+        pass
+    else:  # forked before any thread starts
+        coord.background = EvalWorker(coord._evaluate, coord.params, coord.plan)
     names = device_names(devices)
     tokens = {n: token_for(n, seed) for n in names}
     config = ServerConfig(run_id="loadtest", tokens=tokens, plan_sha256="0" * 64,
@@ -143,7 +157,8 @@ def serve(devices: int, seed: int, concurrency: int, buffer_size: int,
         sys.stdin.readline()  # the parent says stop
         snap = server.snapshot()
         counts = server.call(lambda c: {"coordinator_accepted": c.metrics.accepted,
-                                        "version": c.version, "evals": len(c.metrics.evals)})
+                                        "version": c.version, "evals": len(c.metrics.evals),
+                                        "evals_skipped": getattr(c, "evals_skipped", 0)})
         print(json.dumps({**counts, "server_accepted": snap.accepted,
                           "dropped": snap.dropped, "handler": probe.handler_figures(),
                           "loop_lag": _percentiles(probe.lags), **probe.breakdown(),
@@ -619,11 +634,11 @@ def load_test(devices: int = 1000, duration: float = 90.0, procs: int = 2, seed:
         with ProcessPoolExecutor(procs, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(run_clients, p) for p in plans]
             time.sleep(max(start - time.time(), 0.0))
-            server_cpu0 = cpu_seconds(child.pid)
+            server_cpu0 = tree_cpu_seconds(child.pid)
             rss_registered, samples = _rss_series(child.pid, hello["url"], seed, start,
                                                   duration)
             merged = _merge([f.result() for f in futures])
-        server_cpu = cpu_seconds(child.pid) - server_cpu0
+        server_cpu = tree_cpu_seconds(child.pid) - server_cpu0
         load1 = os.getloadavg()[0]
         rss_end = rss_bytes(child.pid)
         child.stdin.write("stop\n")

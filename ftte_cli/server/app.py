@@ -128,6 +128,7 @@ class FtteServer:
         self._state = RunState.running
         self._stop_reason: Optional[StopReason] = None
         self._announced = False
+        self._evals_checked = len(coordinator.metrics.evals)  # evaluations the stop rule saw
         self._waiters: dict[str, asyncio.Event] = {}
         # Updates waiting for the coordinator thread, drained in batches (see _submit_update).
         self._submits: deque[tuple[Update, float, asyncio.Future[Any]]] = deque()
@@ -349,9 +350,11 @@ class FtteServer:
             return None
         result = self.coordinator.submit(update, now)
         self._record_guard_events()
+        evaluated = self._collect_evaluations(now)
         if result.advanced:
             if self._on_version is not None:
                 self._on_version(self.coordinator, now, result)
+        if result.advanced or evaluated:
             self._apply_stop_rules()
         got: list[str] = []
         if not self.done:
@@ -395,11 +398,38 @@ class FtteServer:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_settle, settled)
 
+    def _collect_evaluations(self, now: float) -> bool:
+        """Record the evaluations the background evaluator finished (a no-op without one); True
+        when there were any. A roll-back they caused is recorded like the in-thread ones."""
+        c = self.coordinator
+        if c.background is None:
+            return False
+        seen = len(c.metrics.evals)
+        if c.collect_evaluations(now):
+            self._record_guard_events()
+        return len(c.metrics.evals) > seen
+
+    def _poll_evaluations(self, now: float) -> None:
+        """Coordinator thread, when no update came for a while: pick up a finished evaluation,
+        so the stop rule does not wait for the next update."""
+        if self.done or not self._collect_evaluations(now):
+            return
+        self._apply_stop_rules()
+        if not self.done:
+            self._dispatch(now)
+        else:
+            self._sync_coordinator_view()
+            self._announce_end()
+
     def _apply_stop_rules(self) -> None:
-        """Target accuracy and max versions end the run at the version that met them."""
+        """Target accuracy and max versions end the run at the version that met them (with a
+        background evaluator: at the version installed when its evaluation came back)."""
         c = self.coordinator
         last = c.metrics.evals[-1] if c.metrics.evals else None
-        current = last.accuracy if last is not None and last.version == c.version else None
+        fresh = c.background is not None and len(c.metrics.evals) > self._evals_checked
+        self._evals_checked = len(c.metrics.evals)
+        current = (last.accuracy if last is not None and (last.version == c.version or fresh)
+                   else None)
         reason = rule_met(version=c.version, accuracy=current, target=self._target,
                           max_versions=self._max_versions)
         # The handler announces the end after recording the update that caused it.
@@ -736,6 +766,8 @@ class FtteServer:
                 await self._in_worker(self._release, d.name, now)
             if not self._started:
                 await self._in_worker(self._start_if_due, now)
+            if self.coordinator.background is not None:
+                await self._in_worker(self._poll_evaluations, now)
             if gone or self._pending:
                 self._wake(list(self._pending))
 

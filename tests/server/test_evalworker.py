@@ -1,0 +1,111 @@
+"""Evaluation in a worker process (server/evalworker.py) against in-thread evaluation.
+
+The load test's coordinator (har_cnn, a sparse plan, PlanEvaluator's frozen-prefix cache, 300
+synthetic HAR windows) is driven twice with the same deterministic updates: once evaluating on
+its own thread, once through a forked EvalWorker. The figures must be identical, one entry per
+evaluated version in version order; a version due while the worker is busy is skipped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import List, Tuple
+
+import pytest
+
+from ftte_cli.engine import sparse
+from ftte_cli.engine.coordinator import Coordinator
+from ftte_cli.server.evalworker import EvalWorker, EvalWorkerError
+from helpers.coordkit import fake_update
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import loadtest  # noqa: E402
+
+Point = Tuple[int, float, float]
+
+
+def _coordinator() -> Coordinator:
+    return loadtest.build_coordinator(devices=8, seed=5, concurrency=4, buffer_size=1)
+
+
+def _drive(coord: Coordinator, updates: int, worker: EvalWorker | None = None,
+           wait: bool = True) -> None:
+    """`updates` fake updates, one at a time; with `wait`, each evaluation finishes first."""
+    jobs = list(coord.next_jobs(0.0))
+    for i in range(updates):
+        job = jobs.pop(0)
+        coord.submit(fake_update(job), float(i))
+        if worker is not None:
+            if wait:
+                assert worker.ready(30.0) or not worker.busy
+            coord.collect_evaluations(float(i))
+        jobs += coord.next_jobs(float(i))
+
+
+def _points(coord: Coordinator) -> List[Point]:
+    return [(e.version, e.accuracy, e.loss) for e in coord.metrics.evals]
+
+
+@pytest.fixture
+def worker_coord():  # type: ignore[no-untyped-def]
+    coord = _coordinator()
+    worker = EvalWorker(coord._evaluate, coord.params, coord.plan)  # type: ignore[arg-type]
+    coord.background = worker
+    yield coord, worker
+    worker.close()
+
+
+def test_worker_figures_equal_in_thread_ones(worker_coord) -> None:  # type: ignore[no-untyped-def]
+    coord, worker = worker_coord
+    in_thread = _coordinator()
+    _drive(in_thread, 30)
+    _drive(coord, 30, worker)
+    expected = _points(in_thread)
+    assert [v for v, _, _ in expected] == [5, 10, 15, 20, 25, 30]  # eval_every 5, buffer 1
+    assert _points(coord) == expected  # bit for bit, in version order
+    assert coord.evals_skipped == 0
+    assert coord.version == in_thread.version and coord.metrics.rollbacks == 0
+
+
+def test_busy_worker_skips_due_versions_in_order(worker_coord) -> None:  # type: ignore[no-untyped-def]
+    coord, worker = worker_coord
+    coord.config = type(coord.config)(strategy=coord.config.strategy, eval_every=1)
+    subsets = {}
+    jobs = list(coord.next_jobs(0.0))
+    for i in range(40):  # no waiting: the worker is still busy when most versions land
+        job = jobs.pop(0)
+        coord.submit(fake_update(job), float(i))
+        subsets[coord.version] = coord.subset
+        coord.collect_evaluations(float(i))
+        jobs += coord.next_jobs(float(i))
+    assert worker.ready(30.0)
+    coord.collect_evaluations(99.0)
+    points = _points(coord)
+    versions = [v for v, _, _ in points]
+    assert versions == sorted(set(versions)) and versions[0] == 1
+    assert coord.evals_skipped > 0  # skipped, not queued: at most one evaluation in flight
+    assert len(points) + coord.evals_skipped == 40
+    for v, acc, loss in points:  # each figure is that version's own, as evaluated in-thread
+        params = sparse.insert(coord.params, coord.plan, subsets[v])
+        assert coord._evaluate(params) == (acc, loss)  # type: ignore[misc]
+
+
+def test_broken_evaluator_is_reported_not_hung() -> None:
+    coord = _coordinator()
+
+    def broken(params: object) -> Tuple[float, float]:
+        raise ValueError("no test set")
+
+    worker = EvalWorker(broken, coord.params, coord.plan)
+    try:
+        assert worker.start(1, coord.subset)
+        assert not worker.start(2, coord.subset)  # busy: not taken
+        deadline = time.monotonic() + 30.0
+        while not worker.ready(0.1) and time.monotonic() < deadline:
+            pass
+        with pytest.raises(EvalWorkerError, match="ValueError: no test set"):
+            worker.results()
+    finally:
+        worker.close()
