@@ -71,6 +71,12 @@ class BackgroundEvaluate(Protocol):
     def results(self) -> List[Tuple[int, float, float]]:
         """(version, accuracy, loss) of the evaluations finished since the last call, in order."""
 
+    def ready(self, timeout: float = 0.0) -> bool:
+        """True when an evaluation finished (waiting up to `timeout` seconds for it)."""
+
+    def close(self) -> None:
+        """Stop evaluating (the run is over)."""
+
 
 class RejectReason(str, Enum):
     """Why an update was dropped."""
@@ -201,6 +207,9 @@ class Coordinator:
         self.background: Optional[BackgroundEvaluate] = None
         self.evals_skipped = 0  # due evaluations the background evaluator was too busy to take
         self._deferred: Dict[int, Tuple[float, int, Tensors]] = {}  # v -> (time, bytes, w*)
+        # (versions, seconds) from an evaluated version's install to its result being recorded:
+        # how much later a stop rule or roll-back acts than in-thread (the last 1,000)
+        self.eval_lags: Deque[Tuple[int, float]] = deque(maxlen=1000)
 
     # -- views -----------------------------------------------------------------------------
     @property
@@ -212,6 +221,11 @@ class Coordinator:
     def params(self) -> Tensors:
         """The full global parameter dict (read only)."""
         return self._params
+
+    @property
+    def evaluator(self) -> Optional[Evaluate]:
+        """The in-thread evaluate callable (None: the run does not evaluate)."""
+        return self._evaluate
 
     @property
     def subset(self) -> Tensors:
@@ -499,6 +513,7 @@ class Coordinator:
                 continue  # evaluate_now() recorded a later version meanwhile
             point = EvalPoint(at, version, float(acc), float(loss), nbytes_then)
             self.metrics.evals.append(point)
+            self.eval_lags.append((self._version - version, now - at))
             problem = self._diverged(point.loss)
             if problem is None:
                 self._good, self._good_version, self._good_loss = subset, version, point.loss

@@ -28,6 +28,7 @@ from ftte_cli.engine.coordinator import (
     SubmitResult,
     Update,
 )
+from ftte_cli.engine.metrics import EvalPoint
 from ftte_cli.server.protocol import ServerConfig, ServerReason, authenticate
 from ftte_cli.server.snapshot import (
     NOTABLE_EVENTS,
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 EventSink = Callable[[dict], None]
 VersionHook = Callable[[Coordinator, float, SubmitResult], None]
+EvalHook = Callable[[EvalPoint], None]
 # Paused devices are online (heartbeating): they wait for their own conditions, so they are
 # neither offline nor stragglers; they hold no job while paused.
 ONLINE = (DeviceStatus.idle, DeviceStatus.training, DeviceStatus.paused)
@@ -93,6 +95,7 @@ class FtteServer:
                  buffer_size: int, target_accuracy: Optional[float] = None,
                  max_versions: Optional[int] = None,
                  on_event: Optional[EventSink] = None, on_version: Optional[VersionHook] = None,
+                 on_evaluation: Optional[EvalHook] = None,
                  elapsed_offset: float = 0.0,
                  get_time: Callable[[], float] = time.monotonic) -> None:
         self.coordinator = coordinator
@@ -103,6 +106,7 @@ class FtteServer:
         self._max_versions = max_versions
         self._on_event = on_event
         self._on_version = on_version
+        self._on_evaluation = on_evaluation  # each background evaluation, when it comes back
         self._get_time = get_time
         self._t0 = get_time() - elapsed_offset
         self._lock = threading.Lock()
@@ -268,8 +272,10 @@ class FtteServer:
             return self._state == RunState.done
 
     def close(self) -> None:
-        """Stop the coordinator worker (after the HTTP side has stopped)."""
+        """Stop the coordinator worker (after the HTTP side has stopped) and the evaluator's."""
         self._executor.shutdown(wait=True)
+        if self.coordinator.background is not None:
+            self.coordinator.background.close()
 
     def call(self, fn: Callable[[Coordinator], T]) -> T:
         """Run `fn(coordinator)` on the coordinator thread and wait (checkpoints, final state)."""
@@ -407,7 +413,18 @@ class FtteServer:
         seen = len(c.metrics.evals)
         if c.collect_evaluations(now):
             self._record_guard_events()
+        if self._on_evaluation is not None:
+            for point in c.metrics.evals[seen:]:
+                self._on_evaluation(point)
         return len(c.metrics.evals) > seen
+
+    def drain_evaluations(self, timeout: float = 30.0) -> None:
+        """Wait (up to `timeout` s) for a background evaluation still running and record it:
+        at the end of a run, before its final checkpoint."""
+        def drain(c: Coordinator) -> None:
+            if c.background is not None and c.background.ready(timeout):
+                self._collect_evaluations(self.now())
+        self.call(drain)
 
     def _poll_evaluations(self, now: float) -> None:
         """Coordinator thread, when no update came for a while: pick up a finished evaluation,

@@ -83,7 +83,9 @@ class EvalWorker:
         return [(version, acc, loss)]
 
     def close(self) -> None:
-        """Stop the worker (an empty message), waiting briefly, then terminate it."""
+        """Stop the worker (an empty message), waiting briefly, then terminate it; idempotent."""
+        if self._conn.closed:
+            return
         try:
             self._conn.send_bytes(b"")
         except OSError:

@@ -33,7 +33,7 @@ from ftte_cli.config.recipe import Recipe, load_recipe, recipe_from_dict, recipe
 from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig, SubmitResult
 from ftte_cli.engine.data import FederatedData
 from ftte_cli.engine.evaluation import PlanEvaluator
-from ftte_cli.engine.metrics import summarize
+from ftte_cli.engine.metrics import EvalPoint, summarize
 from ftte_cli.engine.plan import Plan, load_plan, plan_to_dict, save_plan
 from ftte_cli.engine.strategies import make_strategy
 from ftte_cli.errors import ConfigError, RunError
@@ -41,6 +41,7 @@ from ftte_cli.fleet.ssh import SshOptions
 from ftte_cli.rundir.store import new_run_dir
 from ftte_cli.rundir.train import RunDir, file_sha256, package_versions
 from ftte_cli.server.app import FtteServer
+from ftte_cli.server.evalworker import EvalWorker
 from ftte_cli.server.protocol import ServerConfig, update_bound
 from ftte_cli.server.runner import ServerThread
 from ftte_cli.server.snapshot import DeviceStatus, RunSnapshot, StopReason
@@ -290,6 +291,9 @@ def _server(run: _TrainRun, tokens: dict[str, str], opts: TrainOptions) -> FtteS
         memory_budgets=budgets,
     )
     every = max(1, opts.checkpoint_every)
+    coord = run.coordinator
+    if coord.evaluator is not None:  # evaluations off the server's process (SCALING.md sec. 2)
+        coord.background = EvalWorker(coord.evaluator, coord.params, coord.plan)
 
     def on_version(coord: Coordinator, now: float, result: SubmitResult) -> None:
         record: dict[str, Any] = {"t": round(now, 3), "version": coord.version,
@@ -302,11 +306,17 @@ def _server(run: _TrainRun, tokens: dict[str, str], opts: TrainOptions) -> FtteS
         if coord.version % every == 0:
             run.rundir.save_checkpoint(coord, now)
 
+    def on_evaluation(point: EvalPoint) -> None:  # it comes back after its version's record
+        run.rundir.metric({"t": round(point.time, 3), "version": point.version,
+                           "bytes_total": point.bytes_total, "accuracy": point.accuracy,
+                           "loss": point.loss})
+
     return FtteServer(run.coordinator, config, strategy=run.recipe.strategy.name,
                       buffer_size=run.recipe.strategy.buffer_size,
                       target_accuracy=run.recipe.stop.target_accuracy,
                       max_versions=run.recipe.stop.max_versions,
                       on_event=run.rundir.event, on_version=on_version,
+                      on_evaluation=on_evaluation,
                       elapsed_offset=run.elapsed_offset)
 
 
@@ -515,6 +525,7 @@ def _run_training(opts: TrainOptions, lock: InventoryLock) -> TrainResult:
             if agents is not None:
                 agents.stop_all()
             server.finish(reason)
+            server.drain_evaluations()
             server.call(lambda c: run.rundir.save_checkpoint(c, server.now()))
     result = _result(run, server, reason)
     run.rundir.close()

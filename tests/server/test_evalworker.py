@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import List, Tuple
 
 import pytest
+from helpers.coordkit import fake_update
 
 from ftte_cli.engine import sparse
 from ftte_cli.engine.coordinator import Coordinator
+from ftte_cli.engine.metrics import EvalPoint
+from ftte_cli.server.app import FtteServer
 from ftte_cli.server.evalworker import EvalWorker, EvalWorkerError
-from helpers.coordkit import fake_update
+from ftte_cli.server.protocol import ServerConfig, update_bound
+from ftte_cli.server.snapshot import StopReason
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import loadtest  # noqa: E402
@@ -109,3 +113,23 @@ def test_broken_evaluator_is_reported_not_hung() -> None:
             worker.results()
     finally:
         worker.close()
+
+
+def test_server_stop_rule_fires_when_the_result_comes_back(worker_coord) -> None:  # type: ignore[no-untyped-def]
+    coord, worker = worker_coord
+    config = ServerConfig(run_id="t", tokens={n: f"tok-{n}" for n in coord.client_info()},
+                          plan_sha256="0" * 64, update_max_bytes=update_bound(coord.subset))
+    seen: List[EvalPoint] = []
+    _drive(coord, 7)  # v5 is due (installed at t=4): handed to the worker, nothing recorded yet
+    server = FtteServer(coord, config, strategy="ftte", buffer_size=1, target_accuracy=0.0,
+                        on_evaluation=seen.append)
+    try:
+        assert worker.busy and coord.metrics.evals == [] and not server.done
+        assert worker.ready(30.0)
+        server.call(lambda c: server._poll_evaluations(8.0))  # no update needed to see it
+        assert server.done and server.snapshot().stop_reason == StopReason.target
+        assert [p.version for p in seen] == [5] and coord.version == 7
+        assert list(coord.eval_lags) == [(2, 4.0)]  # recorded 2 versions, 4 s after install
+    finally:
+        server.close()
+    assert worker._conn.closed  # the server's close stops its evaluator
