@@ -291,8 +291,12 @@ def _server(run: _TrainRun, tokens: dict[str, str], opts: TrainOptions) -> FtteS
         memory_budgets=budgets,
     )
     every = max(1, opts.checkpoint_every)
-    coord = run.coordinator
-    if coord.evaluator is not None:  # evaluations off the server's process (SCALING.md sec. 2)
+    coord, guard = run.coordinator, run.recipe.strategy.guard
+    # Evaluations off the server's process (docs/SCALING.md section 2): their loss check then
+    # rolls a diverged model back a version or more after it was handed out. Without a norm
+    # bound that check is the only guard, so it stays in-thread and acts before any hand-out.
+    if coord.evaluator is not None and (guard.norm_bound is not None or
+                                        guard.diverge_factor is None):
         coord.background = EvalWorker(coord.evaluator, coord.params, coord.plan)
 
     def on_version(coord: Coordinator, now: float, result: SubmitResult) -> None:

@@ -11,11 +11,15 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
+import torch
+from helpers import coordkit
 from helpers.coordkit import fake_update
+from torch import Tensor
 
+from ftte_cli.config.recipe import GuardConfig
 from ftte_cli.engine import sparse
 from ftte_cli.engine.coordinator import Coordinator
 from ftte_cli.engine.metrics import EvalPoint
@@ -133,3 +137,31 @@ def test_server_stop_rule_fires_when_the_result_comes_back(worker_coord) -> None
     finally:
         server.close()
     assert worker._conn.closed  # the server's close stops its evaluator
+
+
+def _magnitude(params: Dict[str, Tensor]) -> Tuple[float, float]:
+    """A stand-in test set: the 'loss' is the weights' largest magnitude."""
+    return 0.5, float(max(t.abs().max() for t in params.values()))
+
+
+def test_a_diverged_version_is_rolled_back_when_its_result_comes_back() -> None:
+    coord = coordkit.coordinator(k=1, evaluate=_magnitude,
+                                 guard=GuardConfig(norm_bound=None, diverge_factor=10.0))
+    worker = EvalWorker(_magnitude, coord.params, coord.plan)
+    coord.background = worker
+    try:
+        jobs = coord.next_jobs(0.0)
+        coord.submit(fake_update(jobs[0]), 1.0)  # v1: honest
+        assert worker.ready(30.0) and not coord.collect_evaluations(1.5)
+        good = coord.subset
+        poison = {n: torch.full_like(t, 1e6) for n, t in jobs[1].subset.items()}
+        coord.submit(fake_update(jobs[1], poison), 2.0)  # v2: diverged, installed for now
+        assert coord.version == 2 and coord.metrics.rollbacks == 0
+        assert worker.ready(30.0) and coord.collect_evaluations(3.0)  # the roll-back advanced
+        assert coord.version == 3 and coord.metrics.rollbacks == 1
+        assert coord.subset is good  # v1's model installed as v3
+        (event,) = coord.guard_events
+        assert event.version == 3 and "v2 (evaluated late)" in event.detail
+        assert [e.version for e in coord.metrics.evals] == [1, 2]
+    finally:
+        worker.close()
