@@ -223,6 +223,11 @@ class Coordinator:
         return self._params
 
     @property
+    def evaluating(self) -> Set[int]:
+        """Versions handed to the background evaluator whose result is not recorded yet."""
+        return set(self._deferred)
+
+    @property
     def evaluator(self) -> Optional[Evaluate]:
         """The in-thread evaluate callable (None: the run does not evaluate)."""
         return self._evaluate

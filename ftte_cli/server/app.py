@@ -411,11 +411,14 @@ class FtteServer:
         if c.background is None:
             return False
         seen = len(c.metrics.evals)
-        if c.collect_evaluations(now):
-            self._record_guard_events()
+        rolled_back = c.collect_evaluations(now)
         if self._on_evaluation is not None:
             for point in c.metrics.evals[seen:]:
                 self._on_evaluation(point)
+        if rolled_back:  # the last good model was installed as a new version
+            self._record_guard_events()
+            if self._on_version is not None:
+                self._on_version(c, now, SubmitResult(False, None, True, c.version, None))
         return len(c.metrics.evals) > seen
 
     def drain_evaluations(self, timeout: float = 30.0) -> None:
@@ -656,7 +659,7 @@ class FtteServer:
             raise web.HTTPServiceUnavailable(text="update not applied")
         result, got = submitted
         self._record(device, msg, result)
-        if result.advanced and self.done:
+        if self.done:  # this update's version, or an evaluation collected with it, ended it
             self._announce_end()
         # Only the devices given a job now: waking every device with a queued job cost
         # O(queued jobs) per update (the monitor still wakes those every second, a safety net).

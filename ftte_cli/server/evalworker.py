@@ -7,13 +7,15 @@ frozen parameters; the coordinator sends it a version's trainable subset w* as s
 over a pipe (never pickle) and picks up (version, accuracy, loss) later
 (`Coordinator.collect_evaluations`). One evaluation at a time: a version due while the worker is
 busy is skipped (`Coordinator.evals_skipped`), so results come at most one evaluation late.
-The same evaluator on the same parameters with the same torch thread count: the figures equal
-an in-thread evaluation's bit for bit (tests/server/test_evalworker.py).
+The same evaluator on the same parameters, on one torch thread (see `_serve`): the figures equal
+an in-thread evaluation's on one thread bit for bit (tests/server/test_evalworker.py).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import resource
 import struct
 from multiprocessing.connection import Connection
 from typing import Callable, Dict, List, Optional, Tuple
@@ -45,8 +47,7 @@ class EvalWorker:
         ctx = multiprocessing.get_context("fork")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, name="ftte-eval", daemon=True,
-                                 args=(child, evaluate, dict(params), plan,
-                                       torch.get_num_threads()))
+                                 args=(child, evaluate, dict(params), plan))
         self._proc.start()
         child.close()
         self._busy: Optional[int] = None  # the version being evaluated
@@ -97,10 +98,18 @@ class EvalWorker:
         self._conn.close()
 
 
-def _serve(conn: Connection, evaluate: Evaluate, params: Tensors, plan: Plan,
-           threads: int) -> None:
+def _serve(conn: Connection, evaluate: Evaluate, params: Tensors, plan: Plan) -> None:
     """Worker process: evaluate each subset it is sent, answer (version, accuracy, loss)."""
-    torch.set_num_threads(threads)  # the same reductions as the parent's evaluation
+    # One thread: OpenMP's thread pool does not survive fork, and a forked child that runs a
+    # parallel region after its parent used the pool hangs (measured: torch 2 threads, conv1d).
+    torch.set_num_threads(1)
+    # Keep only the pipe: inherited descriptors (the parent's end of this pipe, SSH sockets, the
+    # inventory lock) would keep them open past the parent's exit, and this process reading
+    # the pipe would never see EOF when the parent dies.
+    keep = conn.fileno()
+    os.closerange(3, keep)
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    os.closerange(keep + 1, 1 << 20 if limit == resource.RLIM_INFINITY else limit)
     while True:
         try:
             raw = conn.recv_bytes()

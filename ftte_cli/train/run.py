@@ -282,7 +282,9 @@ def _stop_previous_agents(opts: TrainOptions) -> None:
 # ---- the run ------------------------------------------------------------------------------------
 
 
-def _server(run: _TrainRun, tokens: dict[str, str], opts: TrainOptions) -> FtteServer:
+def _server(run: _TrainRun, tokens: dict[str, str], opts: TrainOptions
+            ) -> tuple[FtteServer, Callable[[Coordinator], None]]:
+    """The run's server, and what writes the metrics records still held at the end."""
     budgets = {d.name: d.mem_cap_mb * 2**20 for d in run.devices if d.mem_cap_mb}
     config = ServerConfig(
         run_id=run.manifest["run_id"], tokens=tokens,
@@ -299,6 +301,15 @@ def _server(run: _TrainRun, tokens: dict[str, str], opts: TrainOptions) -> FtteS
                                         guard.diverge_factor is None):
         coord.background = EvalWorker(coord.evaluator, coord.params, coord.plan)
 
+    # metrics.jsonl: one record per version, in order. A version being evaluated in the worker
+    # holds its record (and the later ones) until its accuracy comes back.
+    held: list[dict[str, Any]] = []
+
+    def flush(coord: Coordinator, everything: bool = False) -> None:
+        evaluating = coord.evaluating
+        while held and (everything or held[0]["version"] not in evaluating):
+            run.rundir.metric(held.pop(0))
+
     def on_version(coord: Coordinator, now: float, result: SubmitResult) -> None:
         record: dict[str, Any] = {"t": round(now, 3), "version": coord.version,
                                   "accepted": coord.metrics.accepted,
@@ -306,22 +317,25 @@ def _server(run: _TrainRun, tokens: dict[str, str], opts: TrainOptions) -> FtteS
         last = coord.metrics.evals[-1] if coord.metrics.evals else None
         if last is not None and last.version == coord.version:
             record.update(accuracy=last.accuracy, loss=last.loss)
-        run.rundir.metric(record)
+        held.append(record)
+        flush(coord)
         if coord.version % every == 0:
             run.rundir.save_checkpoint(coord, now)
 
-    def on_evaluation(point: EvalPoint) -> None:  # it comes back after its version's record
-        run.rundir.metric({"t": round(point.time, 3), "version": point.version,
-                           "bytes_total": point.bytes_total, "accuracy": point.accuracy,
-                           "loss": point.loss})
+    def on_evaluation(point: EvalPoint) -> None:
+        for record in held:
+            if record["version"] == point.version:
+                record.update(accuracy=point.accuracy, loss=point.loss)
+        flush(coord)
 
-    return FtteServer(run.coordinator, config, strategy=run.recipe.strategy.name,
-                      buffer_size=run.recipe.strategy.buffer_size,
-                      target_accuracy=run.recipe.stop.target_accuracy,
-                      max_versions=run.recipe.stop.max_versions,
-                      on_event=run.rundir.event, on_version=on_version,
-                      on_evaluation=on_evaluation,
-                      elapsed_offset=run.elapsed_offset)
+    server = FtteServer(run.coordinator, config, strategy=run.recipe.strategy.name,
+                        buffer_size=run.recipe.strategy.buffer_size,
+                        target_accuracy=run.recipe.stop.target_accuracy,
+                        max_versions=run.recipe.stop.max_versions,
+                        on_event=run.rundir.event, on_version=on_version,
+                        on_evaluation=on_evaluation,
+                        elapsed_offset=run.elapsed_offset)
+    return server, lambda c: flush(c, everything=True)
 
 
 def stop_rule(snap: RunSnapshot, recipe: Recipe) -> Optional[StopReason]:
@@ -503,7 +517,7 @@ def _run_training(opts: TrainOptions, lock: InventoryLock) -> TrainResult:
         run.manifest["direct"] = opts.direct
     remote, tokens = _deploy(run, opts)
     run.rundir.write_manifest(run.manifest)
-    server = _server(run, tokens, opts)
+    server, flush_metrics = _server(run, tokens, opts)
     host, port = _bind_address(opts.direct)
     reason = StopReason.error
     agents = None
@@ -530,6 +544,7 @@ def _run_training(opts: TrainOptions, lock: InventoryLock) -> TrainResult:
                 agents.stop_all()
             server.finish(reason)
             server.drain_evaluations()
+            server.call(flush_metrics)  # records held for an evaluation that never came back
             server.call(lambda c: run.rundir.save_checkpoint(c, server.now()))
     result = _result(run, server, reason)
     run.rundir.close()
