@@ -31,6 +31,7 @@ from ftte_cli.server.snapshot import StopReason
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import loadtest  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here forks an evaluation process
 Point = Tuple[int, float, float]
 
 
