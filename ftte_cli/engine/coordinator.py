@@ -532,6 +532,14 @@ class Coordinator:
             advanced = True
         return advanced
 
+    def stop_background(self) -> None:
+        """Evaluate in-thread from now on (the background evaluator failed): its pending
+        versions stay unevaluated."""
+        if self.background is not None:
+            self.background.close()
+        self.background = None
+        self._deferred.clear()
+
     def _install(self, new_subset: Tensors, now: float) -> None:
         """Install `new_subset` as the next version, unchecked (a roll-back's last good model)."""
         if not self._referenced(self._version):

@@ -29,6 +29,7 @@ from ftte_cli.engine.coordinator import (
     Update,
 )
 from ftte_cli.engine.metrics import EvalPoint
+from ftte_cli.server.evalworker import EvalWorkerError
 from ftte_cli.server.protocol import ServerConfig, ServerReason, authenticate
 from ftte_cli.server.snapshot import (
     NOTABLE_EVENTS,
@@ -411,7 +412,12 @@ class FtteServer:
         if c.background is None:
             return False
         seen = len(c.metrics.evals)
-        rolled_back = c.collect_evaluations(now)
+        try:
+            rolled_back = c.collect_evaluations(now)
+        except EvalWorkerError as err:  # the run goes on; its evaluations come back in-thread
+            c.stop_background()
+            self.event("evaluation_failed", detail=f"{err}; evaluating in-thread from now on")
+            return False
         if self._on_evaluation is not None:
             for point in c.metrics.evals[seen:]:
                 self._on_evaluation(point)

@@ -166,3 +166,36 @@ def test_a_diverged_version_is_rolled_back_when_its_result_comes_back() -> None:
         assert [e.version for e in coord.metrics.evals] == [1, 2]
     finally:
         worker.close()
+
+
+def _broken(params: Dict[str, Tensor]) -> Tuple[float, float]:
+    raise ValueError("no test set")
+
+
+def test_a_failed_worker_sends_the_server_back_to_in_thread_evaluation() -> None:
+    coord = _coordinator()
+    worker = EvalWorker(_broken, coord.params, coord.plan)
+    coord.background = worker
+    config = ServerConfig(run_id="t", tokens={n: f"tok-{n}" for n in coord.client_info()},
+                          plan_sha256="0" * 64, update_max_bytes=update_bound(coord.subset))
+    jobs = list(coord.next_jobs(0.0))
+
+    def step(i: int) -> None:
+        coord.submit(fake_update(jobs.pop(0)), float(i))
+        jobs.extend(coord.next_jobs(float(i)))
+
+    for i in range(6):
+        step(i)  # v5 handed to the broken worker
+    server = FtteServer(coord, config, strategy="ftte", buffer_size=1)
+    try:
+        assert worker.ready(30.0)
+        server.call(lambda c: server._poll_evaluations(7.0))  # the error, not a hang or a 500
+        assert coord.background is None and coord.evaluating == set()
+        assert worker._conn.closed
+        failed = [e for e in server.snapshot().events if e.kind == "evaluation_failed"]
+        assert len(failed) == 1 and "ValueError: no test set" in failed[0].detail
+        for i in range(6, 10):
+            step(i)  # v10 is due: evaluated in-thread now
+        assert [e.version for e in coord.metrics.evals] == [10]
+    finally:
+        server.close()
