@@ -15,15 +15,15 @@ after every round. The three sides:
   --strategies fedavg --until limit --backend ...` (imports, set-up, run directory and plots
   included); processes with `--workers` (default: the CPUs this process may use).
 Each side runs in its own child process; this process samples the memory of the child's whole
-process tree (RSS every 0.2 s, PSS every 1 s, from a nice-19 thread) and reads the child's CPU
-time from the kernel when it exits. Memory is shown twice: the peak of the RSS sum over the tree ("RSS", what the issue's Flower figures
-measure; pages a forked worker shares with its parent count once per process) and the peak of
-the PSS sum ("PSS": shared pages split among their processes, the tree's real footprint). The
-goals compare RSS, the measure Flower's figures use and the larger of the two for ftte. On a
-shared machine wall time depends on the load; CPU time much less, so both are shown. Final
-accuracies are close, not equal (same data, initial model and steps; the loop's shuffles use
-its own seeds): 0.495 / 0.493 at 100x5, 0.629 / 0.690 after 20x3's three
-rounds (measured, issue 14).
+process tree (RSS every 0.2 s, PSS every 1 s, from a nice-19 thread) and reads the child's CPU time
+from the kernel when it exits. Memory is shown twice: the peak of the RSS sum over the tree ("RSS",
+what the issue's Flower figures measure; pages a forked worker shares with its parent count once per
+process) and the peak of the PSS sum ("PSS": shared pages split among their processes, the tree's
+real footprint). The goals compare RSS, the measure Flower's figures use and the larger of the two
+for ftte. On a shared machine wall time depends on the load; CPU time much less, so both are shown.
+Final accuracies are close, not equal (same data, initial model and steps; the loop's shuffles use
+its own seeds): 0.495 / 0.493 at 100x5, 0.629 / 0.690 after 20x3's three rounds (measured, issue
+14).
 
 Then, unless --no-recipe: recipes/har.yaml itself (strategy ftte) with 100 clients for its 300
 versions on each of --recipe-backends (default inprocess,processes; issue goal: under 2 minutes
