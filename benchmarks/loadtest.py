@@ -44,7 +44,7 @@ import sys
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -81,14 +81,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far, from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """`cpu_seconds` of a process and of its live children (the server's evaluation worker:
-    its CPU is the server's, moved to another process)."""
-    kids = [int(k) for task in Path(f"/proc/{pid}/task").iterdir()
-            for k in (task / "children").read_text().split()]
-    return cpu_seconds(pid) + sum(cpu_seconds(k) for k in kids if Path(f"/proc/{k}").exists())
 
 
 def _proc_status(pid: int, key: str) -> int:
@@ -137,12 +129,6 @@ def serve(devices: int, seed: int, concurrency: int, buffer_size: int,
     from ftte_cli.server.runner import ServerThread
 
     coord = build_coordinator(devices, seed, concurrency, buffer_size)
-    try:  # evaluation in a worker process, as the real server does (a --baseline may lack it)
-        from ftte_cli.server.evalworker import EvalWorker
-    except ImportError:
-        pass
-    else:  # forked before any thread starts
-        coord.background = EvalWorker(coord._evaluate, coord.params, coord.plan)
     names = device_names(devices)
     tokens = {n: token_for(n, seed) for n in names}
     config = ServerConfig(run_id="loadtest", tokens=tokens, plan_sha256="0" * 64,
@@ -157,24 +143,11 @@ def serve(devices: int, seed: int, concurrency: int, buffer_size: int,
         sys.stdin.readline()  # the parent says stop
         snap = server.snapshot()
         counts = server.call(lambda c: {"coordinator_accepted": c.metrics.accepted,
-                                        "version": c.version, "evals": len(c.metrics.evals),
-                                        "evals_skipped": getattr(c, "evals_skipped", 0),
-                                        "eval_lag": _eval_lag(c)})
+                                        "version": c.version, "evals": len(c.metrics.evals)})
         print(json.dumps({**counts, "server_accepted": snap.accepted,
                           "dropped": snap.dropped, "handler": probe.handler_figures(),
                           "loop_lag": _percentiles(probe.lags), **probe.breakdown(),
                           "peak_rss": _proc_status(os.getpid(), "VmHWM")}), flush=True)
-
-
-def _eval_lag(coord: Any) -> Dict[str, float]:
-    """How late background evaluations were recorded: versions and ms after their install."""
-    lags = list(getattr(coord, "eval_lags", []))
-    if not lags:
-        return {}
-    versions, secs = sorted(v for v, _ in lags), sorted(s for _, s in lags)
-    return {"count": len(lags), "versions_p50": versions[len(lags) // 2],
-            "versions_max": versions[-1], "ms_p50": round(secs[len(lags) // 2] * 1e3, 1),
-            "ms_max": round(secs[-1] * 1e3, 1)}
 
 
 # The timing marks of the request being handled (set by the probe's middleware).
@@ -574,8 +547,6 @@ class LoadResult:
     deferred: int = 0  # updates answered 503 + Retry-After and sent again (not lost)
     steady_update: Optional[Dict[str, float]] = None  # update latency from STEADY_AFTER s on
     label: str = "now"  # which server code ran ("main" for a --baseline run)
-    # evaluations recorded, skipped (worker busy) and how late ({} for in-thread evaluation)
-    evals: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def lost(self) -> int:
@@ -648,11 +619,11 @@ def load_test(devices: int = 1000, duration: float = 90.0, procs: int = 2, seed:
         with ProcessPoolExecutor(procs, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(run_clients, p) for p in plans]
             time.sleep(max(start - time.time(), 0.0))
-            server_cpu0 = tree_cpu_seconds(child.pid)
+            server_cpu0 = cpu_seconds(child.pid)
             rss_registered, samples = _rss_series(child.pid, hello["url"], seed, start,
                                                   duration)
             merged = _merge([f.result() for f in futures])
-        server_cpu = tree_cpu_seconds(child.pid) - server_cpu0
+        server_cpu = cpu_seconds(child.pid) - server_cpu0
         load1 = os.getloadavg()[0]
         rss_end = rss_bytes(child.pid)
         child.stdin.write("stop\n")
@@ -684,8 +655,6 @@ def load_test(devices: int = 1000, duration: float = 90.0, procs: int = 2, seed:
         client_lag=_percentiles(merged["lags"]),
         offered={k: round(len(v) / duration, 1) for k, v in sorted(merged["latency"].items())},
         deferred=merged["deferred"], label=label, steady_update=_percentiles(merged["steady"]),
-        evals={"recorded": final.get("evals", 0), "skipped": final.get("evals_skipped", 0),
-               **final.get("eval_lag", {})},
     )
 
 
@@ -853,12 +822,6 @@ def render_breakdown(res: LoadResult) -> None:
     print(f"CPU over the devices' {res.duration_s:g} s: server {cpu['server_s']:.1f} s "
           f"({cpu['server_s'] / res.duration_s:.0%} of a core), device processes "
           f"{cpu['clients_s']:.1f} s; load average {cpu['load_avg_1m']:.2f} (2 cores here)")
-    ev = res.evals
-    if ev.get("count"):
-        print(f"evaluations in the worker process: {ev['recorded']} recorded, {ev['skipped']} "
-              f"skipped (worker busy); recorded {ev['versions_p50']} versions / "
-              f"{ev['ms_p50']:.0f} ms after install (p50; max {ev['versions_max']} / "
-              f"{ev['ms_max']:.0f} ms)")
     g, lag = res.gc, res.client_lag
     print(f"server GC pauses: {g['count']} collections, p99 {g['p99_ms']:.2f} ms, max "
           f"{g['max_ms']:.2f} ms, {g['total_s']:.2f} s in all (by generation: count, s: "

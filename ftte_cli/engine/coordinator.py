@@ -40,7 +40,6 @@ from typing import (
     Dict,
     List,
     Optional,
-    Protocol,
     Sequence,
     Set,
     Tuple,
@@ -59,23 +58,6 @@ from ftte_cli.engine.strategies.aggregate import nbytes
 
 Tensors = Dict[str, Tensor]
 Evaluate = Callable[[Tensors], Tuple[float, float]]  # full params -> (accuracy, loss)
-
-
-class BackgroundEvaluate(Protocol):
-    """Evaluation outside the coordinator's thread (the real server's worker process,
-    server/evalworker.py). The simulator never sets one: it evaluates in-process."""
-
-    def start(self, version: int, subset: Tensors) -> bool:
-        """Begin evaluating `version` (its trainable subset); False when it was not taken."""
-
-    def results(self) -> List[Tuple[int, float, float]]:
-        """(version, accuracy, loss) of the evaluations finished since the last call, in order."""
-
-    def ready(self, timeout: float = 0.0) -> bool:
-        """True when an evaluation finished (waiting up to `timeout` seconds for it)."""
-
-    def close(self) -> None:
-        """Stop evaluating (the run is over)."""
 
 
 class RejectReason(str, Enum):
@@ -203,13 +185,6 @@ class Coordinator:
         self._good_version = 0
         self._good_loss: Optional[float] = None  # its test loss (computed when first needed)
         self.guard_events: List[GuardEvent] = []  # the server drains and records them
-        # Set by the real server: due evaluations run there, recorded by collect_evaluations().
-        self.background: Optional[BackgroundEvaluate] = None
-        self.evals_skipped = 0  # due evaluations the background evaluator was too busy to take
-        self._deferred: Dict[int, Tuple[float, int, Tensors]] = {}  # v -> (time, bytes, w*)
-        # (versions, seconds) from an evaluated version's install to its result being recorded:
-        # how much later a stop rule or roll-back acts than in-thread (the last 1,000)
-        self.eval_lags: Deque[Tuple[int, float]] = deque(maxlen=1000)
 
     # -- views -----------------------------------------------------------------------------
     @property
@@ -221,16 +196,6 @@ class Coordinator:
     def params(self) -> Tensors:
         """The full global parameter dict (read only)."""
         return self._params
-
-    @property
-    def evaluating(self) -> Set[int]:
-        """Versions handed to the background evaluator whose result is not recorded yet."""
-        return set(self._deferred)
-
-    @property
-    def evaluator(self) -> Optional[Evaluate]:
-        """The in-thread evaluate callable (None: the run does not evaluate)."""
-        return self._evaluate
 
     @property
     def subset(self) -> Tensors:
@@ -468,10 +433,9 @@ class Coordinator:
         version = self._version + 1
         params = sparse.insert(self._params, self.plan, new_subset)
         due = version % self.config.eval_every == 0 and self._evaluate is not None
-        deferred = due and self.background is not None
         scores: Optional[Tuple[float, float]] = None
         problem = None if aggregate.all_finite(new_subset) else "non-finite values"
-        if problem is None and due and not deferred:
+        if problem is None and due:
             scores = self._score(params)
             problem = self._diverged(scores[1])
         if problem is not None:
@@ -487,67 +451,11 @@ class Coordinator:
         self._subset, self._params, self._version = new_subset, params, version
         self._forget_too_stale_lost()
         self.metrics.version_times.append(now)
-        if deferred and problem is None:
-            self._defer_eval(now)
-        elif due and not deferred:
+        if due:
             point = self._record_eval(now, scores)
             if problem is None and point is not None:
                 self._good, self._good_version, self._good_loss = new_subset, version, point.loss
         return True
-
-    def _defer_eval(self, now: float) -> None:
-        """Hand the installed version to the background evaluator; when it is still busy with
-        an earlier one this version is skipped (not queued): a queue would grow under load and
-        every result, the stop rule's included, would come later and later."""
-        assert self.background is not None
-        if self.background.start(self._version, self._subset):
-            self._deferred[self._version] = (now, self.metrics.bytes_total, self._subset)
-        else:
-            self.evals_skipped += 1
-
-    def collect_evaluations(self, now: float) -> bool:
-        """Record the background evaluations that finished (in version order) and run the
-        divergence check on each: a diverged one rolls the model back to the last good one, one
-        or more versions after it was installed. True when that advanced the model."""
-        if self.background is None:
-            return False
-        advanced = False
-        for version, acc, loss in self.background.results():
-            at, nbytes_then, subset = self._deferred.pop(version)
-            if self.metrics.evals and self.metrics.evals[-1].version >= version:
-                continue  # evaluate_now() recorded a later version meanwhile
-            point = EvalPoint(at, version, float(acc), float(loss), nbytes_then)
-            self.metrics.evals.append(point)
-            self.eval_lags.append((self._version - version, now - at))
-            problem = self._diverged(point.loss)
-            if problem is None:
-                self._good, self._good_version, self._good_loss = subset, version, point.loss
-                continue
-            self.metrics.rollbacks += 1
-            self.guard_events.append(GuardEvent(
-                "model_rolled_back", self._version + 1,
-                f"v{version} (evaluated late): {problem}; installed v{self._good_version}'s "
-                f"model"))
-            self._install(self._good, now)
-            advanced = True
-        return advanced
-
-    def stop_background(self) -> None:
-        """Evaluate in-thread from now on (the background evaluator failed): its pending
-        versions stay unevaluated."""
-        if self.background is not None:
-            self.background.close()
-        self.background = None
-        self._deferred.clear()
-
-    def _install(self, new_subset: Tensors, now: float) -> None:
-        """Install `new_subset` as the next version, unchecked (a roll-back's last good model)."""
-        if not self._referenced(self._version):
-            self._snapshots.pop(self._version, None)
-        params = sparse.insert(self._params, self.plan, new_subset)
-        self._subset, self._params, self._version = new_subset, params, self._version + 1
-        self._forget_too_stale_lost()
-        self.metrics.version_times.append(now)
 
     def _forget_too_stale_lost(self) -> None:
         """A lost job past max_staleness can never be accepted: its base snapshot may go (the

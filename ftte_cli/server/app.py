@@ -28,8 +28,6 @@ from ftte_cli.engine.coordinator import (
     SubmitResult,
     Update,
 )
-from ftte_cli.engine.metrics import EvalPoint
-from ftte_cli.server.evalworker import EvalWorkerError
 from ftte_cli.server.protocol import ServerConfig, ServerReason, authenticate
 from ftte_cli.server.snapshot import (
     NOTABLE_EVENTS,
@@ -47,7 +45,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 EventSink = Callable[[dict], None]
 VersionHook = Callable[[Coordinator, float, SubmitResult], None]
-EvalHook = Callable[[EvalPoint], None]
 # Paused devices are online (heartbeating): they wait for their own conditions, so they are
 # neither offline nor stragglers; they hold no job while paused.
 ONLINE = (DeviceStatus.idle, DeviceStatus.training, DeviceStatus.paused)
@@ -96,7 +93,6 @@ class FtteServer:
                  buffer_size: int, target_accuracy: Optional[float] = None,
                  max_versions: Optional[int] = None,
                  on_event: Optional[EventSink] = None, on_version: Optional[VersionHook] = None,
-                 on_evaluation: Optional[EvalHook] = None,
                  elapsed_offset: float = 0.0,
                  get_time: Callable[[], float] = time.monotonic) -> None:
         self.coordinator = coordinator
@@ -107,7 +103,6 @@ class FtteServer:
         self._max_versions = max_versions
         self._on_event = on_event
         self._on_version = on_version
-        self._on_evaluation = on_evaluation  # each background evaluation, when it comes back
         self._get_time = get_time
         self._t0 = get_time() - elapsed_offset
         self._lock = threading.Lock()
@@ -133,7 +128,6 @@ class FtteServer:
         self._state = RunState.running
         self._stop_reason: Optional[StopReason] = None
         self._announced = False
-        self._evals_checked = len(coordinator.metrics.evals)  # evaluations the stop rule saw
         self._waiters: dict[str, asyncio.Event] = {}
         # Updates waiting for the coordinator thread, drained in batches (see _submit_update).
         self._submits: deque[tuple[Update, float, asyncio.Future[Any]]] = deque()
@@ -273,10 +267,8 @@ class FtteServer:
             return self._state == RunState.done
 
     def close(self) -> None:
-        """Stop the coordinator worker (after the HTTP side has stopped) and the evaluator's."""
+        """Stop the coordinator worker (after the HTTP side has stopped)."""
         self._executor.shutdown(wait=True)
-        if self.coordinator.background is not None:
-            self.coordinator.background.close()
 
     def call(self, fn: Callable[[Coordinator], T]) -> T:
         """Run `fn(coordinator)` on the coordinator thread and wait (checkpoints, final state)."""
@@ -357,11 +349,9 @@ class FtteServer:
             return None
         result = self.coordinator.submit(update, now)
         self._record_guard_events()
-        evaluated = self._collect_evaluations(now)
         if result.advanced:
             if self._on_version is not None:
                 self._on_version(self.coordinator, now, result)
-        if result.advanced or evaluated:
             self._apply_stop_rules()
         got: list[str] = []
         if not self.done:
@@ -405,57 +395,11 @@ class FtteServer:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_settle, settled)
 
-    def _collect_evaluations(self, now: float) -> bool:
-        """Record the evaluations the background evaluator finished (a no-op without one); True
-        when there were any. A roll-back they caused is recorded like the in-thread ones."""
-        c = self.coordinator
-        if c.background is None:
-            return False
-        seen = len(c.metrics.evals)
-        try:
-            rolled_back = c.collect_evaluations(now)
-        except EvalWorkerError as err:  # the run goes on; its evaluations come back in-thread
-            c.stop_background()
-            self.event("evaluation_failed", detail=f"{err}; evaluating in-thread from now on")
-            return False
-        if self._on_evaluation is not None:
-            for point in c.metrics.evals[seen:]:
-                self._on_evaluation(point)
-        if rolled_back:  # the last good model was installed as a new version
-            self._record_guard_events()
-            if self._on_version is not None:
-                self._on_version(c, now, SubmitResult(False, None, True, c.version, None))
-        return len(c.metrics.evals) > seen
-
-    def drain_evaluations(self, timeout: float = 30.0) -> None:
-        """Wait (up to `timeout` s) for a background evaluation still running and record it:
-        at the end of a run, before its final checkpoint."""
-        def drain(c: Coordinator) -> None:
-            if c.background is not None and c.background.ready(timeout):
-                self._collect_evaluations(self.now())
-        self.call(drain)
-
-    def _poll_evaluations(self, now: float) -> None:
-        """Coordinator thread, when no update came for a while: pick up a finished evaluation,
-        so the stop rule does not wait for the next update."""
-        if self.done or not self._collect_evaluations(now):
-            return
-        self._apply_stop_rules()
-        if not self.done:
-            self._dispatch(now)
-        else:
-            self._sync_coordinator_view()
-            self._announce_end()
-
     def _apply_stop_rules(self) -> None:
-        """Target accuracy and max versions end the run at the version that met them (with a
-        background evaluator: at the version installed when its evaluation came back)."""
+        """Target accuracy and max versions end the run at the version that met them."""
         c = self.coordinator
         last = c.metrics.evals[-1] if c.metrics.evals else None
-        fresh = c.background is not None and len(c.metrics.evals) > self._evals_checked
-        self._evals_checked = len(c.metrics.evals)
-        current = (last.accuracy if last is not None and (last.version == c.version or fresh)
-                   else None)
+        current = last.accuracy if last is not None and last.version == c.version else None
         reason = rule_met(version=c.version, accuracy=current, target=self._target,
                           max_versions=self._max_versions)
         # The handler announces the end after recording the update that caused it.
@@ -665,7 +609,7 @@ class FtteServer:
             raise web.HTTPServiceUnavailable(text="update not applied")
         result, got = submitted
         self._record(device, msg, result)
-        if self.done:  # this update's version, or an evaluation collected with it, ended it
+        if result.advanced and self.done:
             self._announce_end()
         # Only the devices given a job now: waking every device with a queued job cost
         # O(queued jobs) per update (the monitor still wakes those every second, a safety net).
@@ -792,8 +736,6 @@ class FtteServer:
                 await self._in_worker(self._release, d.name, now)
             if not self._started:
                 await self._in_worker(self._start_if_due, now)
-            if self.coordinator.background is not None:
-                await self._in_worker(self._poll_evaluations, now)
             if gone or self._pending:
                 self._wake(list(self._pending))
 

@@ -72,7 +72,7 @@ class DeviceRow:
 NOTABLE_EVENTS = frozenset({
     "device_offline", "device_rejoined", "device_failed", "agent_restarted", "job_lost",
     "update_rejected", "auth_failed", "model_rolled_back", "run_stalled", "device_busy",
-    "deploy_failed", "launch_failed", "run_finished", "evaluation_failed",
+    "deploy_failed", "launch_failed", "run_finished",
 })
 
 

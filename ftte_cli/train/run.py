@@ -33,7 +33,7 @@ from ftte_cli.config.recipe import Recipe, load_recipe, recipe_from_dict, recipe
 from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig, SubmitResult
 from ftte_cli.engine.data import FederatedData
 from ftte_cli.engine.evaluation import PlanEvaluator
-from ftte_cli.engine.metrics import EvalPoint, summarize
+from ftte_cli.engine.metrics import summarize
 from ftte_cli.engine.plan import Plan, load_plan, plan_to_dict, save_plan
 from ftte_cli.engine.strategies import make_strategy
 from ftte_cli.errors import ConfigError, RunError
@@ -41,7 +41,6 @@ from ftte_cli.fleet.ssh import SshOptions
 from ftte_cli.rundir.store import new_run_dir
 from ftte_cli.rundir.train import RunDir, file_sha256, package_versions
 from ftte_cli.server.app import FtteServer
-from ftte_cli.server.evalworker import EvalWorker
 from ftte_cli.server.protocol import ServerConfig, update_bound
 from ftte_cli.server.runner import ServerThread
 from ftte_cli.server.snapshot import DeviceStatus, RunSnapshot, StopReason
@@ -282,9 +281,7 @@ def _stop_previous_agents(opts: TrainOptions) -> None:
 # ---- the run ------------------------------------------------------------------------------------
 
 
-def _server(run: _TrainRun, tokens: dict[str, str], opts: TrainOptions
-            ) -> tuple[FtteServer, Callable[[Coordinator], None]]:
-    """The run's server, and what writes the metrics records still held at the end."""
+def _server(run: _TrainRun, tokens: dict[str, str], opts: TrainOptions) -> FtteServer:
     budgets = {d.name: d.mem_cap_mb * 2**20 for d in run.devices if d.mem_cap_mb}
     config = ServerConfig(
         run_id=run.manifest["run_id"], tokens=tokens,
@@ -293,22 +290,6 @@ def _server(run: _TrainRun, tokens: dict[str, str], opts: TrainOptions
         memory_budgets=budgets,
     )
     every = max(1, opts.checkpoint_every)
-    coord, guard = run.coordinator, run.recipe.strategy.guard
-    # Evaluations off the server's process (docs/SCALING.md section 2): their loss check then
-    # rolls a diverged model back a version or more after it was handed out. Without a norm
-    # bound that check is the only guard, so it stays in-thread and acts before any hand-out.
-    if coord.evaluator is not None and (guard.norm_bound is not None or
-                                        guard.diverge_factor is None):
-        coord.background = EvalWorker(coord.evaluator, coord.params, coord.plan)
-
-    # metrics.jsonl: one record per version, in order. A version being evaluated in the worker
-    # holds its record (and the later ones) until its accuracy comes back.
-    held: list[dict[str, Any]] = []
-
-    def flush(coord: Coordinator, everything: bool = False) -> None:
-        evaluating = coord.evaluating
-        while held and (everything or held[0]["version"] not in evaluating):
-            run.rundir.metric(held.pop(0))
 
     def on_version(coord: Coordinator, now: float, result: SubmitResult) -> None:
         record: dict[str, Any] = {"t": round(now, 3), "version": coord.version,
@@ -317,25 +298,16 @@ def _server(run: _TrainRun, tokens: dict[str, str], opts: TrainOptions
         last = coord.metrics.evals[-1] if coord.metrics.evals else None
         if last is not None and last.version == coord.version:
             record.update(accuracy=last.accuracy, loss=last.loss)
-        held.append(record)
-        flush(coord)
+        run.rundir.metric(record)
         if coord.version % every == 0:
             run.rundir.save_checkpoint(coord, now)
 
-    def on_evaluation(point: EvalPoint) -> None:
-        for record in held:
-            if record["version"] == point.version:
-                record.update(accuracy=point.accuracy, loss=point.loss)
-        flush(coord)
-
-    server = FtteServer(run.coordinator, config, strategy=run.recipe.strategy.name,
-                        buffer_size=run.recipe.strategy.buffer_size,
-                        target_accuracy=run.recipe.stop.target_accuracy,
-                        max_versions=run.recipe.stop.max_versions,
-                        on_event=run.rundir.event, on_version=on_version,
-                        on_evaluation=on_evaluation,
-                        elapsed_offset=run.elapsed_offset)
-    return server, lambda c: flush(c, everything=True)
+    return FtteServer(run.coordinator, config, strategy=run.recipe.strategy.name,
+                      buffer_size=run.recipe.strategy.buffer_size,
+                      target_accuracy=run.recipe.stop.target_accuracy,
+                      max_versions=run.recipe.stop.max_versions,
+                      on_event=run.rundir.event, on_version=on_version,
+                      elapsed_offset=run.elapsed_offset)
 
 
 def stop_rule(snap: RunSnapshot, recipe: Recipe) -> Optional[StopReason]:
@@ -517,7 +489,7 @@ def _run_training(opts: TrainOptions, lock: InventoryLock) -> TrainResult:
         run.manifest["direct"] = opts.direct
     remote, tokens = _deploy(run, opts)
     run.rundir.write_manifest(run.manifest)
-    server, flush_metrics = _server(run, tokens, opts)
+    server = _server(run, tokens, opts)
     host, port = _bind_address(opts.direct)
     reason = StopReason.error
     agents = None
@@ -543,8 +515,6 @@ def _run_training(opts: TrainOptions, lock: InventoryLock) -> TrainResult:
             if agents is not None:
                 agents.stop_all()
             server.finish(reason)
-            server.drain_evaluations()
-            server.call(flush_metrics)  # records held for an evaluation that never came back
             server.call(lambda c: run.rundir.save_checkpoint(c, server.now()))
     result = _result(run, server, reason)
     run.rundir.close()
