@@ -35,7 +35,6 @@ class FedAvgStrategy(BufferedStrategy):
         self._outstanding = 0  # jobs of the open round that may still arrive
         self._streaming = cfg.guard.aggregator == "mean"
         self._sum: Dict[str, torch.Tensor] = {}  # float64 sum of n_i * d_i over the round
-        self._dtypes: Dict[str, torch.dtype] = {}
         self._weight = 0.0  # sum of n_i, added in the same order as weighted_mean's
         self._held = 0
 
@@ -69,13 +68,12 @@ class FedAvgStrategy(BufferedStrategy):
         for name, delta in arrival.delta.items():
             if name not in self._sum:
                 self._sum[name] = torch.zeros_like(delta, dtype=torch.float64)
-                self._dtypes[name] = delta.dtype
             self._sum[name].add_(delta, alpha=w)  # as weighted_mean: no float64 copy of delta
         self._weight += w
         self._held += 1
 
     def _reset_sum(self) -> None:
-        self._sum, self._dtypes, self._weight, self._held = {}, {}, 0.0, 0
+        self._sum, self._weight, self._held = {}, 0.0, 0
 
     def _close_if_done(self, current: Tensors) -> Optional[Tensors]:
         if self._outstanding > 0:
@@ -85,25 +83,24 @@ class FedAvgStrategy(BufferedStrategy):
                 self.buffer.drain()  # nothing usable arrived: the round ends without a step
                 return None
             return self._step(current)
-        total, sums, dtypes = self._weight, self._sum, self._dtypes
+        total, sums = self._weight, self._sum
         self._reset_sum()
         if total <= 0:
             return None  # nothing usable arrived: the round ends without a step
-        return self.optimizer.step(current, {n: (s / total).to(dtypes[n]) for n, s in sums.items()})
+        # a delta has its tensor's dtype in w*, so the mean goes back to w*'s dtype
+        return self.optimizer.step(current, {n: (s / total).to(current[n].dtype)
+                                             for n, s in sums.items()})
 
     def state(self) -> Tuple[Tensors, Dict[str, Any]]:
         tensors, meta = super().state()
         # copies: the sums keep growing in place after this snapshot
         tensors = {**tensors, **{_SUM + n: s.clone() for n, s in self._sum.items()}}
         return tensors, {**meta, "outstanding": self._outstanding, "sum_weight": self._weight,
-                         "sum_held": self._held,
-                         "sum_dtypes": {n: str(d).replace("torch.", "")
-                                        for n, d in self._dtypes.items()}}
+                         "sum_held": self._held}
 
     def load_state(self, tensors: Tensors, meta: Dict[str, Any]) -> None:
         super().load_state({k: v for k, v in tensors.items() if not k.startswith(_SUM)}, meta)
         self._outstanding = int(meta.get("outstanding", 0))
         self._sum = {k[len(_SUM):]: v for k, v in tensors.items() if k.startswith(_SUM)}
-        self._dtypes = {n: getattr(torch, d) for n, d in meta.get("sum_dtypes", {}).items()}
         self._weight = float(meta.get("sum_weight", 0.0))
         self._held = int(meta.get("sum_held", 0))
