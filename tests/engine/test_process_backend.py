@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import pytest
-from helpers.simkit import backend_recipe_text, tiny_recipe
+from helpers.simkit import assert_same_result, backend_recipe_text, tiny_recipe
 from typer.testing import CliRunner
 
 from ftte_cli import api
@@ -23,7 +23,7 @@ from ftte_cli.engine.coordinator import Job
 from ftte_cli.engine.train import JobResult
 from ftte_cli.errors import ConfigError, RunError
 from ftte_cli.sim.process_backend import ProcessBackend
-from ftte_cli.sim.runner import SimSettings, StrategyResult, World, prepare, run_strategy
+from ftte_cli.sim.runner import SimSettings, World, prepare, run_strategy
 
 # 30 clients; FTTE, FedBuff and FedAvg (helpers.simkit.BACKEND: sparse plan, dropout on).
 RECIPE = backend_recipe_text("procs", clients=30, windows=1200)
@@ -55,12 +55,6 @@ class _Counting(ProcessBackend):
         return super().submit(plan_key, job, device, cfg)
 
 
-def _same(a: StrategyResult, b: StrategyResult) -> None:
-    assert a.metrics.to_dict() == b.metrics.to_dict()  # evals (accuracy, loss), bytes, staleness
-    assert a.summary == b.summary
-    assert a.plan == b.plan and a.clients == b.clients
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_two_workers_equal_in_process_to_the_bit(tmp_path: Path) -> None:
@@ -78,7 +72,7 @@ def test_two_workers_equal_in_process_to_the_bit(tmp_path: Path) -> None:
         backend.close()
     for name in STRATEGIES:
         assert local[name].metrics.evals[-1].version == 5
-        _same(local[name], pooled[name])
+        assert_same_result(local[name], pooled[name])
         assert pooled[name].train_cpu_s > 0  # the workers' CPU, reported back
     assert local["ftte"].metrics.jobs_lost > 0  # dropout happened and changed nothing
     # w* written once per version, shared by that version's jobs

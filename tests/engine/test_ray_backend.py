@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.simkit import backend_recipe_text
+from helpers.simkit import assert_same_result, backend_recipe_text
 from typer.testing import CliRunner
 
 from ftte_cli.cli import app
 from ftte_cli.config.recipe import Recipe, load_recipe
 from ftte_cli.errors import ConfigError
-from ftte_cli.sim.runner import SimSettings, StrategyResult, prepare, run_strategy
+from ftte_cli.sim.runner import SimSettings, prepare, run_strategy
 
 ray = pytest.importorskip("ray")
 from ftte_cli.sim.ray_backend import RayBackend, import_ray  # noqa: E402
@@ -36,12 +36,6 @@ def _recipe(tmp_path: Path) -> Recipe:
     return load_recipe(path)
 
 
-def _same(a: StrategyResult, b: StrategyResult) -> None:
-    assert a.metrics.to_dict() == b.metrics.to_dict()  # evals (accuracy, loss), bytes, staleness
-    assert a.summary == b.summary
-    assert a.plan == b.plan and a.clients == b.clients
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_fifty_clients_on_ray_equal_in_process(tmp_path: Path, local_ray: None) -> None:
@@ -59,7 +53,7 @@ def test_fifty_clients_on_ray_equal_in_process(tmp_path: Path, local_ray: None) 
     for name in local:
         assert local[name].metrics.evals[-1].version == 5
         assert local[name].metrics.jobs_lost + local[name].metrics.accepted > 0
-        _same(local[name], remote[name])
+        assert_same_result(local[name], remote[name])
         assert remote[name].train_cpu_s > 0  # the actors' CPU, reported back
     # each actor fetched only its own clients' shards (client i on actor i % 2)
     assert held[0] and held[1]

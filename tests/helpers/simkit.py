@@ -9,6 +9,7 @@ import torch
 
 from ftte_cli.config.recipe import Recipe, load_recipe
 from ftte_cli.engine.data.dataset import Dataset
+from ftte_cli.sim.runner import StrategyResult
 
 TINY = """
 name: tiny
@@ -47,6 +48,13 @@ sim: {{clients: {clients}, stragglers: 0.3, dropout_rate: 0.1, return_after: 5}}
 def backend_recipe_text(name: str, clients: int, windows: int) -> str:
     """The backend-equality recipe for `clients` simulated clients over `windows` windows."""
     return BACKEND.format(name=name, clients=clients, windows=windows)
+
+
+def assert_same_result(a: StrategyResult, b: StrategyResult) -> None:
+    """Two runs of one strategy gave the same metrics, summary, plan and clients."""
+    assert a.metrics.to_dict() == b.metrics.to_dict()  # evals (accuracy, loss), bytes, staleness
+    assert a.summary == b.summary
+    assert a.plan == b.plan and a.clients == b.clients
 
 
 # Ragged on purpose: an empty shard, one shorter than a batch, exactly one batch, partial last.
