@@ -58,21 +58,44 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
 GC_YOUNG = 20_000
 
 
-def _tune_gc() -> tuple[int, int, int]:
-    """Keep the objects that exist once the server is up out of every later collection, and
-    collect the young ones less often; returns the thresholds to restore.
+class _GcTuning:
+    """gc.freeze and the young threshold for as long as any server in this process serves.
 
-    torch, the model, the coordinator and the app are ~180,000 tracked objects that live as
-    long as the run; without this each full collection walks them all (~200 ms on a busy core,
-    measured by benchmarks/loadtest.py), stalling the event loop and the coordinator thread
-    alike: at 1,000 devices collections were most of the server's CPU and of its p99 latency.
-    Cyclic garbage is still collected, in larger batches.
+    Keep the objects that exist once a server is up out of every later collection, and collect
+    the young ones less often. torch, the model, the coordinator and the app are ~180,000
+    tracked objects that live as long as the run; without this each full collection walks them
+    all (~200 ms on a busy core, measured by benchmarks/loadtest.py), stalling the event loop
+    and the coordinator thread alike: at 1,000 devices collections were most of the server's
+    CPU and of its p99 latency. Cyclic garbage is still collected, in larger batches. Counted,
+    because servers nest (a tier's aggregators beside its coordinator): the first one in tunes,
+    the last one out restores Python's thresholds and unfreezes.
     """
-    old = gc.get_threshold()
-    gc.collect()  # garbage from setup is freed now, not frozen
-    gc.freeze()
-    gc.set_threshold(max(old[0], GC_YOUNG), old[1], old[2])
-    return old
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: Optional[tuple[int, int, int]] = None
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._users += 1
+            if self._users > 1:
+                gc.freeze()  # what the newer server built is long-lived too
+                return
+            self._saved = gc.get_threshold()
+            gc.collect()  # garbage from setup is freed now, not frozen
+            gc.freeze()
+            gc.set_threshold(max(self._saved[0], GC_YOUNG), self._saved[1], self._saved[2])
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._saved is not None:
+                gc.unfreeze()
+                gc.set_threshold(*self._saved)
+
+
+_GC = _GcTuning()
 
 
 class ServerThread:
@@ -87,7 +110,7 @@ class ServerThread:
         self._thread = threading.Thread(target=self._loop.run_forever, name="ftte-server",
                                         daemon=True)
         self._stopped = False
-        self._gc_threshold: Optional[tuple[int, int, int]] = None
+        self._gc_tuned = False
 
     @property
     def url(self) -> str:
@@ -104,9 +127,9 @@ class ServerThread:
             self.port = fut.result(timeout=30)
         except OSError as err:
             self._stop_loop()
+            self._restore_gc()
             raise RunError(f"server: cannot listen on {self.host}:{self.port}: "
                            f"{err.strerror}") from None
-        self._gc_threshold = _tune_gc()
         log.info("server listening on %s", self.url)
         return self
 
@@ -116,6 +139,9 @@ class ServerThread:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True,
                            backlog=BACKLOG)
+        # Before the first request: the full collection this starts with takes ~100 ms.
+        _GC.acquire()
+        self._gc_tuned = True
         await site.start()
         sockets = self._runner.addresses
         return int(sockets[0][1]) if sockets else self.port
@@ -133,9 +159,12 @@ class ServerThread:
                 log.warning("server cleanup: %s", err)
         self._stop_loop()
         self.server.close()
-        if self._gc_threshold is not None:  # what the run held may be collected again
-            gc.unfreeze()
-            gc.set_threshold(*self._gc_threshold)
+        self._restore_gc()
+
+    def _restore_gc(self) -> None:
+        if self._gc_tuned:  # what the run held may be collected again
+            self._gc_tuned = False
+            _GC.release()
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

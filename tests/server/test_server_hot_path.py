@@ -22,6 +22,7 @@ from helpers.loopback import Http, make_coordinator, make_server
 
 from ftte_cli.client import wire
 from ftte_cli.engine import serialize
+from ftte_cli.errors import RunError
 from ftte_cli.server import runner
 from ftte_cli.server.runner import ServerThread
 
@@ -142,6 +143,18 @@ def test_server_thread_freezes_the_heap_and_restores_gc() -> None:
         assert loop_module.startswith("asyncio")
     else:
         assert loop_module.startswith("uvloop")
+
+
+def test_a_port_in_use_is_a_run_error_and_gc_is_restored() -> None:
+    before = gc.get_threshold()
+    coord = make_coordinator(DEVICES[:1])
+    with ServerThread(make_server(coord, {"d0": TOKENS["d0"]}, [])) as first:
+        taken = ServerThread(make_server(make_coordinator(DEVICES[:1]), {"d0": TOKENS["d0"]}, []),
+                             port=first.port)
+        with pytest.raises(RunError, match=f"cannot listen on 127.0.0.1:{first.port}"):
+            taken.start()
+        assert gc.get_freeze_count() > 10_000  # the first server's freeze still holds
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
 
 
 def test_load_generator_bodies_decode_as_the_agents_do() -> None:
