@@ -6,17 +6,20 @@ job that holds the GIL.
 
 The jobs: the recipe's model and data (har.yaml: har_cnn at width 3, batch 32), dense plan, one
 job per client from the initial model, one torch thread (the simulator's default `--threads`).
-Sides, in one process: the jobs one after the other on this thread (the in-process backend's
-loop), then `sim/thread_backend.ThreadBackend` with each of `--workers` trainer threads (all
-jobs submitted, then every result taken). The sides run interleaved for `--rounds` rounds and
-the fastest round of each is kept, so a load change on the machine hits every side alike.
+Sides: the jobs one after the other on this thread (the in-process backend's loop), then
+`sim/thread_backend.ThreadBackend` with each of `--workers` trainer threads (all jobs submitted,
+then every result taken), then `sim/process_backend.ProcessBackend` with each count above 1
+(forked workers: what separate processes get from the same cores). The sides run interleaved
+for `--rounds` rounds and the fastest round of each is kept, so a load change on the machine
+hits every side alike.
 
-Printed per side: wall, CPU of the process (user + sys), CPU / wall (cores in use), speed-up
-over one trainer thread, whether every delta equals the in-process one to the bit, and the
-serial share that speed-up implies (Amdahl, k threads: s = (k / speed-up - 1) / (k - 1)). Two
-threads run two jobs at once except where one of them holds the GIL (or the cores are taken by
-other work), so s is an upper bound on the GIL share of a job; on a machine with other load,
-CPU / wall under k says the cores were short, not the GIL.
+Printed per side: wall, CPU of the process and its workers (user + sys), CPU / wall (cores in
+use), speed-up over one trainer thread, whether every delta equals the in-process one to the
+bit, and the serial share that speed-up implies (Amdahl, k workers: s = (k / speed-up - 1) /
+(k - 1)). k threads run k jobs at once except where one of them holds the GIL or waits on
+another process-wide lock (or the cores are taken by other work), so for threads s is an upper
+bound on that serial share; the processes row, measured in the same rounds, shows what the
+cores allowed.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ftte_cli.config.recipe import load_recipe  # noqa: E402
 from ftte_cli.engine import sparse  # noqa: E402
 from ftte_cli.engine.coordinator import Job  # noqa: E402
 from ftte_cli.engine.train import JobResult, train_job  # noqa: E402
+from ftte_cli.sim.process_backend import ProcessBackend  # noqa: E402
 from ftte_cli.sim.runner import SimSettings, World, prepare  # noqa: E402
 from ftte_cli.sim.thread_backend import ThreadBackend  # noqa: E402
 
@@ -54,8 +58,8 @@ def in_process(world: World, jobs: List[Job]) -> List[JobResult]:
             for i, j in enumerate(jobs)]
 
 
-def threaded(world: World, jobs: List[Job], workers: int) -> List[JobResult]:
-    backend = ThreadBackend(workers)
+def pooled(world: World, jobs: List[Job], backend: Any) -> List[JobResult]:
+    """The jobs on a started-here ThreadBackend or ProcessBackend: all submitted, then taken."""
     backend.start(world)
     try:
         handles = [backend.submit("dense", j, i, world.recipe.train) for i, j in enumerate(jobs)]
@@ -70,20 +74,29 @@ def _same(a: List[JobResult], b: List[JobResult]) -> bool:
                and x.grad_variance == y.grad_variance for x, y in zip(a, b))
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its reaped children (the processes backend's workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def measure(recipe: Path, count: int, workers: List[int], rounds: int) -> Dict[str, Any]:
     torch.set_num_threads(1)
     world = prepare(SimSettings(load_recipe(recipe), clients=count, strategies=("fedavg",)))
     jobs = _jobs(world, count)
     runs: Dict[str, Any] = {"in-process": lambda: in_process(world, jobs)}
     for k in workers:
-        runs[f"threads, {k}"] = lambda k=k: threaded(world, jobs, k)
+        runs[f"threads, {k}"] = lambda k=k: pooled(world, jobs, ThreadBackend(k))
+    for k in workers:
+        if k > 1:  # the same jobs in forked workers: the reference threads should approach
+            runs[f"processes, {k}"] = lambda k=k: pooled(world, jobs, ProcessBackend(k))
     best: Dict[str, Dict[str, Any]] = {}
     reference: Optional[List[JobResult]] = None
     for _ in range(rounds):
         for name, run in runs.items():
-            wall, cpu = time.perf_counter(), time.process_time()
+            wall, cpu = time.perf_counter(), _cpu()
             results = run()
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            wall, cpu = time.perf_counter() - wall, _cpu() - cpu
             if reference is None:
                 reference = results
             row = {"wall_s": wall, "cpu_s": cpu, "same_bits": _same(reference, results)}
@@ -92,6 +105,7 @@ def measure(recipe: Path, count: int, workers: List[int], rounds: int) -> Dict[s
     one = best.get("threads, 1")
     for name, row in best.items():
         k = 1 if name == "in-process" else int(name.split(", ")[1])
+        row["workers"] = k
         row["cores_in_use"] = row["cpu_s"] / row["wall_s"]
         row["speedup"] = one["wall_s"] / row["wall_s"] if one else None
         row["serial_share"] = (None if row["speedup"] is None or k == 1
