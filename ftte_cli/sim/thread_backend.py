@@ -24,7 +24,8 @@ Thread safety (what `engine.train.train_job` shares, and how each is handled):
   interleave across threads, so trainers run with `seed_global_rng=False` and a model whose
   training forward draws random numbers (dropout and the like) is refused at start with a
   ConfigError suggesting `--backend processes`. Batch order comes from the job's own seeded
-  generator either way.
+  generator either way. Buffers are shared too: a model whose training forward changes one
+  (BatchNorm's running statistics) is refused the same way (the shipped models have none).
 - The peak-RSS mark (VmHWM) is one per process: trainers run with `measure_memory=False`, so
   `peak_memory` is None (not measured) rather than another job's or the evaluation's peak. The
   simulator does not use it; `benchmarks/sim_speed.py` samples the process from outside.
@@ -95,10 +96,13 @@ def private_copy(model: nn.Module) -> nn.Module:
 
 
 def draws_random(model: nn.Module, input_shape: Tuple[int, ...]) -> Optional[str]:
-    """None when a training-mode forward of `model` leaves torch's global RNG untouched, else a
-    one-line reason naming the model (and its dropout-like modules, where it has any)."""
-    probe = private_copy(model)  # train() below flips only the copy's flags
+    """None when a training-mode forward of `model` leaves torch's global RNG and the model's
+    buffers untouched, else a one-line reason naming the model (and the modules concerned).
+    Trainer threads share both: dropout-like layers would draw from one RNG in whatever order
+    the threads run, and BatchNorm-like layers would update one set of running statistics."""
+    probe = copy.deepcopy(model)  # a full copy: the forward below changes nothing shared
     probe.train()
+    buffers = {n: b.clone() for n, b in probe.named_buffers()}
     state = torch.get_rng_state()
     try:
         with torch.no_grad():
@@ -106,13 +110,17 @@ def draws_random(model: nn.Module, input_shape: Tuple[int, ...]) -> Optional[str
         moved = not torch.equal(state, torch.get_rng_state())
     finally:
         torch.set_rng_state(state)
+    changed = [n for n, b in probe.named_buffers() if not torch.equal(b, buffers[n])]
+    name = type(model).__name__
+    if changed:
+        return f"model {name} updates buffers in training: {', '.join(changed[:3])}"
     if not moved:
         return None
     random_kinds = (nn.modules.dropout._DropoutNd, nn.RReLU)
     named = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
              if isinstance(m, random_kinds)]
     where = ": " + ", ".join(named[:3]) if named else " in its forward"
-    return f"model {type(model).__name__} draws random numbers in training{where}"
+    return f"model {name} draws random numbers in training{where}"
 
 
 class ThreadBackend:
@@ -141,8 +149,8 @@ class ThreadBackend:
                               "--backend inprocess)")
         problem = draws_random(world.model, world.data.input_shape)
         if problem is not None:
-            raise ConfigError(f"--backend threads: {problem}; threads share torch's global "
-                              "RNG, so its jobs would not be reproducible (use --backend "
+            raise ConfigError(f"--backend threads: {problem}; trainer threads share that "
+                              "state, so jobs would not be reproducible (use --backend "
                               "processes)")
         self.world = world
         self.stopping = False

@@ -189,6 +189,22 @@ def test_a_model_that_draws_random_numbers_is_refused(tmp_path: Path) -> None:
     assert torch.equal(state, torch.get_rng_state())  # the check leaves the RNG as it was
 
 
+def test_a_model_that_updates_buffers_in_training_is_refused(tmp_path: Path) -> None:
+    world = _tiny_world(tmp_path)
+    channels = world.data.input_shape[0]
+    norm = nn.BatchNorm1d(channels)
+    batchnorm = nn.Sequential(norm, nn.Flatten(),
+                              nn.Linear(int(torch.tensor(world.data.input_shape).prod()), 6))
+    norm.running_mean.fill_(0.5)  # the probe's zero inputs would pull it towards 0
+    before = norm.running_mean.clone()
+    backend = ThreadBackend(2)
+    with pytest.raises(ConfigError, match=r"model Sequential updates buffers in training: "
+                                          r"0.running_mean.*--backend processes"):
+        backend.start(replace(world, model=batchnorm))
+    assert torch.equal(norm.running_mean, before)  # the check ran on a copy
+    assert backend.threads == [] and _trainers() == []
+
+
 @pytest.mark.parametrize("name,shape", [("har_cnn", (9, 128)), ("small_cnn", (3, 32, 32)),
                                         ("mobilenet_v2", (3, 32, 32))])
 def test_the_shipped_models_train_on_threads(name: str, shape: Tuple[int, ...]) -> None:
@@ -210,6 +226,8 @@ def test_bad_threads_flags_are_refused(tmp_path: Path) -> None:
     assert backend.threads == []
 
 
+@pytest.mark.slow  # OpenMP's 2-thread barriers take a minute on a busy 2-core machine
+@pytest.mark.timeout(240)
 def test_two_torch_threads_per_job_still_equal_in_process(tmp_path: Path) -> None:
     world = _tiny_world(tmp_path)
     before = torch.get_num_threads()
