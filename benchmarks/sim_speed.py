@@ -67,6 +67,7 @@ from proctree import tree_memory, tree_rss  # benchmarks/proctree.py (scripts ru
 ROOT = Path(__file__).resolve().parents[1]
 HAR = ROOT / "recipes" / "har.yaml"
 BACKENDS = ("inprocess", "batched", "processes", "threads")
+SIDES = ("loop", *(f"ftte {b}" for b in BACKENDS))  # every side a size's row can have
 EVAL_SAMPLES = 1000
 GOALS = {"loop_wall": 0.5, "flower_wall": 0.25, "flower_memory": 0.25}  # issue 14, ftte / other
 
