@@ -1,10 +1,11 @@
 """`ftte simulate --backend threads`: client jobs train in trainer threads of this process; the
 virtual clock, the coordinator and the evaluations stay on the calling (main) thread.
 
-Why threads work here: a job's time is torch ops (har_cnn at width 3: ~85% convolutions), and
-torch releases the GIL inside every op and inside autograd's backward, so N threads train N jobs
-on N cores at once, with ONE process's memory (torch, the data and the model counted once; the
-processes backend counts them once per worker in the RSS sum).
+Why threads: a job's time is torch ops (har_cnn at width 3: ~85% convolutions), and torch
+releases the GIL inside every op and inside autograd's backward, so N threads can train N jobs
+on N cores at once with ONE process's memory (torch, the data and the model counted once; the
+processes backend counts them once per worker in the RSS sum). How far that holds is measured
+in docs/SCALING.md section 4: on the shared 2-core machine two threads did not beat one.
 
 Lifecycle: `start(world)` checks the model, gives every trainer thread its own copy of the model
 object (see "Thread safety") and starts `workers` daemon threads (default: the CPUs this process
