@@ -1,19 +1,22 @@
-"""`ftte simulate` (in-process, batched and processes backends) against a plain per-client torch
-loop on the same FedAvg work: wall time, CPU time and peak memory, side by side with ratios, from
-one run.
+"""`ftte simulate`, each backend, against a plain per-client torch loop on the same FedAvg work.
+
+Wall time, CPU time and peak memory, side by side with ratios, from one run; the backends are
+in-process, batched, processes and threads.
 
     .venv/bin/python benchmarks/sim_speed.py [--sizes 20x3,100x5,500x5] [--threads 1]
-                                             [--workers N] [--no-recipe] [--format table|json]
+                                             [--workers N] [--backends inprocess,threads]
+                                             [--no-recipe] [--format table|json]
 
 The work, for each CLIENTSxROUNDS: FedAvg on har_cnn with ftte's own synthetic HAR shards
 (recipes/har.yaml's data, split over CLIENTS), every client trains one epoch at batch 16 and
 lr 0.05 in every round, the server averages by n_i and evaluates the same 1,000 test samples
-after every round. The three sides:
+after every round. The sides:
 - loop: the plainest loop a user would write on the same shards (nn.Module, torch.optim.SGD,
   load_state_dict per client, one client after the other);
-- ftte inprocess / batched / processes: the real command, `python -m ftte_cli simulate
-  --strategies fedavg --until limit --backend ...` (imports, set-up, run directory and plots
-  included); processes with `--workers` (default: the CPUs this process may use).
+- ftte inprocess / batched / processes / threads (or those of --backends): the real command,
+  `python -m ftte_cli simulate --strategies fedavg --until limit --backend ...` (imports,
+  set-up, run directory and plots included); processes and threads with `--workers` (default:
+  the CPUs this process may use).
 Each side runs in its own child process; this process samples the memory of the child's whole
 process tree (RSS every 0.2 s, PSS every 1 s, from a nice-19 thread) and reads the child's CPU time
 from the kernel when it exits. Memory is shown twice: the peak of the RSS sum over the tree ("RSS",
@@ -31,8 +34,8 @@ peak), so no simulator doing the same arithmetic on these cores can be faster th
 under the floor is printed as out of reach on this machine.
 
 Then, unless --no-recipe: recipes/har.yaml itself (strategy ftte) with 100 clients for its 300
-versions on each of --recipe-backends (default inprocess,processes; issue goal: under 2 minutes
-on 2 cores).
+versions on each of --recipe-backends (default inprocess,processes,threads; issue goal: under 2
+minutes on 2 cores).
 
 Flower: `--flower-python PY` adds Flower's side to every size, measured the same way in the same
 run: PY is an interpreter of an environment of its own with flwr[simulation] and torch (Flower pins
@@ -63,7 +66,8 @@ from proctree import tree_memory, tree_rss  # benchmarks/proctree.py (scripts ru
 
 ROOT = Path(__file__).resolve().parents[1]
 HAR = ROOT / "recipes" / "har.yaml"
-SIDES = ("loop", "ftte inprocess", "ftte batched", "ftte processes")
+BACKENDS = ("inprocess", "batched", "processes", "threads")
+SIDES = ("loop", *(f"ftte {b}" for b in BACKENDS))  # every side a size's row can have
 EVAL_SAMPLES = 1000
 GOALS = {"loop_wall": 0.5, "flower_wall": 0.25, "flower_memory": 0.25}  # issue 14, ftte / other
 
@@ -201,7 +205,7 @@ def fedavg_recipe(folder: Path, rounds: int) -> Path:
 
 def simulate_cmd(recipe: Path, clients: int, strategy: str, backend: str, threads: int,
                  out: Path, workers: Optional[int] = None) -> List[str]:
-    pool = ["--workers", str(workers)] if backend == "processes" and workers else []
+    pool = ["--workers", str(workers)] if backend in ("processes", "threads") and workers else []
     return [sys.executable, "-m", "ftte_cli", "simulate", "--recipe", str(recipe),
             "--clients", str(clients), "--strategies", strategy, "--until", "limit",
             "--backend", backend, *pool, "--threads", str(threads), "--eval-samples",
@@ -213,7 +217,8 @@ def _strategy(doc: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def run_size(tmp: Path, clients: int, rounds: int, threads: int, workers: Optional[int],
-             flower_python: Optional[str] = None) -> Dict[str, Any]:
+             flower_python: Optional[str] = None, backends: Tuple[str, ...] = BACKENDS
+             ) -> Dict[str, Any]:
     recipe = fedavg_recipe(tmp, rounds)
     rows: Dict[str, Dict[str, Any]] = {}
     if flower_python:
@@ -225,7 +230,7 @@ def run_size(tmp: Path, clients: int, rounds: int, threads: int, workers: Option
                             "--threads", str(threads)])
     rows["loop"]["final_accuracy"] = rows["loop"]["doc"]["final_accuracy"]
     rows["loop"].update({k: v for k, v in rows["loop"]["doc"].items() if k.endswith("_s")})
-    for backend in ("inprocess", "batched", "processes"):
+    for backend in backends:
         out = tmp / f"run-{clients}x{rounds}-{backend}"
         m = measure(simulate_cmd(recipe, clients, "fedavg", backend, threads, out, workers))
         s = _strategy(m["doc"])
@@ -262,24 +267,30 @@ def _fmt(v: Optional[float], spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _ftte_sides(sides: Dict[str, Any]) -> List[str]:
+    """The ftte sides measured, in BACKENDS order."""
+    return [f"ftte {b}" for b in BACKENDS if f"ftte {b}" in sides]
+
+
+TABLE_COLUMNS = ("size", "side", "wall", "CPU", "peak RSS", "peak PSS", "acc", "wall/loop",
+                 "CPU/loop", "RSS/loop", "PSS/loop")
+
+
 def table_rows(doc: Dict[str, Any]) -> List[Tuple[str, ...]]:
+    """One row per size and side (TABLE_COLUMNS), the ratios against the loop beside it."""
     rows = []
     for size in doc["sizes"]:
         sides = size["sides"]
         loop = sides["loop"]
-        cells = [f"{size['clients']} x {size['rounds']}"]
-        for name in SIDES:
+        for name in ("loop", *_ftte_sides(sides)):
             s = sides[name]
-            cells.append(f"{s['wall_s']:.1f} s, {s['cpu_s']:.1f} s CPU, {s['peak_mib']:.0f} MiB "
-                         f"RSS, {s['peak_pss_mib']:.0f} MiB PSS, "
-                         f"acc {_fmt(s['final_accuracy'], '.3f')}")
-        for name in SIDES[1:]:
-            s = sides[name]
-            cells.append(f"{_fmt(_ratio(s['wall_s'], loop['wall_s']), '.2f')} wall, "
-                         f"{_fmt(_ratio(s['cpu_s'], loop['cpu_s']), '.2f')} CPU, "
-                         f"{_fmt(_ratio(s['peak_mib'], loop['peak_mib']), '.2f')} RSS, "
-                         f"{_fmt(_ratio(s['peak_pss_mib'], loop['peak_pss_mib']), '.2f')} PSS")
-        rows.append(tuple(cells))
+            ratios = ["", "", "", ""] if name == "loop" else [
+                _fmt(_ratio(s[k], loop[k]), ".2f")
+                for k in ("wall_s", "cpu_s", "peak_mib", "peak_pss_mib")]
+            rows.append((f"{size['clients']} x {size['rounds']}", name.removeprefix("ftte "),
+                         f"{s['wall_s']:.1f} s", f"{s['cpu_s']:.1f} s",
+                         f"{s['peak_mib']:.0f} MiB", f"{s['peak_pss_mib']:.0f} MiB",
+                         _fmt(s["final_accuracy"], ".3f"), *ratios))
     return rows
 
 
@@ -288,7 +299,7 @@ def goal_lines(doc: Dict[str, Any]) -> List[str]:
     lines = []
     for size in doc["sizes"]:
         sides = size["sides"]
-        name = min(SIDES[1:], key=lambda n: sides[n]["wall_s"])
+        name = min(_ftte_sides(sides), key=lambda n: sides[n]["wall_s"])
         best, loop, flower = sides[name], sides["loop"], sides.get("flower")
         checks = [("wall vs loop", _ratio(best["wall_s"], loop["wall_s"]), GOALS["loop_wall"])]
         if flower:
@@ -329,7 +340,8 @@ def flower_table(doc: Dict[str, Any]) -> Any:
     if not any("flower" in size["sides"] for size in doc["sizes"]):
         return None
     t = Table(title="Flower 1.x run_simulation (its own environment) and ftte / Flower")
-    for col in ("clients x rounds", "flower", *(f"{n[5:]} / flower" for n in SIDES[1:])):
+    names = _ftte_sides(doc["sizes"][0]["sides"])
+    for col in ("clients x rounds", "flower", *(f"{n[5:]} / flower" for n in names)):
         t.add_column(col)
     for size in doc["sizes"]:
         sides = size["sides"]
@@ -339,7 +351,7 @@ def flower_table(doc: Dict[str, Any]) -> Any:
         cells = [f"{size['clients']} x {size['rounds']}",
                  f"{f['wall_s']:.1f} s, {f['cpu_s']:.1f} s CPU, {f['peak_mib']:.0f} MiB RSS, "
                  f"{f['peak_pss_mib']:.0f} MiB PSS, acc {_fmt(f['final_accuracy'], '.3f')}"]
-        for name in SIDES[1:]:
+        for name in names:
             s = sides[name]
             cells.append(f"{_fmt(_ratio(s['wall_s'], f['wall_s']), '.2f')} wall, "
                          f"{_fmt(_ratio(s['peak_mib'], f['peak_mib']), '.2f')} RSS, "
@@ -354,9 +366,10 @@ def print_table(doc: Dict[str, Any]) -> None:
 
     console = Console()
     t = Table(title=f"FedAvg on har_cnn, synthetic HAR, {doc['threads']} torch thread(s), "
-                    f"{doc['workers']} worker processes, {doc['cpus']} usable CPUs: wall, CPU "
-                    "(user+sys), peak RSS and PSS sums of the process tree, final accuracy")
-    for col in ("clients x rounds", *SIDES, *(f"{n[5:]} / loop" for n in SIDES[1:])):
+                    f"{doc['workers']} workers (processes, threads), {doc['cpus']} usable CPUs: "
+                    "wall, CPU (user+sys), peak RSS and PSS sums of the process tree, final "
+                    "accuracy, ratios against the loop")
+    for col in TABLE_COLUMNS:
         t.add_column(col)
     for row in table_rows(doc):
         t.add_row(*row)
@@ -395,10 +408,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--sizes", default="20x3,100x5,500x5", help="CLIENTSxROUNDS, comma-separated")
     p.add_argument("--threads", type=int, default=1, help="torch threads on every side")
-    p.add_argument("--workers", type=int, help="--workers of the processes backend "
-                   "(default: its own, the usable CPUs)")
+    p.add_argument("--workers", type=int, help="--workers of the processes and threads "
+                   "backends (default: their own, the usable CPUs)")
+    p.add_argument("--backends", default=",".join(BACKENDS),
+                   help="ftte backends of the sizes' runs, comma-separated")
     p.add_argument("--no-recipe", action="store_true", help="skip the har.yaml 300-version run")
-    p.add_argument("--recipe-backends", default="inprocess,processes",
+    p.add_argument("--recipe-backends", default="inprocess,processes,threads",
                    help="backends of the har.yaml run, comma-separated")
     p.add_argument("--flower-python", help="an interpreter with flwr[simulation] and torch: "
                    "adds Flower's side (see the module docstring)")
@@ -411,8 +426,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        sizes = [run_size(tmp, *_size(s), args.threads, args.workers, args.flower_python)
-                 for s in args.sizes.split(",") if s]
+        backends = tuple(b for b in args.backends.split(",") if b)
+        unknown = sorted(set(backends) - set(BACKENDS))
+        if unknown:
+            p.error(f"--backends: unknown {', '.join(unknown)} (expected {', '.join(BACKENDS)})")
+        sizes = [run_size(tmp, *_size(s), args.threads, args.workers, args.flower_python,
+                          backends) for s in args.sizes.split(",") if s]
         recipe = None if args.no_recipe else run_recipe(
             tmp, args.threads, args.workers, [b for b in args.recipe_backends.split(",") if b])
     doc = {"threads": args.threads, "workers": args.workers or len(os.sched_getaffinity(0)),

@@ -300,17 +300,17 @@ def simulate(recipe: Union[PathLike, Recipe], *, strategies: tuple[str, ...] = (
 def sim_backend(name: str = "inprocess", address: Optional[str] = None,
                 workers: Optional[int] = None) -> AbstractContextManager[None]:
     """A context within which `simulate` trains client jobs on backend `name`: inprocess,
-    batched, processes (`workers` forked processes, default one per usable CPU), or ray
-    (`address`: a Ray cluster, default a local one). Checked now, before any work: an unknown
-    name, `address` without ray, `workers` without processes, or a missing Ray is a
-    ConfigError."""
-    if name not in ("inprocess", "batched", "processes", "ray"):
-        raise ConfigError(f"--backend: expected inprocess, batched, processes or ray, "
+    batched, processes (`workers` forked processes, default one per usable CPU), threads
+    (`workers` trainer threads in this process, same default), or ray (`address`: a Ray
+    cluster, default a local one). Checked now, before any work: an unknown name, `address`
+    without ray, `workers` without processes or threads, or a missing Ray is a ConfigError."""
+    if name not in ("inprocess", "batched", "processes", "threads", "ray"):
+        raise ConfigError(f"--backend: expected inprocess, batched, processes, threads or ray, "
                           f"got {name!r}")
     if name != "ray" and address is not None:
         raise ConfigError("--address: only with --backend ray")
-    if name != "processes" and workers is not None:
-        raise ConfigError("--workers: only with --backend processes")
+    if name not in ("processes", "threads") and workers is not None:
+        raise ConfigError("--workers: only with --backend processes or threads")
     if name == "inprocess":
         return nullcontext()
     from ftte_cli.sim.runner import using_backend
@@ -324,6 +324,11 @@ def sim_backend(name: str = "inprocess", address: Optional[str] = None,
 
         ProcessBackend(workers)  # a bad worker count fails now, before the data loads
         return using_backend(lambda: ProcessBackend(workers))
+    if name == "threads":
+        from ftte_cli.sim.thread_backend import ThreadBackend
+
+        ThreadBackend(workers)  # a bad worker count fails now, before the data loads
+        return using_backend(lambda: ThreadBackend(workers))
     from ftte_cli.sim.ray_backend import RayBackend, import_ray
 
     import_ray()  # a missing Ray is a usage error now, not after loading the data

@@ -7,9 +7,10 @@ Device path: torch + safetensors + stdlib, Python 3.9; no clock, randomness from
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -140,10 +141,17 @@ class _GradStats:
 
 def train_job(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
               subset: Mapping[str, Tensor], data: Dataset, cfg: TrainConfig,
-              seed: int) -> JobResult:
-    """Train w* = `subset` for cfg.epochs (or cfg.max_steps) with SGD; frozen is never touched."""
+              seed: int, *, seed_global_rng: bool = True,
+              measure_memory: bool = True) -> JobResult:
+    """Train w* = `subset` for cfg.epochs (or cfg.max_steps) with SGD; frozen is never touched.
+
+    Both flags are for callers that train several jobs at once in one process (the simulator's
+    threads backend): `seed_global_rng=False` leaves torch's global RNG alone (it is one per
+    process; the caller guarantees the model draws no random numbers), `measure_memory=False`
+    leaves the process's peak-RSS mark alone and reports `peak_memory` None (the mark is one per
+    process too, so it would be another job's peak)."""
     device = resolve_device(cfg.device)
-    measured = reset_peak_rss()
+    measured = reset_peak_rss() if measure_memory else False
     _reset_accelerator_peak(device)
     names = list(plan.subset_shapes())
     if not names:
@@ -164,8 +172,7 @@ def train_job(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
     prefix = chunked_prefix(model, plan, micro)
     was_training = model.training
     model.train()
-    with torch.random.fork_rng(devices=[]):  # dropout and the like: reproducible, no global effect
-        torch.manual_seed(int(seed))
+    with _job_rng(seed if seed_global_rng else None):
         for idx in batches:
             if int(idx.shape[0]) <= micro:  # the whole batch in one pass
                 params = materialize(base, plan, trainable, index)
@@ -189,6 +196,18 @@ def train_job(model: nn.Module, frozen: Mapping[str, Tensor], plan: Plan,
         loss=total_loss / len(batches) if batches else 0.0,
         peak_memory=_peak(measured, device),
     )
+
+
+@contextlib.contextmanager
+def _job_rng(seed: Optional[int]) -> Iterator[None]:
+    """Dropout and the like draw from torch's global RNG: seeded per job, so reproducible, and
+    restored afterwards, so no global effect. None: untouched (see train_job)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
 
 
 def _pass_loss(model: nn.Module, params: Dict[str, Tensor], data: Dataset, idx: Tensor,

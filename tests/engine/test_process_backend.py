@@ -157,8 +157,8 @@ def test_bad_worker_flags_are_usage_errors(tmp_path: Path) -> None:
         api.sim_backend("processes", workers=0)
     with pytest.raises(ConfigError, match="--workers: only with --backend processes"):
         api.sim_backend("inprocess", workers=2)
-    with pytest.raises(ConfigError, match="inprocess, batched, processes or ray"):
-        api.sim_backend("threads")
+    with pytest.raises(ConfigError, match="inprocess, batched, processes, threads or ray"):
+        api.sim_backend("thread")
     recipe = tmp_path / "procs.yaml"
     recipe.write_text(RECIPE)
     res = CliRunner().invoke(app, ["simulate", "-r", str(recipe), "--workers", "2",
