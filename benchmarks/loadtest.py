@@ -135,9 +135,11 @@ def serve(devices: int, seed: int, concurrency: int, buffer_size: int,
                           update_max_bytes=update_bound(coord.subset), start_grace=60.0,
                           **({"max_updates_in_flight": max_in_flight} if max_in_flight else {}))
     probe = _ServerProbe()
-    gc.callbacks.append(probe.on_gc)
     server = _Measured(probe, coord, config, strategy="ftte", buffer_size=buffer_size)
     with ServerThread(server, HOST, 0) as st:
+        # From here: the full collection ServerThread runs before freezing the heap (~100 ms,
+        # before it accepts a request) is start-up, not a pause any request waits for.
+        gc.callbacks.append(probe.on_gc)
         shapes = {k: list(v.shape) for k, v in coord.subset.items()}
         print(json.dumps({"url": st.url, "shapes": shapes}), flush=True)
         sys.stdin.readline()  # the parent says stop
