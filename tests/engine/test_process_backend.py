@@ -4,16 +4,20 @@ one-line RunError instead of a hang."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import pytest
-from helpers.simkit import assert_same_result, backend_recipe_text, tiny_recipe
+from helpers.simkit import (
+    assert_same_result,
+    backend_recipe_text,
+    cli_strategies,
+    tiny_recipe,
+)
 from typer.testing import CliRunner
 
 from ftte_cli import api
@@ -138,18 +142,8 @@ def test_a_failing_job_is_a_run_error_naming_the_cause(tmp_path: Path) -> None:
 def test_cli_backend_processes_matches_in_process(tmp_path: Path) -> None:
     recipe = tmp_path / "procs.yaml"
     recipe.write_text(RECIPE)
-    docs: Dict[str, List[Dict[str, Any]]] = {}
-    for backend in ("inprocess", "processes"):
-        extra = ["--workers", "2"] if backend == "processes" else []
-        res = CliRunner().invoke(app, [
-            "simulate", "-r", str(recipe), "--strategies", "ftte,fedavg", "--clients", "12",
-            "--until", "limit", "--eval-samples", "200", "--backend", backend, *extra,
-            "--out", str(tmp_path / backend), "--format", "json"])
-        assert res.exit_code == 0, res.output
-        docs[backend] = [{k: v for k, v in s.items() if k not in ("wall_s", "cpu_s",
-                                                                    "train_cpu_s")}
-                         for s in json.loads(res.output)["strategies"]]
-    assert docs["processes"] == docs["inprocess"]
+    local = cli_strategies(recipe, tmp_path / "inprocess", "inprocess")
+    assert cli_strategies(recipe, tmp_path / "processes", "processes", "--workers", "2") == local
 
 
 def test_bad_worker_flags_are_usage_errors(tmp_path: Path) -> None:

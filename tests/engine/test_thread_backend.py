@@ -4,22 +4,24 @@ model that draws random numbers is refused, and process-wide marks (peak RSS) ar
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 import pytest
 import torch
-from helpers.simkit import assert_same_result, backend_recipe_text, tiny_recipe
+from helpers.simkit import (
+    assert_same_result,
+    backend_recipe_text,
+    cli_strategies,
+    tiny_recipe,
+)
 from torch import nn
-from typer.testing import CliRunner
 
 from ftte_cli import api
-from ftte_cli.cli import app
 from ftte_cli.config.recipe import ModelConfig, Recipe, load_recipe
 from ftte_cli.engine import sparse
 from ftte_cli.engine.coordinator import Job
@@ -87,18 +89,8 @@ def test_three_trainer_threads_equal_in_process_to_the_bit(tmp_path: Path) -> No
 def test_cli_backend_threads_matches_in_process(tmp_path: Path) -> None:
     recipe = tmp_path / "threads.yaml"
     recipe.write_text(RECIPE)
-    docs: Dict[str, List[Dict[str, Any]]] = {}
-    for backend in ("inprocess", "threads"):
-        extra = ["--workers", "2"] if backend == "threads" else []
-        res = CliRunner().invoke(app, [
-            "simulate", "-r", str(recipe), "--strategies", "ftte,fedavg", "--clients", "12",
-            "--until", "limit", "--eval-samples", "200", "--backend", backend, *extra,
-            "--out", str(tmp_path / backend), "--format", "json"])
-        assert res.exit_code == 0, res.output
-        docs[backend] = [{k: v for k, v in s.items() if k not in ("wall_s", "cpu_s",
-                                                                    "train_cpu_s")}
-                         for s in json.loads(res.output)["strategies"]]
-    assert docs["threads"] == docs["inprocess"]
+    local = cli_strategies(recipe, tmp_path / "inprocess", "inprocess")
+    assert cli_strategies(recipe, tmp_path / "threads", "threads", "--workers", "2") == local
     assert _trainers() == []
 
 
@@ -195,13 +187,15 @@ def test_a_model_that_updates_buffers_in_training_is_refused(tmp_path: Path) -> 
     norm = nn.BatchNorm1d(channels)
     batchnorm = nn.Sequential(norm, nn.Flatten(),
                               nn.Linear(int(torch.tensor(world.data.input_shape).prod()), 6))
-    norm.running_mean.fill_(0.5)  # the probe's zero inputs would pull it towards 0
-    before = norm.running_mean.clone()
+    running = norm.running_mean
+    assert running is not None
+    running.fill_(0.5)  # the probe's zero inputs would pull it towards 0
+    before = running.clone()
     backend = ThreadBackend(2)
     with pytest.raises(ConfigError, match=r"model Sequential updates buffers in training: "
                                           r"0.running_mean.*--backend processes"):
         backend.start(replace(world, model=batchnorm))
-    assert torch.equal(norm.running_mean, before)  # the check ran on a copy
+    assert torch.equal(running, before)  # the check ran on a copy
     assert backend.threads == [] and _trainers() == []
 
 
