@@ -299,18 +299,19 @@ def simulate(recipe: Union[PathLike, Recipe], *, strategies: tuple[str, ...] = (
 
 def sim_backend(name: str = "inprocess", address: Optional[str] = None,
                 workers: Optional[int] = None) -> AbstractContextManager[None]:
-    """A context within which `simulate` trains client jobs on backend `name`: inprocess,
-    batched, processes (`workers` forked processes, default one per usable CPU), threads
-    (`workers` trainer threads in this process, same default), or ray (`address`: a Ray
-    cluster, default a local one). Checked now, before any work: an unknown name, `address`
-    without ray, `workers` without processes or threads, or a missing Ray is a ConfigError."""
-    if name not in ("inprocess", "batched", "processes", "threads", "ray"):
-        raise ConfigError(f"--backend: expected inprocess, batched, processes, threads or ray, "
-                          f"got {name!r}")
+    """A context within which `simulate` trains client jobs on backend `name`: auto (threads
+    where they can run, else inprocess: sim/auto_backend.py), inprocess, batched, processes
+    (`workers` forked processes, default one per usable CPU), threads (`workers` trainer
+    threads in this process, same default), or ray (`address`: a Ray cluster, default a local
+    one). Checked now, before any work: an unknown name, `address` without ray, `workers`
+    without auto, processes or threads, or a missing Ray is a ConfigError."""
+    if name not in ("auto", "inprocess", "batched", "processes", "threads", "ray"):
+        raise ConfigError(f"--backend: expected auto, inprocess, batched, processes, threads "
+                          f"or ray, got {name!r}")
     if name != "ray" and address is not None:
         raise ConfigError("--address: only with --backend ray")
-    if name not in ("processes", "threads") and workers is not None:
-        raise ConfigError("--workers: only with --backend processes or threads")
+    if name not in ("auto", "processes", "threads") and workers is not None:
+        raise ConfigError("--workers: only with --backend auto, processes or threads")
     if name == "inprocess":
         return nullcontext()
     from ftte_cli.sim.runner import using_backend
@@ -324,6 +325,11 @@ def sim_backend(name: str = "inprocess", address: Optional[str] = None,
 
         ProcessBackend(workers)  # a bad worker count fails now, before the data loads
         return using_backend(lambda: ProcessBackend(workers))
+    if name == "auto":
+        from ftte_cli.sim.auto_backend import AutoBackend
+
+        AutoBackend(workers)  # a bad worker count fails now, before the data loads
+        return using_backend(lambda: AutoBackend(workers))
     if name == "threads":
         from ftte_cli.sim.thread_backend import ThreadBackend
 

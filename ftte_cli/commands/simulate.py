@@ -71,18 +71,20 @@ def simulate(
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/sim-<time>).")
                    ] = None,
     backend: Annotated[str, typer.Option(
-        help="Where client jobs train: inprocess; batched (jobs of one model version "
-             "train as one batched computation in this process; results equal in-process "
+        help="Where client jobs train: auto (threads when the model and this machine allow, "
+             "else inprocess; the same results either way); inprocess; batched (jobs of one "
+             "model version train as one batched computation in this process; results equal "
+             "in-process "
              "ones up to float rounding); processes (jobs train in --workers forked "
              "processes on this machine; results equal in-process ones); threads (jobs "
              "train in --workers threads of this process: one process's memory; results "
              "equal in-process ones); or ray (needs pip install 'ftte-cli\\[ray]'; results "
-             "equal in-process ones).")] = "inprocess",
+             "equal in-process ones).")] = "auto",
     address: Annotated[Optional[str], typer.Option(
         help="Ray cluster: auto or HOST:PORT (default: start a local Ray).")] = None,
     workers: Annotated[Optional[int], typer.Option(
         min=1, help="Worker processes (--backend processes) or trainer threads (--backend "
-                    "threads); default: one per usable CPU."
+                    "threads or auto); default: one per usable CPU."
     )] = None,
     threads: Annotated[int, typer.Option(
         min=1, help="torch threads for local training (1 is fastest for many tiny jobs).")] = 1,

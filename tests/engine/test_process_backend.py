@@ -149,16 +149,18 @@ def test_cli_backend_processes_matches_in_process(tmp_path: Path) -> None:
 def test_bad_worker_flags_are_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--workers: must be >= 1, got 0"):
         api.sim_backend("processes", workers=0)
-    with pytest.raises(ConfigError, match="--workers: only with --backend processes"):
+    with pytest.raises(ConfigError, match="--workers: only with --backend auto, processes or "
+                                          "threads"):
         api.sim_backend("inprocess", workers=2)
-    with pytest.raises(ConfigError, match="inprocess, batched, processes, threads or ray"):
+    with pytest.raises(ConfigError, match="auto, inprocess, batched, processes, threads or ray"):
         api.sim_backend("thread")
     recipe = tmp_path / "procs.yaml"
     recipe.write_text(RECIPE)
-    res = CliRunner().invoke(app, ["simulate", "-r", str(recipe), "--workers", "2",
-                                   "--out", str(tmp_path / "r"), "--format", "json"])
+    res = CliRunner().invoke(app, ["simulate", "-r", str(recipe), "--backend", "inprocess",
+                                   "--workers", "2", "--out", str(tmp_path / "r"),
+                                   "--format", "json"])
     assert res.exit_code == 2
-    assert "--workers: only with --backend processes" in res.output
+    assert "--workers: only with --backend auto, processes or threads" in res.output
     assert not (tmp_path / "r").exists()  # refused before any work
 
 

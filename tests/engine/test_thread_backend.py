@@ -209,7 +209,8 @@ def test_the_shipped_models_train_on_threads(name: str, shape: Tuple[int, ...]) 
 def test_bad_threads_flags_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--workers: must be >= 1, got 0"):
         api.sim_backend("threads", workers=0)
-    with pytest.raises(ConfigError, match="--workers: only with --backend processes or threads"):
+    with pytest.raises(ConfigError, match="--workers: only with --backend auto, processes or "
+                                          "threads"):
         api.sim_backend("batched", workers=2)
     world = _tiny_world(tmp_path)
     cuda = replace(world, recipe=replace(world.recipe, train=replace(world.recipe.train,
