@@ -320,25 +320,30 @@ def sim_backend(name: str = "inprocess", address: Optional[str] = None,
         from ftte_cli.sim.batched_backend import BatchedBackend
 
         return using_backend(BatchedBackend)
-    if name == "processes":
-        from ftte_cli.sim.process_backend import ProcessBackend
+    if name in ("auto", "processes", "threads"):
+        from ftte_cli.sim.backend_common import worker_count
 
-        ProcessBackend(workers)  # a bad worker count fails now, before the data loads
-        return using_backend(lambda: ProcessBackend(workers))
-    if name == "auto":
-        from ftte_cli.sim.auto_backend import AutoBackend
-
-        AutoBackend(workers)  # a bad worker count fails now, before the data loads
-        return using_backend(lambda: AutoBackend(workers))
-    if name == "threads":
-        from ftte_cli.sim.thread_backend import ThreadBackend
-
-        ThreadBackend(workers)  # a bad worker count fails now, before the data loads
-        return using_backend(lambda: ThreadBackend(workers))
+        worker_count(workers)  # a bad worker count fails now, before the data loads
+        return using_backend(lambda: _pool_backend(name, workers))
     from ftte_cli.sim.ray_backend import RayBackend, import_ray
 
     import_ray()  # a missing Ray is a usage error now, not after loading the data
     return using_backend(lambda: RayBackend(address))
+
+
+def _pool_backend(name: str, workers: Optional[int]) -> Any:
+    """A backend that trains jobs in parallel on this machine (imported only when chosen)."""
+    if name == "processes":
+        from ftte_cli.sim.process_backend import ProcessBackend
+
+        return ProcessBackend(workers)
+    if name == "threads":
+        from ftte_cli.sim.thread_backend import ThreadBackend
+
+        return ThreadBackend(workers)
+    from ftte_cli.sim.auto_backend import AutoBackend
+
+    return AutoBackend(workers)
 
 
 def read_run(path: PathLike) -> RunReport:

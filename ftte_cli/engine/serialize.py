@@ -76,6 +76,12 @@ def _raw_bytes(t: torch.Tensor) -> bytes:
     return ctypes.string_at(t.data_ptr(), size) if size else b""
 
 
+def tensors_from_own_bytes(data: bytes) -> Dict[str, torch.Tensor]:
+    """Tensors from bytes ftte wrote for itself (between its own processes, or inside its
+    cluster), checked as any payload but with no size bound: a device's bytes never come here."""
+    return tensors_and_metadata_from_bytes(data, len(data))[0]
+
+
 def read_header(data: bytes, max_bytes: Optional[int] = None) -> Tuple[dict, Dict[str, str]]:
     """The checked safetensors header: (tensor entries, metadata); raises TensorPayloadError."""
     if max_bytes is not None and len(data) > max_bytes:

@@ -44,7 +44,7 @@ from ftte_cli.config.recipe import StrategyConfig
 from ftte_cli.engine import sparse
 from ftte_cli.engine.coordinator import Coordinator, CoordinatorConfig, Evaluate, Update
 from ftte_cli.engine.plan import Plan
-from ftte_cli.engine.serialize import tensors_and_metadata_from_bytes, tensors_to_bytes
+from ftte_cli.engine.serialize import tensors_from_own_bytes, tensors_to_bytes
 from ftte_cli.engine.strategies import Arrival, Strategy, aggregate, make_strategy
 from ftte_cli.engine.strategies.ftte import BufferedStrategy
 from ftte_cli.errors import ConfigError
@@ -53,7 +53,6 @@ from ftte_cli.server.protocol import authenticate, update_bound
 log = logging.getLogger(__name__)
 Tensors = Dict[str, Tensor]
 AGGREGATOR_GONE = "aggregator_gone"  # a verdict nobody hears: the update is not applied
-NO_LIMIT = 1 << 62  # decoding our own bytes inside the cluster (a device's were bounded)
 JOBS_CACHED = 4  # versions of w* an aggregator keeps decoded for job bodies
 # dtypes a delta may carry; any other makes the stand-in's dtype differ: shape_mismatch
 _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
@@ -153,7 +152,7 @@ def share_from_bodies(bodies: Sequence[bytes], alphas: Sequence[float],
     deltas: Dict[str, Tensors] = {}
     weights: Dict[str, float] = {}
     for i, (body, alpha, factor) in enumerate(zip(bodies, alphas, factors)):
-        delta = tensors_and_metadata_from_bytes(body, NO_LIMIT)[0]
+        delta = tensors_from_own_bytes(body)
         deltas[str(i)] = delta if factor == 1.0 else aggregate.scale(delta, factor)
         weights[str(i)] = alpha
     return tensors_to_bytes(partial_sum(deltas, weights)[0])
@@ -382,13 +381,13 @@ class CoordinatorActor:
             try:
                 body = ray.get(handle.partial.remote(alphas, factors, *refs))
                 self.partial_bytes += len(body)
-                return tensors_and_metadata_from_bytes(body, NO_LIMIT)[0]
+                return tensors_from_own_bytes(body)
             except ray.exceptions.RayActorError:
                 log.warning("aggregator %s is gone; its partial sum goes elsewhere", actor_id)
                 self.aggregators.pop(actor_id, None)
         # no aggregator left: the coordinator sums the deltas itself (they are in the store)
         body = share_from_bodies(ray.get(refs), alphas, factors)
-        return tensors_and_metadata_from_bytes(body, NO_LIMIT)[0]
+        return tensors_from_own_bytes(body)
 
     def summary(self) -> Dict[str, Any]:
         """Version, metrics, partial sums received, where the buffered deltas came from
@@ -448,7 +447,7 @@ class Aggregator:
             return None
         job_id, version, seed, w_bytes = job
         if version not in self.jobs:
-            self.jobs[version] = tensors_and_metadata_from_bytes(w_bytes, NO_LIMIT)[0]
+            self.jobs[version] = tensors_from_own_bytes(w_bytes)
             for old in sorted(self.jobs)[:-JOBS_CACHED]:
                 del self.jobs[old]
         return wire.encode_job(wire.JobMessage(job_id, version, seed, self.jobs[version]))

@@ -16,8 +16,8 @@ import torch
 
 from ftte_cli.config.recipe import TrainConfig
 from ftte_cli.engine.coordinator import Job
-from ftte_cli.engine.train import JobResult, resolve_device
-from ftte_cli.sim.process_backend import usable_cpus
+from ftte_cli.engine.train import JobResult
+from ftte_cli.sim.backend_common import on_accelerator, usable_cpus, worker_count
 from ftte_cli.sim.runner import InProcessBackend, JobBackend
 from ftte_cli.sim.thread_backend import ThreadBackend, draws_random
 from ftte_cli.sim.world import World
@@ -31,7 +31,7 @@ def why_not_threads(world: World, workers: Optional[int] = None) -> Optional[str
         return "one usable CPU"
     if torch.get_num_threads() != 1:
         return "--threads above 1 (each job already uses several cores)"
-    if resolve_device(world.recipe.train.device).type != "cpu":
+    if on_accelerator(world.recipe.train.device):
         return f"train.device {world.recipe.train.device} is an accelerator"
     return draws_random(world.model, world.data.input_shape)
 
@@ -40,7 +40,7 @@ class AutoBackend:
     """Delegates to a ThreadBackend or an InProcessBackend, picked in `start` (`chosen`)."""
 
     def __init__(self, workers: Optional[int] = None) -> None:
-        ThreadBackend(workers)  # a bad worker count fails now
+        worker_count(workers)  # a bad worker count fails now
         self.workers = workers
         self.chosen = ""
         self._inner: Optional[JobBackend] = None

@@ -41,8 +41,9 @@ from ftte_cli.engine.batched import MAX_GROUP, prefix_outputs, train_jobs, unsup
 from ftte_cli.engine.coordinator import Job
 from ftte_cli.engine.flops import layer_flops
 from ftte_cli.engine.models import feature_block, frozen_prefix
-from ftte_cli.engine.train import JobResult, resolve_device, train_job
+from ftte_cli.engine.train import JobResult, train_job
 from ftte_cli.errors import ConfigError
+from ftte_cli.sim.backend_common import on_accelerator
 
 GroupKey = Tuple[str, int, TrainConfig]  # plan key, id of the version's w* dict, config
 # Frozen-prefix outputs kept per (plan, client), in bytes (synthetic HAR at width 3 under the
@@ -84,7 +85,7 @@ class BatchedBackend:
         if problem is not None:
             raise ConfigError(f"--backend batched: {problem}; use --backend inprocess")
         device = world.recipe.train.device
-        if device == "cuda" or (device == "auto" and resolve_device(device).type != "cpu"):
+        if on_accelerator(device):
             raise ConfigError(f"--backend batched: train.device {device} means an accelerator; "
                               "batched jobs run on the CPU (use train.device: cpu)")
         self.world = world

@@ -51,26 +51,14 @@ from torch import Tensor
 
 from ftte_cli.config.recipe import TrainConfig
 from ftte_cli.engine.coordinator import Job
-from ftte_cli.engine.serialize import tensors_and_metadata_from_bytes, tensors_to_bytes
-from ftte_cli.engine.train import JobResult, resolve_device
+from ftte_cli.engine.serialize import tensors_from_own_bytes, tensors_to_bytes
+from ftte_cli.engine.train import JobResult
 from ftte_cli.errors import ConfigError, RunError
+from ftte_cli.sim.backend_common import error_line, on_accelerator, worker_count
 
 log = logging.getLogger(__name__)
 DEPTH = 2  # jobs a worker holds at once: one training, one ready to start
 KEPT = 4  # decoded w* versions a worker keeps
-NO_LIMIT = 1 << 62  # size bound when decoding our own bytes (they never leave this machine)
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, e.g. a taskset or a container's)."""
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not Linux
-        return max(os.cpu_count() or 1, 1)
-
-
-def _tensors(raw: bytes) -> Dict[str, Tensor]:
-    return tensors_and_metadata_from_bytes(raw, NO_LIMIT)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +78,7 @@ class _Worker:
         hit = self.subsets.get(path)
         if hit is None:
             with open(path, "rb") as f:
-                hit = _tensors(f.read())
+                hit = tensors_from_own_bytes(f.read())
             self.subsets[path] = hit
             while len(self.subsets) > KEPT:
                 self.subsets.popitem(last=False)
@@ -121,9 +109,8 @@ class _Worker:
             try:
                 head, delta = self.train(task)
             except Exception as err:  # noqa: BLE001  (reported to the driver, which raises)
-                text = str(err).strip().splitlines()
-                self.conn.send_bytes(json.dumps({"id": task["id"], "error": (
-                    f"{type(err).__name__}: {text[0]}" if text else type(err).__name__)}).encode())
+                self.conn.send_bytes(json.dumps({"id": task["id"],
+                                                 "error": error_line(err)}).encode())
                 continue
             self.conn.send_bytes(json.dumps(head).encode())
             self.conn.send_bytes(delta)
@@ -179,9 +166,7 @@ class ProcessBackend:
     """Client jobs trained by forked worker processes; see the module docstring."""
 
     def __init__(self, workers: Optional[int] = None) -> None:
-        if workers is not None and workers < 1:
-            raise ConfigError(f"--workers: must be >= 1, got {workers}")
-        self.workers = workers or usable_cpus()
+        self.workers = worker_count(workers)
         self.slots: List[_Slot] = []
         self.queue: Deque[_Handle] = deque()
         self.jobs: Dict[int, _Handle] = {}  # submitted and not yet delivered
@@ -195,7 +180,7 @@ class ProcessBackend:
     def start(self, world: Any) -> None:
         """Fork the workers; each inherits `world` (see the module docstring)."""
         device = world.recipe.train.device
-        if device == "cuda" or (device == "auto" and resolve_device(device).type != "cpu"):
+        if on_accelerator(device):
             raise ConfigError(f"--backend processes: train.device {device} means an "
                               "accelerator; forked workers train on the CPU (use train.device: "
                               "cpu, or --backend inprocess)")
@@ -263,7 +248,8 @@ class ProcessBackend:
         if "error" in head:
             raise RunError(f"processes backend: a client job failed in worker "
                            f"{handle.worker}: {head['error']}")
-        res = JobResult(delta=_tensors(handle.delta), num_samples=int(head["num_samples"]),
+        res = JobResult(delta=tensors_from_own_bytes(handle.delta),
+                        num_samples=int(head["num_samples"]),
                         grad_variance=float(head["grad_variance"]), steps=int(head["steps"]),
                         loss=float(head["loss"]), peak_memory=head["peak_memory"])
         handle.delta = b""

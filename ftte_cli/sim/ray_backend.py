@@ -37,14 +37,13 @@ from ftte_cli.config.recipe import ModelConfig, TrainConfig
 from ftte_cli.engine.coordinator import Job
 from ftte_cli.engine.data.dataset import Dataset
 from ftte_cli.engine.plan import Plan
-from ftte_cli.engine.serialize import tensors_and_metadata_from_bytes, tensors_to_bytes
+from ftte_cli.engine.serialize import tensors_from_own_bytes, tensors_to_bytes
 from ftte_cli.engine.train import JobResult
 from ftte_cli.errors import ConfigError, RunError
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'ftte-cli[ray]'"
 SUBSET_REFS_KEPT = 64  # versions whose w* stays in the object store (jobs in flight use them)
-NO_LIMIT = 1 << 62  # size bound when decoding our own bytes (they never left the cluster)
 
 
 def import_ray() -> Any:
@@ -66,12 +65,8 @@ def dataset_bytes(data: Dataset) -> bytes:
 
 def dataset_from_bytes(raw: bytes) -> Dataset:
     """The inverse of `dataset_bytes`."""
-    t, _ = tensors_and_metadata_from_bytes(raw, NO_LIMIT)
+    t = tensors_from_own_bytes(raw)
     return Dataset(t["x"], t["y"], t.get("groups"))
-
-
-def _tensors(raw: bytes) -> Dict[str, Tensor]:
-    return tensors_and_metadata_from_bytes(raw, NO_LIMIT)[0]
 
 
 def _first_line(err: Exception) -> str:
@@ -89,7 +84,7 @@ class TrainWorker:
         torch.set_num_threads(threads)  # the driver's count: same reduction order, same bits
         self.model = build_model(model_cfg, tuple(input_shape), num_classes)
         self.plans = plans
-        self.frozen = _tensors(frozen)
+        self.frozen = tensors_from_own_bytes(frozen)
         self.shards = shards  # object refs, fetched on a client's first job
         self.data: Dict[int, Dataset] = {}
 
@@ -106,8 +101,8 @@ class TrainWorker:
         from ftte_cli.engine.train import train_job  # noqa: PLC0415
 
         start = time.process_time()
-        res = train_job(self.model, self.frozen, self.plans[plan_key], _tensors(subset),
-                        self._shard(client), cfg, seed)
+        res = train_job(self.model, self.frozen, self.plans[plan_key],
+                        tensors_from_own_bytes(subset), self._shard(client), cfg, seed)
         meta = {"num_samples": res.num_samples, "grad_variance": res.grad_variance,
                 "steps": res.steps, "loss": res.loss, "peak_memory": res.peak_memory,
                 "cpu_s": time.process_time() - start}
@@ -188,7 +183,7 @@ class RayBackend:
             raw, meta = self.ray.get(handle)
         except self.ray.exceptions.RayError as err:
             raise RunError(f"ray backend: a client job failed: {_first_line(err)}") from None
-        res = JobResult(delta=_tensors(raw), num_samples=int(meta["num_samples"]),
+        res = JobResult(delta=tensors_from_own_bytes(raw), num_samples=int(meta["num_samples"]),
                         grad_variance=float(meta["grad_variance"]), steps=int(meta["steps"]),
                         loss=float(meta["loss"]), peak_memory=meta["peak_memory"])
         return res, float(meta["cpu_s"])

@@ -64,9 +64,9 @@ from torch import nn
 
 from ftte_cli.config.recipe import TrainConfig
 from ftte_cli.engine.coordinator import Job
-from ftte_cli.engine.train import JobResult, resolve_device, train_job
+from ftte_cli.engine.train import JobResult, train_job
 from ftte_cli.errors import ConfigError, RunError
-from ftte_cli.sim.process_backend import usable_cpus
+from ftte_cli.sim.backend_common import error_line, on_accelerator, worker_count
 
 log = logging.getLogger(__name__)
 WAIT_S = 0.5  # result() re-checks that the trainers live this often while it waits
@@ -128,9 +128,7 @@ class ThreadBackend:
     """Client jobs trained by trainer threads of this process; see the module docstring."""
 
     def __init__(self, workers: Optional[int] = None) -> None:
-        if workers is not None and workers < 1:
-            raise ConfigError(f"--workers: must be >= 1, got {workers}")
-        self.workers = workers or usable_cpus()
+        self.workers = worker_count(workers)
         self.world: Any = None
         self.threads: List[threading.Thread] = []
         self.queue: Deque[_Handle] = deque()
@@ -144,7 +142,7 @@ class ThreadBackend:
     def start(self, world: Any) -> None:
         """Check the model and the device, then start the trainers (see the module docstring)."""
         device = world.recipe.train.device
-        if device == "cuda" or (device == "auto" and resolve_device(device).type != "cpu"):
+        if on_accelerator(device):
             raise ConfigError(f"--backend threads: train.device {device} means an accelerator; "
                               "trainer threads train on the CPU (use train.device: cpu, or "
                               "--backend inprocess)")
@@ -239,8 +237,7 @@ class ThreadBackend:
                                 world.data.clients[handle.device].train, handle.cfg,
                                 handle.job.seed, seed_global_rng=False, measure_memory=False)
             except Exception as err:  # noqa: BLE001  (reported by result(), which raises)
-                text = str(err).strip().splitlines()
-                error = f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+                error = error_line(err)
             with self.cond:
                 handle.result, handle.error = res, error
                 handle.cpu_s = time.thread_time() - start

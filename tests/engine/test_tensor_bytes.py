@@ -11,7 +11,13 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ftte_cli.engine.serialize import read_header, tensors_and_metadata_from_bytes, tensors_to_bytes
+from ftte_cli.engine.serialize import (
+    TensorPayloadError,
+    read_header,
+    tensors_and_metadata_from_bytes,
+    tensors_from_own_bytes,
+    tensors_to_bytes,
+)
 
 
 def _tensors() -> Dict[str, torch.Tensor]:
@@ -81,3 +87,10 @@ def test_writing_leaves_no_cyclic_garbage() -> None:
 def test_dtypes_we_do_not_name_still_go_through_safetensors(dtype: torch.dtype) -> None:
     t = torch.zeros(3, dtype=dtype)
     assert st_load(tensors_to_bytes({"t": t}))["t"].dtype == dtype
+
+
+def test_own_bytes_decode_whatever_their_size_and_still_get_checked() -> None:
+    big = {"w": torch.zeros(1 << 20)}  # 4 MiB: over any device payload bound we set
+    assert torch.equal(tensors_from_own_bytes(tensors_to_bytes(big))["w"], big["w"])
+    with pytest.raises(TensorPayloadError, match="not allowed"):  # dtypes are still checked
+        tensors_from_own_bytes(tensors_to_bytes({"m": torch.zeros(2, dtype=torch.bool)}))
