@@ -92,7 +92,9 @@ def test_a_device_on_battery_waits_until_plugged_in(
         wait_for(lambda: [e for e in events(run_dir, "update_accepted") if e["device"] == name],
                  120, f"an update from {name} once plugged in")
         rows = {d["name"]: d for d in _status(run_dir, name)["devices"]}
-        assert rows[name]["status"] in ("idle", "training") and rows[name]["charging"] is True
+        # Its update may have been the run's last version: "done" is then the honest status.
+        assert rows[name]["status"] in ("idle", "training", "done"), rows[name]
+        assert rows[name]["charging"] is True
     finally:
         code = proc.wait(timeout=300)
     assert code == 0, (tmp_path / "train.err").read_text()[-3000:]
